@@ -1,0 +1,95 @@
+"""Building envelopes and replies: the one place where their fields are filled."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+
+from . import fleet
+from .proto.envelope_pb2 import (
+    ORIGIN_GATEWAY,
+    ORIGIN_UPSTREAM,
+    Dialect,
+    Envelope,
+    Header,
+    Reply,
+)
+
+# The gateway's own failures must keep Flower's retry alive: 502/503/504 over
+# HTTP, UNAVAILABLE over gRPC. Never 401 (the SuperNode would shut down).
+_RETRYABLE_HTTP = frozenset({502, 503, 504})
+
+
+def new_message_id() -> str:
+    return uuid.uuid4().hex
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def make_envelope(
+    *,
+    job_id: str,
+    site: str,
+    method: str,
+    dialect: Dialect,
+    headers: Iterable[tuple[str, bytes]],
+    body: bytes,
+    deadline_unix_ms: int,
+    message_id: str | None = None,
+    attempt: int = 1,
+) -> Envelope:
+    return Envelope(
+        job_id=job_id,
+        site=site,
+        message_id=message_id or new_message_id(),
+        method=method,
+        dialect=dialect,
+        headers=[Header(name=n, value=v) for n, v in headers],
+        body=body,
+        deadline_unix_ms=deadline_unix_ms,
+        attempt=attempt,
+    )
+
+
+def header_pairs(headers: Iterable[Header]) -> list[tuple[str, bytes]]:
+    return [(h.name, h.value) for h in headers]
+
+
+def gateway_reply(message_id: str, http_status: int, detail: str) -> Reply:
+    """A reply produced by the gateway itself (a refusal or a failure of its own)."""
+    grpc_code = (
+        fleet.UNAVAILABLE
+        if http_status in _RETRYABLE_HTTP
+        else fleet.grpc_code_for_http(http_status)
+    )
+    return Reply(
+        message_id=message_id,
+        origin=ORIGIN_GATEWAY,
+        http_status=http_status,
+        grpc_code=grpc_code,
+        detail=detail,
+    )
+
+
+def upstream_reply(
+    message_id: str,
+    *,
+    http_status: int,
+    grpc_code: int,
+    body: bytes = b"",
+    detail: str = "",
+    headers: Iterable[tuple[str, bytes]] = (),
+) -> Reply:
+    """A reply that carries the SuperLink's own answer, unchanged."""
+    return Reply(
+        message_id=message_id,
+        origin=ORIGIN_UPSTREAM,
+        http_status=http_status,
+        grpc_code=grpc_code,
+        detail=detail,
+        headers=[Header(name=n, value=v) for n, v in headers],
+        body=body,
+    )

@@ -1,0 +1,89 @@
+"""A Flower installation: where its programs are and which Fleet dialect it speaks."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from ..exceptions import ConfigError
+from ..proto.envelope_pb2 import DIALECT_GRPC, DIALECT_HTTP, Dialect
+
+# flwr 1.40 moved the Fleet API from gRPC to protobuf over HTTP.
+FIRST_HTTP_VERSION = (1, 40)
+_VERSION_RE = re.compile(r"(\d+)\.(\d+)\.(\d+)")
+
+
+def flower_env() -> dict[str, str]:
+    """The environment every Flower process gets: no telemetry, no colour codes."""
+    env = dict(os.environ)
+    env["FLWR_TELEMETRY_ENABLED"] = "0"
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+@dataclass(frozen=True)
+class FlowerInstall:
+    """Flower's programs in one ``bin`` directory (a virtual environment's, say)."""
+
+    bin_dir: Path
+
+    @classmethod
+    def find(cls, bin_dir: Path | None = None) -> FlowerInstall:
+        """The installation in ``bin_dir``, else the one beside this Python, else on PATH."""
+        if bin_dir is not None:
+            install = cls(bin_dir)
+        elif (Path(sys.executable).parent / "flower-superlink").exists():
+            install = cls(Path(sys.executable).parent)
+        else:
+            found = shutil.which("flower-superlink")
+            if found is None:
+                raise ConfigError(
+                    "Flower is not installed: `pip install flwr==1.41.0` "
+                    "(or pass --flower-bin DIR of an environment that has it)"
+                )
+            install = cls(Path(found).parent)
+        install.check()
+        return install
+
+    def program(self, name: str) -> Path:
+        return self.bin_dir / name
+
+    def check(self) -> None:
+        for name in ("flower-superlink", "flower-supernode", "flwr"):
+            if not self.program(name).exists():
+                raise ConfigError(f"{name} not found in {self.bin_dir}: is flwr installed there?")
+
+    @cached_property
+    def version(self) -> tuple[int, int, int]:
+        """Flower's version, as ``flwr --version`` reports it."""
+        try:
+            out = subprocess.run(
+                [str(self.program("flwr")), "--version"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=flower_env(),
+                check=False,
+            ).stdout
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ConfigError(f"cannot run {self.program('flwr')} --version: {exc}") from exc
+        match = _VERSION_RE.search(out)
+        if match is None:
+            raise ConfigError(f"cannot read Flower's version from {out!r}")
+        major, minor, patch = (int(x) for x in match.groups())
+        return major, minor, patch
+
+    @property
+    def version_text(self) -> str:
+        return ".".join(str(x) for x in self.version)
+
+    @property
+    def dialect(self) -> Dialect:
+        """The Fleet API dialect this Flower speaks."""
+        return DIALECT_HTTP if self.version[:2] >= FIRST_HTTP_VERSION else DIALECT_GRPC

@@ -1,0 +1,120 @@
+"""A child process in its own process group, with its output in a log file.
+
+Flower's programs start children of their own (``flwr-serverapp``,
+``flwr-clientapp``), so stopping one means signalling its whole group: SIGTERM,
+a grace period, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from ..exceptions import ProcessError
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class ManagedProcess:
+    """One started program; ``stop()`` ends it and every child it started."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        log_path: Path,
+        env: dict[str, str],
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = log_path.open("ab")
+        try:
+            self._popen = subprocess.Popen(
+                argv,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._log.close()
+            raise ProcessError(f"cannot start {name} ({argv[0]}): {exc}") from exc
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll()
+
+    def alive(self) -> bool:
+        return self._popen.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_for_port(self, host: str, port: int, timeout: float) -> None:
+        """Block until ``host:port`` accepts connections; fail if the process dies."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise ProcessError(
+                    f"{self.name} exited with code {self.returncode} while starting; "
+                    f"last lines of {self.log_path}:\n{self.log_tail()}"
+                )
+            if port_open(host, port):
+                return
+            time.sleep(0.1)
+        raise ProcessError(f"{self.name} did not open {host}:{port} within {timeout:.0f} s")
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        try:
+            os.killpg(self._popen.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def stop(self, grace: float = 5.0) -> int | None:
+        """End the process and its group; return its exit code."""
+        if self.alive():
+            self._signal_group(signal.SIGTERM)
+            try:
+                self._popen.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        # Children may outlive a parent that exited on SIGTERM: always sweep.
+        self._signal_group(signal.SIGKILL)
+        try:
+            self._popen.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        self._log.close()
+        return self._popen.returncode

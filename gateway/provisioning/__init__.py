@@ -1,0 +1,1 @@
+"""Provisioning: the federation's certificate authority and participants' certificates."""

@@ -1,0 +1,110 @@
+"""Route each envelope to its job's LGC, after deciding whether it may go there.
+
+The dispatcher is the relay's gatekeeper. A call is forwarded only when the
+verified peer is a site, the envelope does not claim another site's name, the
+job runs on this relay, the site takes part in the job, the method is a Fleet
+method and the deadline has not passed. Anything else is refused here, with a
+reason, and reaches no SuperLink.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .. import fleet
+from ..envelope import gateway_reply, now_ms
+from ..identity import Peer, Role
+from ..proto.envelope_pb2 import Envelope, Reply
+from .lgc import Upstream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobRoute:
+    """Where a job's Fleet calls go, and who may send them."""
+
+    job_id: str
+    sites: frozenset[str]
+    upstream: Upstream
+
+
+@dataclass
+class DispatchStats:
+    """What the dispatcher did, per job (feeds metrics and tests)."""
+
+    forwarded: Counter[str] = field(default_factory=Counter)
+    refused: Counter[str] = field(default_factory=Counter)
+    received: int = 0
+
+
+class Dispatcher:
+    """Authorizes envelopes and hands them to the LGC of their job."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, JobRoute] = {}
+        self.stats = DispatchStats()
+
+    def add_job(self, job_id: str, sites: frozenset[str], upstream: Upstream) -> None:
+        self._jobs[job_id] = JobRoute(job_id=job_id, sites=sites, upstream=upstream)
+
+    def remove_job(self, job_id: str) -> JobRoute | None:
+        return self._jobs.pop(job_id, None)
+
+    def jobs(self) -> list[JobRoute]:
+        return list(self._jobs.values())
+
+    def _refuse(self, envelope: Envelope, peer: Peer, status: int, reason: str) -> Reply:
+        self.stats.refused[envelope.job_id] += 1
+        log.warning(
+            "refused call",
+            extra={
+                "peer": str(peer),
+                "job": envelope.job_id,
+                "method": envelope.method,
+                "status": status,
+                "reason": reason,
+            },
+        )
+        return gateway_reply(envelope.message_id, status, reason)
+
+    async def handle(self, peer: Peer, envelope: Envelope) -> Reply:
+        self.stats.received += 1
+        if peer.role is not Role.SITE:
+            return self._refuse(
+                envelope,
+                peer,
+                403,
+                f"{peer} is not a site certificate; only sites call the Fleet API",
+            )
+        if envelope.site and envelope.site != peer.name:
+            return self._refuse(
+                envelope,
+                peer,
+                403,
+                f"certificate names site {peer.name!r} but the envelope claims {envelope.site!r}",
+            )
+        route = self._jobs.get(envelope.job_id)
+        if route is None:
+            return self._refuse(
+                envelope, peer, 404, f"job {envelope.job_id!r} is not running on this relay"
+            )
+        if peer.name not in route.sites:
+            return self._refuse(
+                envelope, peer, 403, f"site {peer.name!r} is not part of job {envelope.job_id!r}"
+            )
+        if not fleet.is_fleet_method(envelope.method):
+            return self._refuse(
+                envelope, peer, 404, f"{envelope.method!r} is not a Fleet API method; not forwarded"
+            )
+        remaining = (
+            (envelope.deadline_unix_ms - now_ms()) / 1000 if envelope.deadline_unix_ms else 25.0
+        )
+        if remaining <= 0:
+            return gateway_reply(
+                envelope.message_id, 504, "the call's deadline passed before it reached the relay"
+            )
+        self.stats.forwarded[envelope.job_id] += 1
+        return await route.upstream.call(envelope, timeout=remaining)

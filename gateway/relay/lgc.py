@@ -1,0 +1,169 @@
+"""LGC (local gateway client): replay a Fleet call to the job's real SuperLink.
+
+One upstream per job, in the SuperLink's own dialect: HTTP for flwr >= 1.40,
+gRPC for flwr <= 1.39. The SuperLink's status, headers and body come back
+unchanged; only failures to reach it become gateway replies (502/504), so the
+SuperNode keeps retrying instead of shutting down.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import json
+import logging
+
+import aiohttp
+import grpc
+import grpc.aio
+
+from .. import fleet
+from ..envelope import gateway_reply, header_pairs, upstream_reply
+from ..proto.envelope_pb2 import DIALECT_GRPC, DIALECT_HTTP, Envelope, Reply
+
+log = logging.getLogger(__name__)
+
+
+class Upstream(abc.ABC):
+    """A job's SuperLink as seen by the relay."""
+
+    @abc.abstractmethod
+    async def call(self, envelope: Envelope, *, timeout: float) -> Reply:
+        """Replay ``envelope`` and return the SuperLink's answer (never raises)."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release connections."""
+
+
+def _error_detail(body: bytes) -> str:
+    """The ``detail`` of Flower's JSON error body, or the body itself."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace")[:500]
+    if isinstance(payload, dict) and "detail" in payload:
+        return str(payload["detail"])
+    return body.decode("utf-8", "replace")[:500]
+
+
+class HttpUpstream(Upstream):
+    """A flwr >= 1.40 SuperLink: ``POST /v1/fleet/<name>`` on its one HTTP port."""
+
+    def __init__(self, address: str, *, max_body_bytes: int | None = None) -> None:
+        self._base = f"http://{address}"
+        self._max_body = max_body_bytes
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0), auto_decompress=False
+            )
+        return self._session
+
+    async def call(self, envelope: Envelope, *, timeout: float) -> Reply:
+        headers = header_pairs(envelope.headers)
+        if envelope.dialect == DIALECT_GRPC:
+            headers = fleet.grpc_headers_to_http(headers)
+        request_headers = [(n, v.decode("latin-1")) for n, v in headers if n != "content-type"]
+        request_headers.append(("content-type", fleet.PROTOBUF_MEDIA_TYPE))
+        url = self._base + fleet.http_path_for(envelope.method)
+        try:
+            async with self._client().post(
+                url,
+                data=envelope.body,
+                headers=request_headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as response:
+                body = await response.read()
+                status = response.status
+                reply_headers = fleet.forwardable_http_headers(response.headers.items())
+        except asyncio.TimeoutError:
+            return gateway_reply(
+                envelope.message_id,
+                504,
+                f"the job's SuperLink did not answer {envelope.method} in time",
+            )
+        except aiohttp.ClientError as exc:
+            return gateway_reply(
+                envelope.message_id, 502, f"cannot reach the job's SuperLink: {exc}"
+            )
+        detail = "" if status == 200 else _error_detail(body)
+        if envelope.dialect == DIALECT_GRPC:
+            reply_headers = fleet.http_headers_to_grpc(reply_headers)
+        return upstream_reply(
+            envelope.message_id,
+            http_status=status,
+            grpc_code=fleet.grpc_code_for_http(status),
+            body=body,
+            detail=detail,
+            headers=reply_headers,
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _grpc_metadata(headers: list[tuple[str, bytes]]) -> list[tuple[str, str | bytes]]:
+    return [(n, v if n.endswith("-bin") else v.decode("utf-8", "replace")) for n, v in headers]
+
+
+class GrpcUpstream(Upstream):
+    """A flwr <= 1.39 SuperLink: unary-unary ``/flwr.proto.Fleet/<Method>``."""
+
+    def __init__(self, address: str, *, max_body_bytes: int | None = None) -> None:
+        size = -1 if max_body_bytes is None else max_body_bytes
+        self._channel = grpc.aio.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", size),
+                ("grpc.max_send_message_length", size),
+            ],
+        )
+
+    async def call(self, envelope: Envelope, *, timeout: float) -> Reply:
+        headers = header_pairs(envelope.headers)
+        if envelope.dialect == DIALECT_HTTP:
+            headers = fleet.http_headers_to_grpc(headers)
+        method = self._channel.unary_unary(fleet.grpc_path_for(envelope.method))
+        call = method(envelope.body, timeout=timeout, metadata=_grpc_metadata(headers))
+        try:
+            body: bytes = await call
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return gateway_reply(
+                    envelope.message_id,
+                    504,
+                    f"the job's SuperLink did not answer {envelope.method} in time",
+                )
+            return upstream_reply(
+                envelope.message_id,
+                http_status=fleet.http_status_for_grpc(code.value[0]),
+                grpc_code=code.value[0],
+                detail=exc.details() or "",
+            )
+        initial = await call.initial_metadata()
+        reply_headers = fleet.forwardable_grpc_metadata(initial or ())
+        if envelope.dialect == DIALECT_HTTP:
+            reply_headers = fleet.grpc_headers_to_http(reply_headers)
+        return upstream_reply(
+            envelope.message_id,
+            http_status=200,
+            grpc_code=fleet.OK,
+            body=body,
+            headers=reply_headers,
+        )
+
+    async def aclose(self) -> None:
+        await self._channel.close()
+
+
+def upstream_for(dialect: int, address: str, *, max_body_bytes: int | None = None) -> Upstream:
+    """The upstream that speaks ``dialect`` to the SuperLink at ``address``."""
+    if dialect == DIALECT_GRPC:
+        return GrpcUpstream(address, max_body_bytes=max_body_bytes)
+    return HttpUpstream(address, max_body_bytes=max_body_bytes)

@@ -1,0 +1,53 @@
+"""A site's gateway: one connection to the relay shared by an LGS per job."""
+
+from __future__ import annotations
+
+from ..config import Limits, Timeouts, TLSConfig
+from ..proto.envelope_pb2 import Dialect
+from ..transport import TransportClient, connect
+from .forwarder import JobForwarder
+from .lgs import LocalGatewayServer, create_lgs
+
+
+class SiteGateway:
+    """Opens and closes the per-job LGS servers of one site."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        relay_url: str,
+        tls: TLSConfig,
+        limits: Limits = Limits(),
+        timeouts: Timeouts = Timeouts(),
+    ) -> None:
+        self.name = name
+        self._limits = limits
+        self._timeouts = timeouts
+        self._client: TransportClient = connect(
+            relay_url, tls=tls, limits=limits, timeouts=timeouts
+        )
+        self._jobs: dict[str, tuple[LocalGatewayServer, JobForwarder]] = {}
+
+    async def open_job(self, job_id: str, dialect: Dialect) -> LocalGatewayServer:
+        """Start the LGS of ``job_id``; its SuperNode dials ``lgs.address``."""
+        forwarder = JobForwarder(
+            job_id=job_id, site=self.name, client=self._client, timeouts=self._timeouts
+        )
+        lgs = create_lgs(dialect, forwarder.forward, self._limits)
+        await lgs.start()
+        self._jobs[job_id] = (lgs, forwarder)
+        return lgs
+
+    def forwarder(self, job_id: str) -> JobForwarder:
+        return self._jobs[job_id][1]
+
+    async def close_job(self, job_id: str) -> None:
+        entry = self._jobs.pop(job_id, None)
+        if entry is not None:
+            await entry[0].aclose()
+
+    async def aclose(self) -> None:
+        for job_id in list(self._jobs):
+            await self.close_job(job_id)
+        await self._client.aclose()

@@ -1,0 +1,55 @@
+"""LGS (local gateway server): the SuperLink, as a job's SuperNode sees it.
+
+One LGS per job on a site, bound to 127.0.0.1 on a free port. It speaks the
+Fleet API in the SuperNode's dialect and hands every Fleet call to a forwarder;
+everything else (Control, Runtime, ``/health``, ``/docs``) is refused here and
+never leaves the site.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable
+
+from ..config import Limits
+from ..proto.envelope_pb2 import DIALECT_GRPC, Dialect, Reply
+
+Forward = Callable[[str, Dialect, list[tuple[str, bytes]], bytes], Awaitable[Reply]]
+"""forward(method, dialect, headers, body) -> reply; see JobForwarder.forward."""
+
+REFUSAL_DETAIL = "the gateway serves only the Flower Fleet API ({what}); {request} is not forwarded"
+
+
+class LocalGatewayServer(abc.ABC):
+    """A Fleet API endpoint on loopback for one job's SuperNode."""
+
+    host = "127.0.0.1"
+
+    @property
+    @abc.abstractmethod
+    def port(self) -> int:
+        """The bound port (valid after start)."""
+
+    @property
+    def address(self) -> str:
+        """What ``flower-supernode --superlink`` takes."""
+        return f"{self.host}:{self.port}"
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Bind a free loopback port and serve."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Stop serving."""
+
+
+def create_lgs(dialect: Dialect, forward: Forward, limits: Limits = Limits()) -> LocalGatewayServer:
+    """An LGS that speaks ``dialect`` (HTTP for flwr >= 1.40, gRPC for <= 1.39)."""
+    if dialect == DIALECT_GRPC:
+        from .lgs_grpc import GrpcLGS
+
+        return GrpcLGS(forward, limits)
+    from .lgs_http import HttpLGS
+
+    return HttpLGS(forward, limits)

@@ -1,0 +1,28 @@
+"""Pluggable transports between sites and the relay, chosen by URL scheme.
+
+Importing this package registers the built-in transports; use :func:`connect`
+on a site and :func:`listen` on the relay.
+"""
+
+from . import grpc_transport as _grpc_transport  # noqa: F401  (registers grpcs://)
+from .base import (
+    Handler,
+    TransportClient,
+    TransportServer,
+    TransportURL,
+    connect,
+    listen,
+    parse_url,
+    schemes,
+)
+
+__all__ = [
+    "Handler",
+    "TransportClient",
+    "TransportServer",
+    "TransportURL",
+    "connect",
+    "listen",
+    "parse_url",
+    "schemes",
+]

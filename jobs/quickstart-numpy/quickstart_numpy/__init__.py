@@ -1,0 +1,1 @@
+"""quickstart-numpy: a deterministic Flower app (linear regression, NumPy only)."""
