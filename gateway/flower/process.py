@@ -7,6 +7,8 @@ a grace period, then SIGKILL.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -25,12 +27,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def port_open(host: str, port: int) -> bool:
+async def port_open(host: str, port: int) -> bool:
     try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=0.5)
+    except (OSError, asyncio.TimeoutError):
         return False
+    writer.close()
+    await writer.wait_closed()
+    return True
 
 
 class ManagedProcess:
@@ -82,39 +86,38 @@ class ManagedProcess:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def wait_for_port(self, host: str, port: int, timeout: float) -> None:
-        """Block until ``host:port`` accepts connections; fail if the process dies."""
+    def check_alive(self) -> None:
+        """Raise with the end of the log if the process has exited."""
+        if not self.alive():
+            raise ProcessError(
+                f"{self.name} exited with code {self.returncode}; "
+                f"last lines of {self.log_path}:\n{self.log_tail()}"
+            )
+
+    async def wait_for_port(self, address: str, timeout: float) -> None:
+        """Wait until ``host:port`` accepts connections; fail if the process dies."""
+        host, _, port = address.rpartition(":")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self.alive():
-                raise ProcessError(
-                    f"{self.name} exited with code {self.returncode} while starting; "
-                    f"last lines of {self.log_path}:\n{self.log_tail()}"
-                )
-            if port_open(host, port):
+            self.check_alive()
+            if await port_open(host, int(port)):
                 return
-            time.sleep(0.1)
-        raise ProcessError(f"{self.name} did not open {host}:{port} within {timeout:.0f} s")
+            await asyncio.sleep(0.1)
+        raise ProcessError(f"{self.name} did not open {address} within {timeout:.0f} s")
 
     def _signal_group(self, sig: signal.Signals) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._popen.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     def stop(self, grace: float = 5.0) -> int | None:
         """End the process and its group; return its exit code."""
         if self.alive():
             self._signal_group(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self._popen.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                pass
         # Children may outlive a parent that exited on SIGTERM: always sweep.
         self._signal_group(signal.SIGKILL)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self._popen.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
         self._log.close()
         return self._popen.returncode

@@ -1,0 +1,141 @@
+"""Start Flower's programs the way an operator would, on loopback ports we pick.
+
+These are the only places that know Flower's command-line flags, per version:
+flwr >= 1.40 serves Fleet, Control and Runtime on one HTTP port; flwr <= 1.39
+serves the Fleet API over gRPC on ``--fleet-api-address`` and Control/Runtime
+over HTTP on ``--host/--port``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..proto.envelope_pb2 import DIALECT_GRPC
+from .install import FlowerInstall, flower_env
+from .process import ManagedProcess, free_port
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class SuperLinkAddresses:
+    """Where a started SuperLink listens."""
+
+    control: str
+    """host:port that ``flwr run`` talks to (Control API)."""
+    fleet: str
+    """host:port of the Fleet API (the same port as ``control`` for flwr >= 1.40)."""
+
+
+def start_superlink(
+    install: FlowerInstall, workdir: Path, *, startup_timeout: float = 60.0
+) -> tuple[ManagedProcess, SuperLinkAddresses]:
+    """A SuperLink with its own database in ``workdir``, bound to loopback only."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    http_port = free_port()
+    argv = [
+        str(install.program("flower-superlink")),
+        "--insecure",
+        "--host", LOOPBACK,
+        "--port", str(http_port),
+        "--database", str(workdir / "superlink.db"),
+        "--disable-runtime-dependency-installation",
+    ]  # fmt: skip
+    control = f"{LOOPBACK}:{http_port}"
+    fleet = control
+    if install.dialect == DIALECT_GRPC:
+        fleet = f"{LOOPBACK}:{free_port()}"
+        argv += ["--fleet-api-address", fleet]
+    process = ManagedProcess(
+        "superlink", argv, log_path=workdir / "superlink.log", env=flower_env(), cwd=workdir
+    )
+    return process, SuperLinkAddresses(control=control, fleet=fleet)
+
+
+def node_config_text(config: Mapping[str, int | str]) -> str:
+    """Flower's ``--node-config`` syntax: space-separated ``key=value``, strings quoted."""
+    parts = []
+    for key, value in config.items():
+        parts.append(f'{key}="{value}"' if isinstance(value, str) else f"{key}={value}")
+    return " ".join(parts)
+
+
+def start_supernode(
+    install: FlowerInstall,
+    superlink: str,
+    workdir: Path,
+    *,
+    name: str,
+    node_config: Mapping[str, int | str],
+    grpc_mode: str = "rere",
+) -> ManagedProcess:
+    """A SuperNode dialing ``superlink``; ``grpc_mode`` is 'rere' or 'adapter' (flwr <= 1.39)."""
+    argv = [
+        str(install.program("flower-supernode")),
+        "--insecure",
+        "--superlink", superlink,
+        "--port", str(free_port()),
+        "--node-config", node_config_text(node_config),
+    ]  # fmt: skip
+    if install.dialect == DIALECT_GRPC:
+        argv.append("--grpc-adapter" if grpc_mode == "adapter" else "--grpc-rere")
+    workdir.mkdir(parents=True, exist_ok=True)
+    return ManagedProcess(
+        name, argv, log_path=workdir / f"{name}.log", env=flower_env(), cwd=workdir
+    )
+
+
+def write_flwr_home(directory: Path, control: str, *, connection: str = "gateway") -> Path:
+    """A private ``FLWR_HOME`` whose config.toml names one insecure SuperLink connection."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.toml").write_text(
+        f'[superlink]\ndefault = "{connection}"\n\n'
+        f'[superlink.{connection}]\naddress = "{control}"\ninsecure = true\n'
+    )
+    return directory
+
+
+async def flwr_run(
+    install: FlowerInstall,
+    app_dir: Path,
+    flwr_home: Path,
+    *,
+    run_config: Mapping[str, int | float | str] | None = None,
+    on_line: Callable[[str], None] | None = None,
+    connection: str = "gateway",
+) -> tuple[int, str]:
+    """Submit ``app_dir`` with ``flwr run --stream``; return (exit code, its output)."""
+    argv = [str(install.program("flwr")), "run", str(app_dir), connection, "--stream"]
+    if run_config:
+        argv += ["--run-config", " ".join(f"{k}={_toml_value(v)}" for k, v in run_config.items())]
+    env = flower_env()
+    env["FLWR_HOME"] = str(flwr_home)
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        stdin=asyncio.subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    assert process.stdout is not None
+    try:
+        async for raw in process.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            lines.append(line)
+            if on_line is not None:
+                on_line(line)
+        code = await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    return code, "\n".join(lines)
+
+
+def _toml_value(value: int | float | str) -> str:
+    return f'"{value}"' if isinstance(value, str) else str(value)

@@ -1,0 +1,245 @@
+"""Run a Flower app on this machine, directly or through the gateway.
+
+Both modes start the same real Flower programs with the same node configs and
+run-config; the gateway mode puts a relay (with its dispatcher and LGC) and one
+site gateway (with an LGS) per site between the SuperNodes and the SuperLink.
+The demo, the end-to-end tests and the comparison of results all use this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..exceptions import JobError
+from ..flower.install import FlowerInstall
+from ..flower.process import ManagedProcess
+from ..flower.runner import flwr_run, start_superlink, start_supernode, write_flwr_home
+from ..identity import Role
+from ..provisioning.certs import CertificateAuthority, write_participant
+from ..relay.dispatcher import DispatchStats
+from ..relay.server import Relay
+from ..site.gateway import SiteGateway
+from .spec import JobSpec, RunConfigValue
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["direct", "gateway"]
+ROUND_RE = re.compile(r"\[ROUND (\d+)/(\d+)\]")
+RESULT_PREFIX = "FLGATE-RESULT "
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One step of a run, for whoever shows progress."""
+
+    stage: str  # "start", "round", "line", "done"
+    text: str
+    round: int = 0
+    rounds: int = 0
+
+
+@dataclass
+class RunOutcome:
+    """What a run produced."""
+
+    mode: Mode
+    job_id: str
+    exit_code: int
+    output: str
+    seconds: float
+    workdir: Path
+    rounds_seen: int = 0
+    result: dict[str, Any] | None = None
+    relay_stats: DispatchStats | None = None
+    site_calls: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+def parse_result(output: str) -> dict[str, Any] | None:
+    """The app's ``FLGATE-RESULT {json}`` summary line, if it printed one."""
+    for line in reversed(output.splitlines()):
+        index = line.find(RESULT_PREFIX)
+        if index >= 0:
+            try:
+                parsed: dict[str, Any] = json.loads(line[index + len(RESULT_PREFIX) :])
+            except ValueError:
+                return None
+            return parsed
+    return None
+
+
+def site_names(count: int) -> list[str]:
+    return [f"site-{i}" for i in range(1, count + 1)]
+
+
+@dataclass
+class _Running:
+    processes: list[ManagedProcess] = field(default_factory=list)
+
+    def check(self) -> None:
+        for process in self.processes:
+            process.check_alive()
+
+    async def stop_all(self) -> None:
+        # SuperNodes first, so none of them retries against a vanished SuperLink.
+        for process in reversed(self.processes):
+            await asyncio.to_thread(process.stop)
+
+
+@contextlib.asynccontextmanager
+async def _gateway_path(
+    workdir: Path, job_id: str, sites: list[str], install: FlowerInstall, superlink_fleet: str
+) -> AsyncIterator[tuple[Relay, dict[str, SiteGateway], dict[str, str]]]:
+    """A relay and one site gateway per site, with certificates from a throw-away CA."""
+    pki = workdir / "pki"
+    ca = CertificateAuthority.create(f"local-{job_id}")
+    relay_tls = write_participant(
+        pki / "relay", ca, "relay", Role.RELAY, hosts=("localhost", "127.0.0.1")
+    )
+    relay = Relay(listen_url="grpcs://127.0.0.1:0", tls=relay_tls)
+    await relay.start()
+    gateways: dict[str, SiteGateway] = {}
+    try:
+        relay.add_job(job_id, sites=frozenset(sites), dialect=install.dialect, superlink=superlink_fleet)
+        addresses = {}
+        for name in sites:
+            site_tls = write_participant(pki / name, ca, name, Role.SITE)
+            gateway = SiteGateway(
+                name=name, relay_url=f"grpcs://localhost:{relay.port}", tls=site_tls
+            )
+            gateways[name] = gateway
+            lgs = await gateway.open_job(job_id, install.dialect)
+            addresses[name] = lgs.address
+        yield relay, gateways, addresses
+    finally:
+        for gateway in gateways.values():
+            await gateway.aclose()
+        await relay.aclose()
+
+
+async def run_app(
+    spec: JobSpec,
+    *,
+    mode: Mode,
+    workdir: Path,
+    install: FlowerInstall,
+    sites: int = 2,
+    run_config: dict[str, RunConfigValue] | None = None,
+    grpc_modes: list[str] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    startup_timeout: float = 60.0,
+) -> RunOutcome:
+    """Run ``spec`` once with ``sites`` SuperNodes; stop everything before returning.
+
+    ``grpc_modes`` picks 'rere' or 'adapter' per site for flwr <= 1.39 SuperNodes.
+    """
+    if sites < spec.min_sites:
+        raise JobError(f"job {spec.name} needs at least {spec.min_sites} sites, got {sites}")
+    notify = on_progress or (lambda _p: None)
+    job_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
+    names = site_names(sites)
+    config = {**spec.run_config, **(run_config or {})}
+    running = _Running()
+    started = time.monotonic()
+    rounds_seen = 0
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    def on_line(line: str) -> None:
+        nonlocal rounds_seen
+        match = ROUND_RE.search(line)
+        if match:
+            rounds_seen = int(match.group(1))
+            notify(Progress("round", line, round=rounds_seen, rounds=int(match.group(2))))
+        notify(Progress("line", line))
+
+    try:
+        superlink, addresses = start_superlink(install, workdir / "superlink")
+        running.processes.append(superlink)
+        await superlink.wait_for_port(addresses.control, startup_timeout)
+        await superlink.wait_for_port(addresses.fleet, startup_timeout)
+        notify(Progress("start", f"SuperLink (flwr {install.version_text}) at {addresses.control}"))
+
+        async with contextlib.AsyncExitStack() as stack:
+            relay: Relay | None = None
+            gateways: dict[str, SiteGateway] = {}
+            if mode == "gateway":
+                path = await stack.enter_async_context(
+                    _gateway_path(workdir, job_id, names, install, addresses.fleet)
+                )
+                relay, gateways, dial = path
+                notify(
+                    Progress(
+                        "start",
+                        f"relay on grpcs://localhost:{path[0].port}, "
+                        f"{len(names)} sites connected through it",
+                    )
+                )
+            else:
+                dial = {name: addresses.fleet for name in names}
+            for index, name in enumerate(names):
+                node_config: dict[str, int | str] = {
+                    "partition-id": index,
+                    "num-partitions": len(names),
+                }
+                grpc_mode = (grpc_modes or ["rere"])[index % len(grpc_modes or ["rere"])]
+                running.processes.append(
+                    start_supernode(install, dial[name], workdir / name, name=f"supernode-{name}",
+                                    node_config=node_config, grpc_mode=grpc_mode)
+                )
+            notify(Progress("start", f"{len(names)} SuperNodes started ({mode})"))
+
+            flwr_home = write_flwr_home(workdir / "flwr-home", addresses.control)
+            run_task = asyncio.create_task(
+                flwr_run(install, spec.app_dir, flwr_home, run_config=config, on_line=on_line)
+            )
+            exit_code, output = await _watch(run_task, running, spec.time_limit)
+            outcome = RunOutcome(
+                mode=mode,
+                job_id=job_id,
+                exit_code=exit_code,
+                output=output,
+                seconds=time.monotonic() - started,
+                workdir=workdir,
+                rounds_seen=rounds_seen,
+                result=parse_result(output),
+                relay_stats=relay.dispatcher.stats if relay else None,
+                site_calls={n: g.forwarder(job_id).calls for n, g in gateways.items()},
+            )
+            await running.stop_all()
+    finally:
+        await running.stop_all()
+    notify(Progress("done", f"{mode} run finished with exit code {outcome.exit_code}"))
+    return outcome
+
+
+async def _watch(
+    run_task: asyncio.Task[tuple[int, str]], running: _Running, time_limit: float
+) -> tuple[int, str]:
+    """Wait for ``flwr run``; stop it if a Flower process dies or time runs out."""
+    deadline = time.monotonic() + time_limit
+    while True:
+        done, _ = await asyncio.wait({run_task}, timeout=1.0)
+        if done:
+            return run_task.result()
+        try:
+            running.check()
+            if time.monotonic() > deadline:
+                raise JobError(f"the run exceeded its time limit of {time_limit:.0f} s")
+        except JobError:
+            run_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run_task
+            raise
