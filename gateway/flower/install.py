@@ -19,11 +19,20 @@ FIRST_HTTP_VERSION = (1, 40)
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 
 
-def flower_env() -> dict[str, str]:
-    """The environment every Flower process gets: no telemetry, no colour codes."""
+def flower_env(bin_dir: Path | None = None, flwr_home: Path | None = None) -> dict[str, str]:
+    """The environment of a Flower process: no telemetry, its own programs first on PATH.
+
+    Flower's programs start helpers (``flower-superexec``) by bare name, so the
+    installation's ``bin`` must come first or another version's helper is used.
+    ``flwr_home`` keeps installed FABs and CLI state private to one run.
+    """
     env = dict(os.environ)
     env["FLWR_TELEMETRY_ENABLED"] = "0"
-    env.setdefault("PYTHONUNBUFFERED", "1")
+    env["PYTHONUNBUFFERED"] = "1"
+    if bin_dir is not None:
+        env["PATH"] = os.pathsep.join([str(bin_dir), env.get("PATH", "")])
+    if flwr_home is not None:
+        env["FLWR_HOME"] = str(flwr_home)
     return env
 
 
@@ -54,6 +63,10 @@ class FlowerInstall:
     def program(self, name: str) -> Path:
         return self.bin_dir / name
 
+    def env(self, flwr_home: Path | None = None) -> dict[str, str]:
+        """The environment for this installation's programs."""
+        return flower_env(self.bin_dir, flwr_home)
+
     def check(self) -> None:
         for name in ("flower-superlink", "flower-supernode", "flwr"):
             if not self.program(name).exists():
@@ -68,7 +81,7 @@ class FlowerInstall:
                 capture_output=True,
                 text=True,
                 timeout=60,
-                env=flower_env(),
+                env=flower_env(self.bin_dir),
                 check=False,
             ).stdout
         except (OSError, subprocess.TimeoutExpired) as exc:

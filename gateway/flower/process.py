@@ -105,19 +105,56 @@ class ManagedProcess:
             await asyncio.sleep(0.1)
         raise ProcessError(f"{self.name} did not open {address} within {timeout:.0f} s")
 
-    def _signal_group(self, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._popen.pid, sig)
+    def _process_groups(self) -> set[int]:
+        """Process groups of this process and of every descendant it started.
+
+        A SuperLink starts ``flower-superexec`` in a session of its own, so one
+        group signal does not reach its ServerApp: every group is collected.
+        """
+        groups = {self._popen.pid}
+        for pid in _descendants(self._popen.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                groups.add(os.getpgid(pid))
+        return groups
+
+    @staticmethod
+    def _signal_groups(groups: set[int], sig: signal.Signals) -> None:
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, sig)
 
     def stop(self, grace: float = 5.0) -> int | None:
-        """End the process and its group; return its exit code."""
+        """End the process and everything it started; return its exit code."""
+        groups = self._process_groups()
         if self.alive():
-            self._signal_group(signal.SIGTERM)
+            self._signal_groups(groups, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._popen.wait(timeout=grace)
         # Children may outlive a parent that exited on SIGTERM: always sweep.
-        self._signal_group(signal.SIGKILL)
+        self._signal_groups(groups | self._process_groups(), signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._popen.wait(timeout=grace)
         self._log.close()
         return self._popen.returncode
+
+
+def _descendants(root: int) -> list[int]:
+    """PIDs of every living descendant of ``root`` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may contain spaces and parentheses: parse after the last ')'.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: list[int] = []
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found

@@ -9,15 +9,18 @@ over HTTP on ``--host/--port``.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..proto.envelope_pb2 import DIALECT_GRPC
-from .install import FlowerInstall, flower_env
+from .install import FlowerInstall
 from .process import ManagedProcess, free_port
 
 LOOPBACK = "127.0.0.1"
+ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")  # Flower colours its log even when piped
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,11 @@ def start_superlink(
         fleet = f"{LOOPBACK}:{free_port()}"
         argv += ["--fleet-api-address", fleet]
     process = ManagedProcess(
-        "superlink", argv, log_path=workdir / "superlink.log", env=flower_env(), cwd=workdir
+        "superlink",
+        argv,
+        log_path=workdir / "superlink.log",
+        env=install.env(workdir / "flwr-home"),
+        cwd=workdir,
     )
     return process, SuperLinkAddresses(control=control, fleet=fleet)
 
@@ -84,7 +91,11 @@ def start_supernode(
         argv.append("--grpc-adapter" if grpc_mode == "adapter" else "--grpc-rere")
     workdir.mkdir(parents=True, exist_ok=True)
     return ManagedProcess(
-        name, argv, log_path=workdir / f"{name}.log", env=flower_env(), cwd=workdir
+        name,
+        argv,
+        log_path=workdir / f"{name}.log",
+        env=install.env(workdir / "flwr-home"),
+        cwd=workdir,
     )
 
 
@@ -111,8 +122,7 @@ async def flwr_run(
     argv = [str(install.program("flwr")), "run", str(app_dir), connection, "--stream"]
     if run_config:
         argv += ["--run-config", " ".join(f"{k}={_toml_value(v)}" for k, v in run_config.items())]
-    env = flower_env()
-    env["FLWR_HOME"] = str(flwr_home)
+    env = install.env(flwr_home)
     process = await asyncio.create_subprocess_exec(
         *argv,
         stdout=asyncio.subprocess.PIPE,
@@ -125,7 +135,7 @@ async def flwr_run(
     assert process.stdout is not None
     try:
         async for raw in process.stdout:
-            line = raw.decode(errors="replace").rstrip("\n")
+            line = ANSI_RE.sub("", raw.decode(errors="replace").rstrip("\n"))
             lines.append(line)
             if on_line is not None:
                 on_line(line)
@@ -139,3 +149,41 @@ async def flwr_run(
 
 def _toml_value(value: int | float | str) -> str:
     return f'"{value}"' if isinstance(value, str) else str(value)
+
+
+RUN_ID_RE = re.compile(r"Successfully started run (\d+)")
+
+
+def run_id_from_output(output: str) -> str | None:
+    """The run id that ``flwr run`` reports when the SuperLink accepted the run."""
+    match = RUN_ID_RE.search(output)
+    return match.group(1) if match else None
+
+
+async def run_status(
+    install: FlowerInstall, flwr_home: Path, run_id: str, *, connection: str = "gateway"
+) -> str | None:
+    """The SuperLink's status text of a run (``finished:completed``, ``finished:failed``...).
+
+    ``flwr run`` exits 0 even when the ServerApp fails, so this is how a run's real
+    outcome is learned.
+    """
+    argv = [str(install.program("flwr")), "ls", connection, "--run-id", run_id, "--format", "json"]
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.DEVNULL,
+        env=install.env(flwr_home),
+    )
+    out, _ = await process.communicate()
+    text = out.decode(errors="replace")
+    try:
+        payload = json.loads(text[text.index("{") :])
+    except ValueError:
+        return None
+    for run in payload.get("runs", []):
+        if str(run.get("run-id")) == run_id:
+            status = run.get("status")
+            return str(status) if status is not None else None
+    return None

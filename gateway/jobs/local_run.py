@@ -23,7 +23,14 @@ from typing import Any, Literal
 from ..exceptions import JobError
 from ..flower.install import FlowerInstall
 from ..flower.process import ManagedProcess
-from ..flower.runner import flwr_run, start_superlink, start_supernode, write_flwr_home
+from ..flower.runner import (
+    flwr_run,
+    run_id_from_output,
+    run_status,
+    start_superlink,
+    start_supernode,
+    write_flwr_home,
+)
 from ..identity import Role
 from ..provisioning.certs import CertificateAuthority, write_participant
 from ..relay.dispatcher import DispatchStats
@@ -36,6 +43,7 @@ log = logging.getLogger(__name__)
 Mode = Literal["direct", "gateway"]
 ROUND_RE = re.compile(r"\[ROUND (\d+)/(\d+)\]")
 RESULT_PREFIX = "FLGATE-RESULT "
+COMPLETED = "finished:completed"
 
 
 @dataclass(frozen=True)
@@ -59,13 +67,16 @@ class RunOutcome:
     seconds: float
     workdir: Path
     rounds_seen: int = 0
+    run_id: str | None = None
+    status: str | None = None
+    """The SuperLink's final status of the run, e.g. ``finished:completed``."""
     result: dict[str, Any] | None = None
     relay_stats: DispatchStats | None = None
     site_calls: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0
+        return self.exit_code == 0 and self.status == COMPLETED
 
 
 def parse_result(output: str) -> dict[str, Any] | None:
@@ -206,6 +217,8 @@ async def run_app(
                 flwr_run(install, spec.app_dir, flwr_home, run_config=config, on_line=on_line)
             )
             exit_code, output = await _watch(run_task, running, spec.time_limit)
+            run_id = run_id_from_output(output)
+            status = await _final_status(install, flwr_home, run_id) if run_id else None
             outcome = RunOutcome(
                 mode=mode,
                 job_id=job_id,
@@ -214,6 +227,8 @@ async def run_app(
                 seconds=time.monotonic() - started,
                 workdir=workdir,
                 rounds_seen=rounds_seen,
+                run_id=run_id,
+                status=status,
                 result=parse_result(output),
                 relay_stats=relay.dispatcher.stats if relay else None,
                 site_calls={n: g.forwarder(job_id).calls for n, g in gateways.items()},
@@ -221,7 +236,7 @@ async def run_app(
             await running.stop_all()
     finally:
         await running.stop_all()
-    notify(Progress("done", f"{mode} run finished with exit code {outcome.exit_code}"))
+    notify(Progress("done", f"{mode} run {outcome.run_id} ended: {outcome.status}"))
     return outcome
 
 
@@ -243,3 +258,14 @@ async def _watch(
             with contextlib.suppress(asyncio.CancelledError):
                 await run_task
             raise
+
+
+async def _final_status(install: FlowerInstall, flwr_home: Path, run_id: str) -> str | None:
+    """The run's status once the SuperLink has recorded its end (a few seconds at most)."""
+    status = None
+    for _ in range(20):
+        status = await run_status(install, flwr_home, run_id)
+        if status is not None and status.startswith("finished"):
+            return status
+        await asyncio.sleep(0.5)
+    return status
