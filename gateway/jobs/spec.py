@@ -13,6 +13,7 @@ A directory without a job file is still a job: its defaults apply.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,3 +82,28 @@ class JobSpec:
             run_config={str(k): v for k, v in run_config.items()},
             time_limit=time_limit,
         )
+
+
+def parse_run_config(text: str) -> dict[str, RunConfigValue]:
+    """``"num-server-rounds=5 lr=0.1 name='x'"`` -> a dict; the error says what to fix."""
+    config: dict[str, RunConfigValue] = {}
+    try:
+        items = shlex.split(text)
+    except ValueError as exc:
+        raise ConfigError(f"run-config {text!r}: {exc}") from exc
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or not raw:
+            raise ConfigError(
+                f"run-config item {item!r} is not key=value; example: \"num-server-rounds=5 lr=0.1\""
+            )
+        value: RunConfigValue
+        try:
+            value = int(raw)
+        except ValueError:
+            try:
+                value = float(raw)
+            except ValueError:
+                value = raw
+        config[key] = value
+    return config

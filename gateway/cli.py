@@ -1,0 +1,124 @@
+"""``flgate``: the command line. Only this module parses arguments, prints and exits."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import __version__, logs
+from .demo import DemoOptions, default_job_dir, run_demo
+from .exceptions import ConfigError, GatewayError
+from .jobs.spec import parse_run_config
+
+EXIT_OK = 0
+EXIT_JOB_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+EXIT_GATEWAY_ERROR = 4
+EXIT_INTERRUPTED = 130
+
+T = TypeVar("T")
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro``; SIGTERM cancels it like Ctrl-C, so its cleanup still runs."""
+
+    async def main() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await coro
+
+    return asyncio.run(main())
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    options = DemoOptions(
+        job_dir=args.job or default_job_dir(),
+        sites=args.sites,
+        run_config=parse_run_config(args.run_config) if args.run_config else None,
+        flower_bin=args.flower_bin,
+        workdir=args.workdir,
+        keep=args.keep,
+    )
+    outcome = _run(run_demo(options))
+    if outcome.ok:
+        print("demo finished: the job completed through the gateway")
+        return EXIT_OK
+    print(
+        f"demo failed: flwr run exited {outcome.exit_code}, run status {outcome.status}; "
+        "see the run log above and the logs in the work directory",
+        file=sys.stderr,
+    )
+    return EXIT_JOB_FAILED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flgate",
+        description="Run unmodified Flower apps across sites through one relay.",
+    )
+    parser.add_argument("--version", action="version", version=f"flgate {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="run a job end to end on a throw-away local federation",
+        description="Create certificates, start a relay, N sites, a SuperLink and N "
+        "SuperNodes on localhost, run the job with `flwr run`, print its log and "
+        "result, and stop everything. Exit code 0 when the run completed.",
+    )
+    demo.add_argument(
+        "--job", type=Path, help="Flower app directory (default: jobs/quickstart-numpy)"
+    )
+    demo.add_argument("--sites", type=int, default=2, help="number of sites (default: 2)")
+    demo.add_argument(
+        "--run-config", metavar='"K=V ..."', help="run-config overrides passed to flwr run"
+    )
+    demo.add_argument(
+        "--flower-bin",
+        type=Path,
+        metavar="DIR",
+        help="bin directory of the Flower installation to use (default: this Python's)",
+    )
+    demo.add_argument(
+        "--workdir", type=Path, help="keep certificates and logs here (default: a temp dir)"
+    )
+    demo.add_argument("--keep", action="store_true", help="keep the work directory on success")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    if getattr(args, "sites", 1) < 1:
+        parser.error("--sites must be at least 1")
+    logs.configure(args.verbose)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"flgate: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except GatewayError as exc:
+        print(f"flgate: error: {exc}", file=sys.stderr)
+        return EXIT_GATEWAY_ERROR
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("flgate: interrupted; every process it started was stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
