@@ -93,16 +93,24 @@ def test_hop_by_hop_headers_are_not_forwarded() -> None:
     )
     assert headers == [("flwr-public-key", b"YWJj")]
     metadata = fleet.forwardable_grpc_metadata(
-        [(":authority", "x"), ("grpc-timeout", "1S"), ("flwr-public-key-bin", b"\x00\x01"),
-         ("user-agent", "grpc-python"), ("flwr-timestamp", "2026")]
+        [
+            (":authority", "x"),
+            ("grpc-timeout", "1S"),
+            ("flwr-public-key-bin", b"\x00\x01"),
+            ("user-agent", "grpc-python"),
+            ("flwr-timestamp", "2026"),
+        ]
     )
     assert metadata == [("flwr-public-key-bin", b"\x00\x01"), ("flwr-timestamp", b"2026")]
 
 
 def test_node_auth_headers_cross_dialects_intact() -> None:
     raw_key, raw_sig = b"\x04\x00key", b"\x30\x45sig"
-    grpc_form = [("flwr-public-key-bin", raw_key), ("flwr-signature-bin", raw_sig),
-                 ("flwr-timestamp", b"2026-11-21T00:00:00")]
+    grpc_form = [
+        ("flwr-public-key-bin", raw_key),
+        ("flwr-signature-bin", raw_sig),
+        ("flwr-timestamp", b"2026-11-21T00:00:00"),
+    ]
     http_form = fleet.grpc_headers_to_http(grpc_form)
     assert http_form == [
         ("flwr-public-key", base64.b64encode(raw_key)),

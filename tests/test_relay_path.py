@@ -40,8 +40,11 @@ class RecordingSuperLink:
         self.seen.append((request.path, {k.lower(): v for k, v in request.headers.items()}, body))
         if self.status != 200:
             return web.json_response({"code": 7, "detail": "from superlink"}, status=self.status)
-        return web.Response(body=b"echo:" + body, content_type="application/protobuf",
-                            headers={"x-superlink": "yes"})
+        return web.Response(
+            body=b"echo:" + body,
+            content_type="application/protobuf",
+            headers={"x-superlink": "yes"},
+        )
 
 
 @dataclass
@@ -66,8 +69,12 @@ async def path(federation: Federation) -> AsyncIterator[Path_]:
     relay = Relay(listen_url="grpcs://127.0.0.1:0", tls=federation.relay)
     await relay.start()
     relay_url = f"grpcs://localhost:{relay.port}"
-    relay.add_job("job-a", sites=frozenset({"site-1", "site-2"}), dialect=DIALECT_HTTP,
-                  superlink=f"127.0.0.1:{superlink.port}")
+    relay.add_job(
+        "job-a",
+        sites=frozenset({"site-1", "site-2"}),
+        dialect=DIALECT_HTTP,
+        superlink=f"127.0.0.1:{superlink.port}",
+    )
     site = SiteGateway(name="site-1", relay_url=relay_url, tls=federation.sites["site-1"])
     yield Path_(relay=relay, site=site, superlink=superlink, relay_url=relay_url)
     await site.aclose()
@@ -75,13 +82,22 @@ async def path(federation: Federation) -> AsyncIterator[Path_]:
     await runner.cleanup()
 
 
-async def _post(port: int, path: str, body: bytes = b"req", headers: dict[str, str] | None = None
-                ) -> tuple[int, bytes, dict[str, str]]:
-    async with aiohttp.ClientSession() as session, session.post(
-        f"http://127.0.0.1:{port}{path}", data=body,
-        headers={"content-type": "application/protobuf", **(headers or {})},
-    ) as response:
-        return response.status, await response.read(), {k.lower(): v for k, v in response.headers.items()}
+async def _post(
+    port: int, path: str, body: bytes = b"req", headers: dict[str, str] | None = None
+) -> tuple[int, bytes, dict[str, str]]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"http://127.0.0.1:{port}{path}",
+            data=body,
+            headers={"content-type": "application/protobuf", **(headers or {})},
+        ) as response,
+    ):
+        return (
+            response.status,
+            await response.read(),
+            {k.lower(): v for k, v in response.headers.items()},
+        )
 
 
 async def test_fleet_call_arrives_with_body_and_node_auth_headers(path: Path_) -> None:
@@ -107,8 +123,16 @@ async def test_superlink_status_passes_through_unchanged(path: Path_) -> None:
         assert json.loads(body)["detail"] == "from superlink"
 
 
-@pytest.mark.parametrize("bad_path", ["/v1/control/start-run", "/v1/runtime/pull-messages",
-                                      "/health", "/docs", "/v1/fleet/../control/list-runs"])
+@pytest.mark.parametrize(
+    "bad_path",
+    [
+        "/v1/control/start-run",
+        "/v1/runtime/pull-messages",
+        "/health",
+        "/docs",
+        "/v1/fleet/../control/list-runs",
+    ],
+)
 async def test_non_fleet_paths_never_leave_the_site(path: Path_, bad_path: str) -> None:
     lgs = await path.site.open_job("job-a", DIALECT_HTTP)
     status, body, _ = await _post(lgs.port, bad_path)
@@ -120,9 +144,10 @@ async def test_non_fleet_paths_never_leave_the_site(path: Path_, bad_path: str) 
 
 async def test_get_on_fleet_path_is_refused(path: Path_) -> None:
     lgs = await path.site.open_job("job-a", DIALECT_HTTP)
-    async with aiohttp.ClientSession() as session, session.get(
-        f"http://127.0.0.1:{lgs.port}/v1/fleet/pull-messages"
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{lgs.port}/v1/fleet/pull-messages") as response,
+    ):
         assert response.status == 404
     assert path.relay.dispatcher.stats.received == 0
 
@@ -147,8 +172,15 @@ async def test_unknown_job_is_refused(path: Path_) -> None:
 
 
 def _envelope(site: str, method: str = "PullMessages", job: str = "job-a"):  # type: ignore[no-untyped-def]
-    return make_envelope(job_id=job, site=site, method=method, dialect=DIALECT_HTTP, headers=[],
-                         body=b"x", deadline_unix_ms=now_ms() + 5000)
+    return make_envelope(
+        job_id=job,
+        site=site,
+        method=method,
+        dialect=DIALECT_HTTP,
+        headers=[],
+        body=b"x",
+        deadline_unix_ms=now_ms() + 5000,
+    )
 
 
 @pytest.mark.parametrize(
@@ -159,8 +191,9 @@ def _envelope(site: str, method: str = "PullMessages", job: str = "job-a"):  # t
         ("site-1", "", "../../v1/control/start-run", "not a Fleet API method"),
     ],
 )
-async def test_relay_refuses_forged_envelopes(path: Path_, federation: Federation, cert: str,
-                                              claimed_site: str, method: str, needle: str) -> None:
+async def test_relay_refuses_forged_envelopes(
+    path: Path_, federation: Federation, cert: str, claimed_site: str, method: str, needle: str
+) -> None:
     tls: TLSConfig = federation.admin if cert == "admin" else federation.sites[cert]
     client = connect(path.relay_url, tls=tls)
     try:
@@ -197,10 +230,14 @@ async def test_grpc_dialect_rere_and_adapter(path: Path_) -> None:
         assert path.superlink.seen[-1][1]["flwr-public-key"] == "BAEC"
 
         adapter = channel.unary_unary("/flwr.proto.GrpcAdapter/SendReceive")
-        request = AdapterContainer(metadata={"flower-package-version": "1.39.0"},
-                                   grpc_message_name="RegisterNodeFleetRequest",
-                                   grpc_message_content=b"\x0a\x00")
-        response = AdapterContainer.FromString(await adapter(request.SerializeToString(), timeout=5))
+        request = AdapterContainer(
+            metadata={"flower-package-version": "1.39.0"},
+            grpc_message_name="RegisterNodeFleetRequest",
+            grpc_message_content=b"\x0a\x00",
+        )
+        response = AdapterContainer.FromString(
+            await adapter(request.SerializeToString(), timeout=5)
+        )
         assert response.grpc_message_name == "RegisterNodeFleetResponse"
         assert response.grpc_message_content == b"echo:\x0a\x00"
         assert path.superlink.seen[-1][0] == "/v1/fleet/register-node"

@@ -52,6 +52,7 @@ class ManagedProcess:
         self.name = name
         self.argv = argv
         self.log_path = log_path
+        self._stopped = False
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("ab")
         try:
@@ -124,7 +125,10 @@ class ManagedProcess:
                 os.killpg(group, sig)
 
     def stop(self, grace: float = 5.0) -> int | None:
-        """End the process and everything it started; return its exit code."""
+        """End the process and everything it started; return its exit code (idempotent)."""
+        if self._stopped:
+            return self._popen.returncode
+        self._stopped = True
         groups = self._process_groups()
         if self.alive():
             self._signal_groups(groups, signal.SIGTERM)

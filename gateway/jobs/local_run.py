@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
 import re
@@ -73,6 +74,8 @@ class RunOutcome:
     result: dict[str, Any] | None = None
     relay_stats: DispatchStats | None = None
     site_calls: dict[str, int] = field(default_factory=dict)
+    commands: dict[str, list[str]] = field(default_factory=dict)
+    """The command line of each Flower process, by process name."""
 
     @property
     def ok(self) -> bool:
@@ -219,21 +222,24 @@ async def run_app(
             exit_code, output = await _watch(run_task, running, spec.time_limit)
             run_id = run_id_from_output(output)
             status = await _final_status(install, flwr_home, run_id) if run_id else None
+            seconds = time.monotonic() - started
+            # Stop the Flower processes before counting, so no call is still in flight.
+            await running.stop_all()
             outcome = RunOutcome(
                 mode=mode,
                 job_id=job_id,
                 exit_code=exit_code,
                 output=output,
-                seconds=time.monotonic() - started,
+                seconds=seconds,
                 workdir=workdir,
                 rounds_seen=rounds_seen,
                 run_id=run_id,
                 status=status,
                 result=parse_result(output),
-                relay_stats=relay.dispatcher.stats if relay else None,
+                relay_stats=copy.deepcopy(relay.dispatcher.stats) if relay else None,
                 site_calls={n: g.forwarder(job_id).calls for n, g in gateways.items()},
+                commands={p.name: p.argv for p in running.processes},
             )
-            await running.stop_all()
     finally:
         await running.stop_all()
     notify(Progress("done", f"{mode} run {outcome.run_id} ended: {outcome.status}"))

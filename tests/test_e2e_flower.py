@@ -1,0 +1,110 @@
+"""End to end with real Flower: the quickstart job, directly and through the gateway.
+
+Three runs share one session fixture and run concurrently (on free ports):
+flwr 1.41 direct, flwr 1.41 through the gateway (HTTP dialect), and flwr 1.39
+through the gateway (gRPC dialect, one ``--grpc-rere`` and one ``--grpc-adapter``
+SuperNode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.jobs.local_run import COMPLETED, RunOutcome, run_app
+from gateway.jobs.spec import JobSpec
+
+from .flower_envs import REPO, flwr139, flwr141
+from .procs import processes_touching, wait_until_gone
+
+pytestmark = pytest.mark.e2e
+
+QUICKSTART = REPO / "jobs" / "quickstart-numpy"
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunOutcome]:
+    spec = JobSpec.load(QUICKSTART)
+    legacy = flwr139()
+    current = flwr141()
+    root = tmp_path_factory.mktemp("e2e")
+
+    async def all_runs() -> list[RunOutcome]:
+        return await asyncio.gather(
+            run_app(spec, mode="direct", workdir=root / "direct-141", install=current),
+            run_app(spec, mode="gateway", workdir=root / "gateway-141", install=current),
+            run_app(
+                spec,
+                mode="gateway",
+                workdir=root / "gateway-139",
+                install=legacy,
+                grpc_modes=["rere", "adapter"],
+            ),
+        )
+
+    direct, http, grpc = asyncio.run(all_runs())
+    return {"direct-141": direct, "gateway-141": http, "gateway-139": grpc}
+
+
+def _describe(outcome: RunOutcome) -> str:
+    return (
+        f"{outcome.mode} exit={outcome.exit_code} status={outcome.status}\n{outcome.output[-3000:]}"
+    )
+
+
+@pytest.mark.parametrize("name", ["direct-141", "gateway-141", "gateway-139"])
+def test_run_completes(runs: dict[str, RunOutcome], name: str) -> None:
+    outcome = runs[name]
+    assert outcome.ok, _describe(outcome)
+    assert outcome.status == COMPLETED
+    assert outcome.rounds_seen == 3
+    assert outcome.result is not None, "the app's FLGATE-RESULT line is missing"
+
+
+@pytest.mark.parametrize("name", ["gateway-141", "gateway-139"])
+def test_every_fleet_call_went_through_the_relay(runs: dict[str, RunOutcome], name: str) -> None:
+    outcome = runs[name]
+    stats = outcome.relay_stats
+    assert stats is not None
+    forwarded = stats.forwarded[outcome.job_id]
+    # Registration, heartbeats, pulls, pushes and object transfers of 2 nodes x 3 rounds.
+    assert forwarded > 50
+    assert sum(stats.refused.values()) == 0
+    assert set(outcome.site_calls) == {"site-1", "site-2"}
+    assert sum(outcome.site_calls.values()) == forwarded
+    assert all(calls > 0 for calls in outcome.site_calls.values())
+
+
+def test_gateway_results_equal_direct_flower(runs: dict[str, RunOutcome]) -> None:
+    direct = runs["direct-141"].result
+    through = runs["gateway-141"].result
+    assert direct is not None and through is not None
+    assert through["final_params_sha256"] == direct["final_params_sha256"]
+    assert through["train_metrics"] == direct["train_metrics"]
+    assert through["evaluate_metrics"] == direct["evaluate_metrics"]
+    assert set(through["train_metrics"]) == {"1", "2", "3"}
+
+
+def test_grpc_dialect_results_equal_direct_flower(runs: dict[str, RunOutcome]) -> None:
+    # Same app, same seeds, same aggregation: flwr 1.39 over gRPC through the
+    # gateway gives the very numbers of flwr 1.41 run directly.
+    direct = runs["direct-141"].result
+    legacy = runs["gateway-139"].result
+    assert direct is not None and legacy is not None
+    assert legacy == direct
+
+
+def test_grpc_adapter_supernode_took_part(runs: dict[str, RunOutcome]) -> None:
+    outcome = runs["gateway-139"]
+    assert "--grpc-rere" in outcome.commands["supernode-site-1"]
+    assert "--grpc-adapter" in outcome.commands["supernode-site-2"]
+    # Both nodes' calls reached the relay: the adapter's were unwrapped by the LGS.
+    assert outcome.site_calls["site-1"] > 20
+    assert outcome.site_calls["site-2"] > 20
+
+
+@pytest.mark.parametrize("name", ["direct-141", "gateway-141", "gateway-139"])
+def test_no_process_left_running(runs: dict[str, RunOutcome], name: str) -> None:
+    left = wait_until_gone(lambda: processes_touching(runs[name].workdir), timeout=15)
+    assert not left, f"processes of the {name} run still running: {left}"
