@@ -254,3 +254,40 @@ async def test_grpc_dialect_rere_and_adapter(path: Path_) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await pull(b"", timeout=5)
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_oversized_request_gets_a_clear_error_and_the_lgs_keeps_serving(
+    federation: Federation,
+) -> None:
+    from gateway.config import Limits
+
+    site = SiteGateway(
+        name="site-1",
+        relay_url="grpcs://localhost:1",
+        tls=federation.sites["site-1"],
+        limits=Limits(max_frame_bytes=1024),
+    )
+    try:
+        lgs = await site.open_job("job-a", DIALECT_HTTP)
+        status, body, _ = await _post(lgs.port, "/v1/fleet/push-object", b"x" * 4096)
+        assert status == 413
+        assert "frame limit" in json.loads(body)["detail"]
+        # Still serving: a small call is answered (503: no relay listens on port 1).
+        status, _, _ = await _post(lgs.port, "/v1/fleet/pull-messages", b"x")
+        assert status == 503
+    finally:
+        await site.aclose()
+
+
+async def test_garbage_on_the_relay_port_leaves_it_serving(path: Path_) -> None:
+    import asyncio
+
+    for junk in (b"\x00" * 64, b"GET / HTTP/1.1\r\n\r\n", b"\x16\x03\x01\x00\x05hello"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", path.relay.port)
+        writer.write(junk)
+        await writer.drain()
+        await asyncio.wait_for(reader.read(1024), timeout=5)
+        writer.close()
+    lgs = await path.site.open_job("job-a", DIALECT_HTTP)
+    status, body, _ = await _post(lgs.port, "/v1/fleet/pull-messages", b"ok")
+    assert (status, body) == (200, b"echo:ok")
