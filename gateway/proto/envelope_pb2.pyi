@@ -13,6 +13,12 @@ class Dialect(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DIALECT_HTTP: _ClassVar[Dialect]
     DIALECT_GRPC: _ClassVar[Dialect]
 
+class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KIND_FLEET: _ClassVar[Kind]
+    KIND_AGENT: _ClassVar[Kind]
+    KIND_ADMIN: _ClassVar[Kind]
+
 class Origin(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ORIGIN_UNSPECIFIED: _ClassVar[Origin]
@@ -21,6 +27,9 @@ class Origin(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 DIALECT_UNSPECIFIED: Dialect
 DIALECT_HTTP: Dialect
 DIALECT_GRPC: Dialect
+KIND_FLEET: Kind
+KIND_AGENT: Kind
+KIND_ADMIN: Kind
 ORIGIN_UNSPECIFIED: Origin
 ORIGIN_UPSTREAM: Origin
 ORIGIN_GATEWAY: Origin
@@ -34,7 +43,7 @@ class Header(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("job_id", "site", "message_id", "method", "dialect", "headers", "body", "deadline_unix_ms", "attempt")
+    __slots__ = ("job_id", "site", "message_id", "method", "dialect", "headers", "body", "deadline_unix_ms", "attempt", "kind")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SITE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +53,7 @@ class Envelope(_message.Message):
     BODY_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     site: str
     message_id: str
@@ -53,7 +63,8 @@ class Envelope(_message.Message):
     body: bytes
     deadline_unix_ms: int
     attempt: int
-    def __init__(self, job_id: _Optional[str] = ..., site: _Optional[str] = ..., message_id: _Optional[str] = ..., method: _Optional[str] = ..., dialect: _Optional[_Union[Dialect, str]] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., body: _Optional[bytes] = ..., deadline_unix_ms: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
+    kind: Kind
+    def __init__(self, job_id: _Optional[str] = ..., site: _Optional[str] = ..., message_id: _Optional[str] = ..., method: _Optional[str] = ..., dialect: _Optional[_Union[Dialect, str]] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., body: _Optional[bytes] = ..., deadline_unix_ms: _Optional[int] = ..., attempt: _Optional[int] = ..., kind: _Optional[_Union[Kind, str]] = ...) -> None: ...
 
 class Reply(_message.Message):
     __slots__ = ("message_id", "origin", "http_status", "grpc_code", "detail", "headers", "body")

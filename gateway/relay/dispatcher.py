@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from .. import fleet
 from ..envelope import gateway_reply, now_ms
 from ..identity import Peer, Role
-from ..proto.envelope_pb2 import Envelope, Reply
+from ..proto.envelope_pb2 import KIND_FLEET, Envelope, Reply
 from .lgc import Upstream
 
 log = logging.getLogger(__name__)
+
+ControlHandler = Callable[[Peer, Envelope], Awaitable[Reply]]
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,8 @@ class Dispatcher:
     def __init__(self) -> None:
         self._jobs: dict[str, JobRoute] = {}
         self.stats = DispatchStats()
+        self.control: ControlHandler | None = None
+        """Handles AGENT and ADMIN envelopes (the job manager's service), if any."""
 
     def add_job(self, job_id: str, sites: frozenset[str], upstream: Upstream) -> None:
         self._jobs[job_id] = JobRoute(job_id=job_id, sites=sites, upstream=upstream)
@@ -71,6 +76,10 @@ class Dispatcher:
         return gateway_reply(envelope.message_id, status, reason)
 
     async def handle(self, peer: Peer, envelope: Envelope) -> Reply:
+        if envelope.kind != KIND_FLEET:
+            if self.control is None:
+                return gateway_reply(envelope.message_id, 404, "this relay runs no job manager")
+            return await self.control(peer, envelope)
         self.stats.received += 1
         if peer.role is not Role.SITE:
             return self._refuse(

@@ -39,6 +39,11 @@ class SiteGateway:
         self._jobs[job_id] = (lgs, forwarder)
         return lgs
 
+    @property
+    def client(self) -> TransportClient:
+        """The one connection to the relay, shared with the control plane."""
+        return self._client
+
     def forwarder(self, job_id: str) -> JobForwarder:
         return self._jobs[job_id][1]
 

@@ -1,0 +1,148 @@
+"""The relay's durable job store: one SQLite file in the relay's workspace.
+
+A job moves submitted -> dispatched -> running -> finished | failed | aborted,
+and every ending has a reason. The store survives a relay restart, so the relay
+finds its jobs again.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from ..exceptions import JobError
+
+SUBMITTED = "submitted"
+DISPATCHED = "dispatched"
+RUNNING = "running"
+FINISHED = "finished"
+FAILED = "failed"
+ABORTED = "aborted"
+ACTIVE_STATES = (SUBMITTED, DISPATCHED, RUNNING)
+FINAL_STATES = (FINISHED, FAILED, ABORTED)
+
+# Allowed transitions: anything else is a bug, not an operator error.
+_NEXT = {
+    SUBMITTED: {DISPATCHED, FAILED, ABORTED},
+    DISPATCHED: {RUNNING, FAILED, ABORTED},
+    RUNNING: {FINISHED, FAILED, ABORTED},
+    FINISHED: set(),
+    FAILED: set(),
+    ABORTED: set(),
+}
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: str
+    name: str
+    state: str
+    sites: tuple[str, ...]
+    submitted_by: str
+    run_config: str = ""
+    time_limit: float = 900.0
+    reason: str = ""
+    run_id: str = ""
+    round: int = 0
+    rounds: int = 0
+    result_json: str = ""
+    created: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+    runtime: dict[str, str] = field(default_factory=dict)
+    """Where the job's SuperLink runs (pid, addresses), for a restarted relay."""
+
+    @property
+    def ended(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    sites TEXT NOT NULL,
+    submitted_by TEXT NOT NULL,
+    run_config TEXT NOT NULL,
+    time_limit REAL NOT NULL,
+    reason TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    rounds INTEGER NOT NULL,
+    result_json TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    runtime TEXT NOT NULL
+)
+"""
+_COLUMNS = [f.name for f in fields(JobRecord)]
+
+
+class JobStore:
+    """Jobs in SQLite; every write is committed before the call returns."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _row(self, record: JobRecord) -> tuple[object, ...]:
+        values = dict(vars(record))
+        values["sites"] = json.dumps(list(record.sites))
+        values["runtime"] = json.dumps(record.runtime)
+        return tuple(values[c] for c in _COLUMNS)
+
+    @staticmethod
+    def _record(row: tuple[object, ...]) -> JobRecord:
+        values = dict(zip(_COLUMNS, row, strict=True))
+        values["sites"] = tuple(json.loads(str(values["sites"])))
+        values["runtime"] = json.loads(str(values["runtime"]))
+        return JobRecord(**values)  # type: ignore[arg-type]
+
+    def add(self, record: JobRecord) -> JobRecord:
+        with self._lock:
+            placeholders = ", ".join("?" * len(_COLUMNS))
+            self._db.execute(
+                f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({placeholders})",
+                self._row(record),
+            )
+        return record
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE job_id = ?", (job_id,)
+            ).fetchone()
+        return None if row is None else self._record(row)
+
+    def list(self) -> list[JobRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM jobs ORDER BY created"
+            ).fetchall()
+        return [self._record(r) for r in rows]
+
+    def update(self, job_id: str, **changes: object) -> JobRecord:
+        """Apply ``changes``; a state change must follow the allowed transitions."""
+        current = self.get(job_id)
+        if current is None:
+            raise JobError(f"no job {job_id!r}")
+        new_state = changes.get("state")
+        if new_state not in (None, current.state) and new_state not in _NEXT[current.state]:
+            raise JobError(f"job {job_id}: cannot go from {current.state} to {new_state}")
+        updated = replace(current, updated=time.time(), **changes)  # type: ignore[arg-type]
+        with self._lock:
+            self._db.execute(
+                f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in _COLUMNS[1:])} WHERE job_id = ?",
+                (*self._row(updated)[1:], job_id),
+            )
+        return updated

@@ -1,0 +1,154 @@
+from gateway.proto import envelope_pb2 as _envelope_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SiteJob(_message.Message):
+    __slots__ = ("job_id", "dialect", "flower_version", "partition_id", "num_partitions")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    DIALECT_FIELD_NUMBER: _ClassVar[int]
+    FLOWER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_ID_FIELD_NUMBER: _ClassVar[int]
+    NUM_PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    dialect: _envelope_pb2.Dialect
+    flower_version: str
+    partition_id: int
+    num_partitions: int
+    def __init__(self, job_id: _Optional[str] = ..., dialect: _Optional[_Union[_envelope_pb2.Dialect, str]] = ..., flower_version: _Optional[str] = ..., partition_id: _Optional[int] = ..., num_partitions: _Optional[int] = ...) -> None: ...
+
+class SiteJobState(_message.Message):
+    __slots__ = ("job_id", "state", "detail")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    state: str
+    detail: str
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class PollTasksRequest(_message.Message):
+    __slots__ = ("jobs", "wait_ms")
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[SiteJobState]
+    wait_ms: int
+    def __init__(self, jobs: _Optional[_Iterable[_Union[SiteJobState, _Mapping]]] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+
+class PollTasksResponse(_message.Message):
+    __slots__ = ("desired",)
+    DESIRED_FIELD_NUMBER: _ClassVar[int]
+    desired: _containers.RepeatedCompositeFieldContainer[SiteJob]
+    def __init__(self, desired: _Optional[_Iterable[_Union[SiteJob, _Mapping]]] = ...) -> None: ...
+
+class ShipLogsRequest(_message.Message):
+    __slots__ = ("job_id", "offset", "data")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    offset: int
+    data: bytes
+    def __init__(self, job_id: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ShipLogsResponse(_message.Message):
+    __slots__ = ("next_offset",)
+    NEXT_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    next_offset: int
+    def __init__(self, next_offset: _Optional[int] = ...) -> None: ...
+
+class SubmitJobRequest(_message.Message):
+    __slots__ = ("name", "app_archive", "sites", "min_sites", "run_config", "time_limit")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    APP_ARCHIVE_FIELD_NUMBER: _ClassVar[int]
+    SITES_FIELD_NUMBER: _ClassVar[int]
+    MIN_SITES_FIELD_NUMBER: _ClassVar[int]
+    RUN_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    TIME_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    app_archive: bytes
+    sites: _containers.RepeatedScalarFieldContainer[str]
+    min_sites: int
+    run_config: str
+    time_limit: float
+    def __init__(self, name: _Optional[str] = ..., app_archive: _Optional[bytes] = ..., sites: _Optional[_Iterable[str]] = ..., min_sites: _Optional[int] = ..., run_config: _Optional[str] = ..., time_limit: _Optional[float] = ...) -> None: ...
+
+class JobInfo(_message.Message):
+    __slots__ = ("job_id", "name", "state", "reason", "sites", "submitted_by", "created", "updated", "run_id", "round", "rounds", "result_json", "run_config")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SITES_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_BY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    RUN_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    name: str
+    state: str
+    reason: str
+    sites: _containers.RepeatedScalarFieldContainer[str]
+    submitted_by: str
+    created: float
+    updated: float
+    run_id: str
+    round: int
+    rounds: int
+    result_json: str
+    run_config: str
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., sites: _Optional[_Iterable[str]] = ..., submitted_by: _Optional[str] = ..., created: _Optional[float] = ..., updated: _Optional[float] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., rounds: _Optional[int] = ..., result_json: _Optional[str] = ..., run_config: _Optional[str] = ...) -> None: ...
+
+class JobRef(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListJobsResponse(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[JobInfo]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ...) -> None: ...
+
+class GetLogsRequest(_message.Message):
+    __slots__ = ("job_id", "source", "offset", "wait_ms")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    source: str
+    offset: int
+    wait_ms: int
+    def __init__(self, job_id: _Optional[str] = ..., source: _Optional[str] = ..., offset: _Optional[int] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+
+class GetLogsResponse(_message.Message):
+    __slots__ = ("data", "next_offset", "ended", "sources")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    NEXT_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    next_offset: int
+    ended: bool
+    sources: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, data: _Optional[bytes] = ..., next_offset: _Optional[int] = ..., ended: _Optional[bool] = ..., sources: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DownloadResponse(_message.Message):
+    __slots__ = ("archive",)
+    ARCHIVE_FIELD_NUMBER: _ClassVar[int]
+    archive: bytes
+    def __init__(self, archive: _Optional[bytes] = ...) -> None: ...

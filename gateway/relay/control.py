@@ -1,0 +1,135 @@
+"""The relay's control plane: site agents' and admins' calls, authorized by role.
+
+A site certificate may poll for its own tasks and ship its own logs; an admin
+certificate may submit, list, read, abort and download jobs. Requests and
+responses are the messages of ``protos/gateway/proto/control.proto``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from google.protobuf.message import DecodeError, Message
+
+from ..envelope import gateway_reply
+from ..exceptions import ConfigError, JobError
+from ..identity import Peer, Role
+from ..jobs.manager import JobManager
+from ..jobs.store import JobRecord
+from ..proto.control_pb2 import (
+    DownloadResponse,
+    GetLogsRequest,
+    JobInfo,
+    JobRef,
+    ListJobsRequest,
+    ListJobsResponse,
+    PollTasksRequest,
+    ShipLogsRequest,
+    SubmitJobRequest,
+)
+from ..proto.envelope_pb2 import KIND_ADMIN, KIND_AGENT, Envelope, Reply
+
+log = logging.getLogger(__name__)
+
+Operation = Callable[[Peer, bytes], Awaitable[Message]]
+
+
+def job_info(record: JobRecord) -> JobInfo:
+    return JobInfo(
+        job_id=record.job_id,
+        name=record.name,
+        state=record.state,
+        reason=record.reason,
+        sites=list(record.sites),
+        submitted_by=record.submitted_by,
+        created=record.created,
+        updated=record.updated,
+        run_id=record.run_id,
+        round=record.round,
+        rounds=record.rounds,
+        result_json=record.result_json,
+        run_config=record.run_config,
+    )
+
+
+class ControlService:
+    """Answers AGENT and ADMIN envelopes from the job manager."""
+
+    def __init__(self, manager: JobManager) -> None:
+        self._manager = manager
+        self._agent: dict[str, Operation] = {
+            "PollTasks": self._poll_tasks,
+            "ShipLogs": self._ship_logs,
+        }
+        self._admin: dict[str, Operation] = {
+            "SubmitJob": self._submit,
+            "ListJobs": self._list,
+            "GetJob": self._get,
+            "GetLogs": self._logs,
+            "AbortJob": self._abort,
+            "Download": self._download,
+        }
+
+    async def handle(self, peer: Peer, envelope: Envelope) -> Reply:
+        if envelope.kind == KIND_AGENT:
+            role, table = Role.SITE, self._agent
+        elif envelope.kind == KIND_ADMIN:
+            role, table = Role.ADMIN, self._admin
+        else:
+            return gateway_reply(envelope.message_id, 400, "unknown envelope kind")
+        if peer.role is not role:
+            return gateway_reply(
+                envelope.message_id,
+                403,
+                f"{peer} may not call {envelope.method!r}: it needs a {role.value} certificate",
+            )
+        operation = table.get(envelope.method)
+        if operation is None:
+            return gateway_reply(envelope.message_id, 404, f"no operation {envelope.method!r}")
+        try:
+            response = await operation(peer, envelope.body)
+        except DecodeError:
+            return gateway_reply(envelope.message_id, 400, f"malformed {envelope.method} request")
+        except ConfigError as exc:
+            return gateway_reply(envelope.message_id, 400, str(exc))
+        except JobError as exc:
+            return gateway_reply(
+                envelope.message_id, 404 if "no job" in str(exc) else 409, str(exc)
+            )
+        return Reply(
+            message_id=envelope.message_id, http_status=200, body=response.SerializeToString()
+        )
+
+    async def _poll_tasks(self, peer: Peer, body: bytes) -> Message:
+        return await self._manager.poll(peer.name, PollTasksRequest.FromString(body))
+
+    async def _ship_logs(self, peer: Peer, body: bytes) -> Message:
+        return self._manager.ship_logs(peer.name, ShipLogsRequest.FromString(body))
+
+    async def _submit(self, peer: Peer, body: bytes) -> Message:
+        return job_info(self._manager.submit(peer, SubmitJobRequest.FromString(body)))
+
+    async def _list(self, peer: Peer, body: bytes) -> Message:
+        ListJobsRequest.FromString(body)
+        return ListJobsResponse(jobs=[job_info(r) for r in self._manager.store.list()])
+
+    async def _get(self, peer: Peer, body: bytes) -> Message:
+        return job_info(self._manager.get(JobRef.FromString(body).job_id))
+
+    async def _logs(self, peer: Peer, body: bytes) -> Message:
+        request = GetLogsRequest.FromString(body)
+        return await self._manager.logs(
+            request.job_id,
+            request.source or "server",
+            request.offset,
+            min(request.wait_ms, 25_000) / 1000,
+        )
+
+    async def _abort(self, peer: Peer, body: bytes) -> Message:
+        job_id = JobRef.FromString(body).job_id
+        log.info("job abort requested", extra={"job": job_id, "by": peer.name})
+        return job_info(await self._manager.abort(job_id, f"aborted by {peer.name}"))
+
+    async def _download(self, peer: Peer, body: bytes) -> Message:
+        return DownloadResponse(archive=self._manager.download(JobRef.FromString(body).job_id))

@@ -1,0 +1,210 @@
+"""The site agent: dial the relay, learn which jobs to run, run their SuperNodes.
+
+The agent long-polls the relay with its view of its jobs and gets back the set
+of jobs it must run; it reconciles (start what is missing, stop what is no
+longer wanted), so restarts of either side need no special protocol. For each
+job it opens an LGS on loopback and starts ``flower-supernode`` against it with
+``partition-id``, ``num-partitions`` and ``site-name`` in its node config, and
+ships the SuperNode's log to the relay. The site never accepts a connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Limits, Timeouts, TLSConfig
+from ..control_client import control_call
+from ..exceptions import ConfigError, GatewayError, ProcessError
+from ..flower.install import FlowerInstall
+from ..flower.process import ManagedProcess
+from ..flower.runner import start_supernode
+from ..identity import Role, peer_from_pem
+from ..proto.control_pb2 import (
+    PollTasksRequest,
+    PollTasksResponse,
+    ShipLogsRequest,
+    ShipLogsResponse,
+    SiteJob,
+    SiteJobState,
+)
+from ..proto.envelope_pb2 import KIND_AGENT
+from .gateway import SiteGateway
+
+log = logging.getLogger(__name__)
+
+POLL_WAIT_SECONDS = 20.0
+RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)
+
+
+@dataclass
+class _JobSlot:
+    job: SiteJob
+    state: str = "starting"
+    detail: str = ""
+    supernode: ManagedProcess | None = None
+    shipped: int = 0
+
+    def view(self) -> SiteJobState:
+        return SiteJobState(job_id=self.job.job_id, state=self.state, detail=self.detail)
+
+
+class SiteAgent:
+    """One site's long-lived process."""
+
+    def __init__(
+        self,
+        *,
+        relay_url: str,
+        tls: TLSConfig,
+        workspace: Path,
+        install: FlowerInstall,
+        limits: Limits = Limits(),
+        timeouts: Timeouts = Timeouts(),
+        poll_wait: float = POLL_WAIT_SECONDS,
+    ) -> None:
+        peer = peer_from_pem(tls.cert.read_bytes())
+        if peer.role is not Role.SITE:
+            raise ConfigError(f"{tls.cert} is a {peer.role.value} certificate, not a site's")
+        self.name = peer.name
+        self.workspace = workspace
+        self._install = install
+        self._poll_wait = poll_wait
+        self._gateway = SiteGateway(
+            name=self.name, relay_url=relay_url, tls=tls, limits=limits, timeouts=timeouts
+        )
+        self._jobs: dict[str, _JobSlot] = {}
+        self.connected = asyncio.Event()
+
+    @property
+    def jobs(self) -> dict[str, _JobSlot]:
+        return self._jobs
+
+    async def run_forever(self) -> None:
+        """Poll, reconcile and ship logs until cancelled; survive relay outages."""
+        failures = 0
+        try:
+            while True:
+                try:
+                    response = await control_call(
+                        self._gateway.client,
+                        KIND_AGENT,
+                        "PollTasks",
+                        PollTasksRequest(
+                            jobs=[s.view() for s in self._jobs.values()],
+                            wait_ms=int(self._poll_wait * 1000),
+                        ),
+                        PollTasksResponse,
+                        timeout=self._poll_wait + 15,
+                    )
+                except GatewayError as exc:
+                    delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
+                    failures += 1
+                    log.warning(
+                        "cannot reach the relay; retrying",
+                        extra={"site": self.name, "error": str(exc), "retry_in": delay},
+                    )
+                    self.connected.clear()
+                    await asyncio.sleep(delay)
+                    continue
+                failures = 0
+                self.connected.set()
+                await self._reconcile(response.desired)
+                self._check_supernodes()
+                await self._ship_logs()
+        finally:
+            await self.aclose()
+
+    async def _reconcile(self, desired: Iterable[SiteJob]) -> None:
+        wanted = {job.job_id: job for job in desired}
+        for job_id in [j for j in self._jobs if j not in wanted]:
+            await self._stop_job(job_id)
+        for job_id, job in wanted.items():
+            if job_id not in self._jobs:
+                await self._start_job(job)
+
+    def _job_dir(self, job_id: str) -> Path:
+        return self.workspace / "jobs" / job_id
+
+    async def _start_job(self, job: SiteJob) -> None:
+        slot = _JobSlot(job=job)
+        self._jobs[job.job_id] = slot
+        ours = self._install.version_text
+        if ours.split(".")[:2] != job.flower_version.split(".")[:2]:
+            slot.state = "failed"
+            slot.detail = (
+                f"this site runs flwr {ours} but the job's SuperLink runs flwr "
+                f"{job.flower_version}; install the same major.minor release"
+            )
+            log.error("cannot start job", extra={"job": job.job_id, "reason": slot.detail})
+            return
+        try:
+            lgs = await self._gateway.open_job(job.job_id, job.dialect)
+            slot.supernode = start_supernode(
+                self._install,
+                lgs.address,
+                self._job_dir(job.job_id),
+                name="supernode",
+                node_config={
+                    "partition-id": job.partition_id,
+                    "num-partitions": job.num_partitions,
+                    "site-name": self.name,
+                },
+            )
+        except (GatewayError, OSError) as exc:
+            slot.state, slot.detail = "failed", f"cannot start the SuperNode: {exc}"
+            return
+        slot.state = "running"
+        log.info("job started", extra={"job": job.job_id, "site": self.name})
+
+    def _check_supernodes(self) -> None:
+        for slot in self._jobs.values():
+            if slot.state == "running" and slot.supernode is not None:
+                try:
+                    slot.supernode.check_alive()
+                except ProcessError as exc:
+                    slot.state, slot.detail = "failed", str(exc)
+
+    async def _stop_job(self, job_id: str) -> None:
+        slot = self._jobs[job_id]
+        if slot.supernode is not None:
+            await asyncio.to_thread(slot.supernode.stop)
+        await self._gateway.close_job(job_id)
+        with contextlib.suppress(GatewayError):
+            await self._ship_log(slot)
+        del self._jobs[job_id]
+        log.info("job stopped", extra={"job": job_id, "site": self.name})
+
+    async def _ship_logs(self) -> None:
+        for slot in list(self._jobs.values()):
+            with contextlib.suppress(GatewayError):
+                await self._ship_log(slot)
+
+    async def _ship_log(self, slot: _JobSlot) -> None:
+        if slot.supernode is None:
+            return
+        path = slot.supernode.log_path
+        size = path.stat().st_size if path.exists() else 0
+        if size <= slot.shipped:
+            return
+        with path.open("rb") as handle:
+            handle.seek(slot.shipped)
+            data = handle.read(min(size - slot.shipped, 1024 * 1024))
+        response = await control_call(
+            self._gateway.client,
+            KIND_AGENT,
+            "ShipLogs",
+            ShipLogsRequest(job_id=slot.job.job_id, offset=slot.shipped, data=data),
+            ShipLogsResponse,
+        )
+        slot.shipped = response.next_offset
+
+    async def aclose(self) -> None:
+        for job_id in list(self._jobs):
+            with contextlib.suppress(GatewayError, OSError):
+                await self._stop_job(job_id)
+        await self._gateway.aclose()
