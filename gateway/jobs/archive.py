@@ -41,14 +41,15 @@ def pack_app(app_dir: Path, *, limit: int = MAX_APP_BYTES) -> bytes:
 
 def unpack_app(data: bytes, destination: Path, *, limit: int = 4 * MAX_APP_BYTES) -> None:
     """Extract an app archive into ``destination``; refuse anything unsafe."""
+    total = 0
     try:
-        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:gz")
+        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:gz")  # noqa: SIM115
+        members_in = tar.getmembers()
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ConfigError(f"the app archive is not a valid .tar.gz: {exc}") from exc
-    total = 0
     with tar:
         members = []
-        for member in tar.getmembers():
+        for member in members_in:
             name = PurePosixPath(member.name)
             if name.is_absolute() or ".." in name.parts:
                 raise ConfigError(f"the app archive has an unsafe path: {member.name!r}")

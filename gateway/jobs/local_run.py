@@ -127,7 +127,9 @@ async def _gateway_path(
     await relay.start()
     gateways: dict[str, SiteGateway] = {}
     try:
-        relay.add_job(job_id, sites=frozenset(sites), dialect=install.dialect, superlink=superlink_fleet)
+        relay.add_job(
+            job_id, sites=frozenset(sites), dialect=install.dialect, superlink=superlink_fleet
+        )
         addresses = {}
         for name in sites:
             site_tls = write_participant(pki / name, ca, name, Role.SITE)
@@ -210,8 +212,14 @@ async def run_app(
                 }
                 grpc_mode = (grpc_modes or ["rere"])[index % len(grpc_modes or ["rere"])]
                 running.processes.append(
-                    start_supernode(install, dial[name], workdir / name, name=f"supernode-{name}",
-                                    node_config=node_config, grpc_mode=grpc_mode)
+                    start_supernode(
+                        install,
+                        dial[name],
+                        workdir / name,
+                        name=f"supernode-{name}",
+                        node_config=node_config,
+                        grpc_mode=grpc_mode,
+                    )
                 )
             notify(Progress("start", f"{len(names)} SuperNodes started ({mode})"))
 

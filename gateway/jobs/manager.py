@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from ..exceptions import ConfigError, JobError
 from ..flower.install import FlowerInstall
@@ -70,16 +71,14 @@ SITE_ONLINE_SECONDS = 60.0
 """A site that polled within this many seconds counts as online."""
 
 
-class RouteTable:
+class RouteTable(Protocol):
     """What the manager needs of the relay: add and remove a job's Fleet route."""
 
     def add_job(
         self, job_id: str, *, sites: frozenset[str], dialect: Dialect, superlink: str
-    ) -> None:
-        raise NotImplementedError
+    ) -> None: ...
 
-    async def remove_job(self, job_id: str) -> None:
-        raise NotImplementedError
+    async def remove_job(self, job_id: str) -> None: ...
 
 
 @dataclass

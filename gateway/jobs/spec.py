@@ -64,8 +64,9 @@ class JobSpec:
                 )
             data = loaded
         run_config = data.get("run_config") or {}
+        scalar = (int, float, str)
         if not isinstance(run_config, dict) or not all(
-            isinstance(v, int | float | str) and not isinstance(v, bool) for v in run_config.values()
+            isinstance(v, scalar) and not isinstance(v, bool) for v in run_config.values()
         ):
             raise ConfigError(f"{job_file}: run_config must map names to numbers or strings")
         try:
@@ -95,7 +96,7 @@ def parse_run_config(text: str) -> dict[str, RunConfigValue]:
         key, sep, raw = item.partition("=")
         if not sep or not key or not raw:
             raise ConfigError(
-                f"run-config item {item!r} is not key=value; example: \"num-server-rounds=5 lr=0.1\""
+                f'run-config item {item!r} is not key=value; example: "num-server-rounds=5 lr=0.1"'
             )
         value: RunConfigValue
         try:

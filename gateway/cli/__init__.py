@@ -1,43 +1,32 @@
-"""``flgate``: the command line. Only this module parses arguments, prints and exits."""
+"""``flgate``: the command line. Only this package parses arguments, prints and exits."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
 
-from . import __version__, logs
-from .demo import DemoOptions, default_job_dir, run_demo
-from .exceptions import ConfigError, GatewayError
-from .jobs.spec import parse_run_config
-
-EXIT_OK = 0
-EXIT_JOB_FAILED = 1
-EXIT_USAGE = 2
-EXIT_CONFIG = 3
-EXIT_GATEWAY_ERROR = 4
-EXIT_INTERRUPTED = 130
-
-T = TypeVar("T")
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro``; SIGTERM cancels it like Ctrl-C, so its cleanup still runs."""
-
-    async def main() -> T:
-        task = asyncio.current_task()
-        assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        return await coro
-
-    return asyncio.run(main())
+from .. import __version__, logs
+from ..demo import DemoOptions, default_job_dir, run_demo
+from ..exceptions import ConfigError, GatewayError
+from ..jobs.spec import parse_run_config
+from . import job_cmd, serve_cmd
+from .common import (
+    EXIT_CONFIG,
+    EXIT_GATEWAY_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_JOB_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    run,
+)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.sites < 1:
+        raise ConfigError("--sites must be at least 1")
     options = DemoOptions(
         job_dir=args.job or default_job_dir(),
         sites=args.sites,
@@ -46,7 +35,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         workdir=args.workdir,
         keep=args.keep,
     )
-    outcome = _run(run_demo(options))
+    outcome = run(run_demo(options))
     if outcome.ok:
         print("demo finished: the job completed through the gateway")
         return EXIT_OK
@@ -94,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--keep", action="store_true", help="keep the work directory on success")
     demo.set_defaults(func=_cmd_demo)
+    serve_cmd.add_commands(commands)
+    job_cmd.add_commands(commands)
     return parser
 
 
@@ -103,8 +94,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    if getattr(args, "sites", 1) < 1:
-        parser.error("--sites must be at least 1")
     logs.configure(args.verbose)
     try:
         code: int = args.func(args)
@@ -120,5 +109,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The admin client: submit and manage jobs over the relay's one port."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import TLSConfig
+from .control_client import control_call
+from .jobs.archive import pack_app
+from .jobs.spec import JobSpec
+from .proto.control_pb2 import (
+    DownloadResponse,
+    GetLogsRequest,
+    GetLogsResponse,
+    JobInfo,
+    JobRef,
+    ListJobsRequest,
+    ListJobsResponse,
+    SubmitJobRequest,
+)
+from .proto.envelope_pb2 import KIND_ADMIN
+from .transport import TransportClient, connect
+
+
+class AdminClient:
+    """One admin's connection to the relay (admin certificate required)."""
+
+    def __init__(self, *, relay_url: str, tls: TLSConfig) -> None:
+        self._client: TransportClient = connect(relay_url, tls=tls)
+
+    async def submit(
+        self,
+        app_dir: Path,
+        *,
+        sites: list[str] | None = None,
+        min_sites: int = 0,
+        run_config: str = "",
+        name: str = "",
+        time_limit: float = 0.0,
+    ) -> JobInfo:
+        JobSpec.load(app_dir)  # refuse a bad job here, before uploading it
+        request = SubmitJobRequest(
+            name=name,
+            app_archive=pack_app(app_dir),
+            sites=sites or [],
+            min_sites=min_sites,
+            run_config=run_config,
+            time_limit=time_limit,
+        )
+        return await control_call(
+            self._client, KIND_ADMIN, "SubmitJob", request, JobInfo, timeout=120
+        )
+
+    async def list(self) -> list[JobInfo]:
+        response = await control_call(
+            self._client, KIND_ADMIN, "ListJobs", ListJobsRequest(), ListJobsResponse
+        )
+        return list(response.jobs)
+
+    async def get(self, job_id: str) -> JobInfo:
+        return await control_call(
+            self._client, KIND_ADMIN, "GetJob", JobRef(job_id=job_id), JobInfo
+        )
+
+    async def logs(
+        self, job_id: str, *, source: str = "server", offset: int = 0, wait: float = 0.0
+    ) -> GetLogsResponse:
+        request = GetLogsRequest(
+            job_id=job_id, source=source, offset=offset, wait_ms=int(wait * 1000)
+        )
+        return await control_call(
+            self._client, KIND_ADMIN, "GetLogs", request, GetLogsResponse, timeout=wait + 30
+        )
+
+    async def abort(self, job_id: str) -> JobInfo:
+        return await control_call(
+            self._client, KIND_ADMIN, "AbortJob", JobRef(job_id=job_id), JobInfo, timeout=90
+        )
+
+    async def download(self, job_id: str) -> bytes:
+        response = await control_call(
+            self._client,
+            KIND_ADMIN,
+            "Download",
+            JobRef(job_id=job_id),
+            DownloadResponse,
+            timeout=120,
+        )
+        return response.archive
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

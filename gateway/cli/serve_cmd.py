@@ -1,0 +1,114 @@
+"""``flgate relay start`` and ``flgate site start``: the long-lived processes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from ..flower.install import FlowerInstall
+from ..relay.app import RelayApp
+from ..site.agent import SiteAgent
+from .common import EXIT_OK, add_tls_options, relay_from, run, tls_from
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    relay = commands.add_parser("relay", help="the relay (one per federation)")
+    relay_sub = relay.add_subparsers(dest="action", metavar="ACTION", required=True)
+    start = relay_sub.add_parser(
+        "start",
+        help="run the relay until stopped (SIGTERM or Ctrl-C)",
+        description="Listen for sites and admins on one port, run each submitted job on its "
+        "own SuperLink, and route the job's Fleet calls to it.",
+    )
+    start.add_argument(
+        "--listen",
+        default="grpcs://0.0.0.0:8443",
+        metavar="URL",
+        help="where to listen (default: grpcs://0.0.0.0:8443; port 0 = any)",
+    )
+    start.add_argument(
+        "--workspace",
+        type=Path,
+        required=True,
+        help="directory for the job store, job apps, logs and results",
+    )
+    start.add_argument(
+        "--sites",
+        help="comma-separated names of the federation's sites "
+        "(default: any site with a valid certificate that has connected)",
+    )
+    start.add_argument(
+        "--flower-bin",
+        type=Path,
+        metavar="DIR",
+        help="bin directory of the Flower installation for SuperLinks",
+    )
+    add_tls_options(start, relay=False)
+    start.set_defaults(func=_relay_start)
+
+    site = commands.add_parser("site", help="a site's agent (one per site)")
+    site_sub = site.add_subparsers(dest="action", metavar="ACTION", required=True)
+    start = site_sub.add_parser(
+        "start",
+        help="run the site agent until stopped (SIGTERM or Ctrl-C)",
+        description="Dial the relay (no inbound port), run a SuperNode for each job this "
+        "site takes part in, and ship its logs. The site's name comes from its certificate.",
+    )
+    start.add_argument(
+        "--workspace", type=Path, required=True, help="directory for the site's job logs"
+    )
+    start.add_argument(
+        "--flower-bin",
+        type=Path,
+        metavar="DIR",
+        help="bin directory of the Flower installation for SuperNodes",
+    )
+    add_tls_options(start)
+    start.set_defaults(func=_site_start)
+
+
+async def _serve_relay(args: argparse.Namespace) -> None:
+    app = RelayApp(
+        listen_url=args.listen,
+        tls=tls_from(args),
+        workspace=args.workspace,
+        install=FlowerInstall.find(args.flower_bin),
+        known_sites=frozenset(s.strip() for s in args.sites.split(",")) if args.sites else None,
+    )
+    await app.start()
+    scheme, _, rest = args.listen.partition("://")
+    host = rest.rpartition(":")[0]
+    print(f"relay listening on {scheme}://{host}:{app.port}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await app.aclose()
+
+
+def _relay_start(args: argparse.Namespace) -> int:
+    try:
+        run(_serve_relay(args))
+    except asyncio.CancelledError:
+        print("relay stopped", file=sys.stderr)
+    return EXIT_OK
+
+
+async def _serve_site(args: argparse.Namespace) -> None:
+    agent = SiteAgent(
+        relay_url=relay_from(args),
+        tls=tls_from(args),
+        workspace=args.workspace,
+        install=FlowerInstall.find(args.flower_bin),
+    )
+    print(f"site {agent.name} dialing {args.relay}", flush=True)
+    await agent.run_forever()
+
+
+def _site_start(args: argparse.Namespace) -> int:
+    try:
+        run(_serve_site(args))
+    except asyncio.CancelledError:
+        print("site stopped", file=sys.stderr)
+    return EXIT_OK

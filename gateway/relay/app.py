@@ -1,0 +1,43 @@
+"""The relay process: transport listener, dispatcher, LGCs, job manager and control plane."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import Limits, TLSConfig
+from ..flower.install import FlowerInstall
+from ..jobs.manager import JobManager
+from .control import ControlService
+from .server import Relay
+
+
+class RelayApp:
+    """Everything the relay runs, started and stopped together."""
+
+    def __init__(
+        self,
+        *,
+        listen_url: str,
+        tls: TLSConfig,
+        workspace: Path,
+        install: FlowerInstall,
+        known_sites: frozenset[str] | None = None,
+        limits: Limits = Limits(),
+    ) -> None:
+        self.relay = Relay(listen_url=listen_url, tls=tls, limits=limits)
+        self.manager = JobManager(
+            workspace=workspace, routes=self.relay, install=install, known_sites=known_sites
+        )
+        self.relay.dispatcher.control = ControlService(self.manager).handle
+
+    @property
+    def port(self) -> int:
+        return self.relay.port
+
+    async def start(self) -> None:
+        await self.relay.start()
+        await self.manager.start()
+
+    async def aclose(self) -> None:
+        await self.manager.aclose()
+        await self.relay.aclose()

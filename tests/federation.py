@@ -1,0 +1,110 @@
+"""A real federation in processes: ``flgate relay start`` and ``flgate site start``.
+
+Certificates come from a throw-away CA; every process is started with its own
+workspace and stopped (with everything it started) by ``close()``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.admin import AdminClient
+from gateway.config import TLSConfig
+from gateway.identity import Role
+from gateway.provisioning.certs import CertificateAuthority, write_participant
+
+from .procs import processes_touching
+
+
+@dataclass
+class Federation:
+    root: Path
+    ca: CertificateAuthority
+    relay_tls: TLSConfig
+    admin_tls: TLSConfig
+    site_tls: dict[str, TLSConfig]
+    relay_url: str = ""
+    relay: subprocess.Popen[bytes] | None = None
+    sites: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    flower_bin: Path | None = None
+
+    @classmethod
+    def create(cls, root: Path, sites: list[str]) -> Federation:
+        ca = CertificateAuthority.create("test-federation")
+        pki = root / "pki"
+        return cls(
+            root=root,
+            ca=ca,
+            relay_tls=write_participant(pki / "relay", ca, "relay", Role.RELAY,
+                                        hosts=("localhost", "127.0.0.1")),
+            admin_tls=write_participant(pki / "admin", ca, "admin@test", Role.ADMIN),
+            site_tls={s: write_participant(pki / s, ca, s, Role.SITE) for s in sites},
+        )
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = (self.root / f"{name}.out").open("ab")
+        env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", PYTHONUNBUFFERED="1")
+        return subprocess.Popen([sys.executable, "-m", "gateway.cli", *argv], stdout=log,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    @staticmethod
+    def _tls_args(tls: TLSConfig) -> list[str]:
+        return ["--ca", str(tls.ca_cert), "--cert", str(tls.cert), "--key", str(tls.key)]
+
+    def start_relay(self, extra: list[str] | None = None) -> None:
+        out = self.root / "relay.out"
+        out.unlink(missing_ok=True)
+        flower = ["--flower-bin", str(self.flower_bin)] if self.flower_bin else []
+        self.relay = self._spawn("relay", ["-v", "relay", "start", "--listen",
+                                           "grpcs://127.0.0.1:0", "--workspace",
+                                           str(self.root / "relay"), *flower,
+                                           *self._tls_args(self.relay_tls), *(extra or [])])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            text = out.read_text() if out.exists() else ""
+            match = re.search(r"relay listening on grpcs://[^:]+:(\d+)", text)
+            if match:
+                self.relay_url = f"grpcs://localhost:{match.group(1)}"
+                return
+            if self.relay.poll() is not None:
+                raise RuntimeError(f"relay exited: {text}")
+            time.sleep(0.1)
+        raise RuntimeError("relay did not start")
+
+    def start_site(self, name: str) -> None:
+        flower = ["--flower-bin", str(self.flower_bin)] if self.flower_bin else []
+        self.sites[name] = self._spawn(name, ["-v", "site", "start", "--relay", self.relay_url,
+                                              "--workspace", str(self.root / name), *flower,
+                                              *self._tls_args(self.site_tls[name])])
+
+    def admin(self) -> AdminClient:
+        return AdminClient(relay_url=self.relay_url, tls=self.admin_tls)
+
+    def stop(self, process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+    def close(self) -> None:
+        for process in self.sites.values():
+            self.stop(process)
+        self.stop(self.relay)
+        # Flower's helpers run in sessions of their own: sweep what touches our dirs.
+        for line in processes_touching(self.root):
+            pid = int(line.split(":")[0])
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
