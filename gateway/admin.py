@@ -16,6 +16,9 @@ from .proto.control_pb2 import (
     JobRef,
     ListJobsRequest,
     ListJobsResponse,
+    ListSitesRequest,
+    ListSitesResponse,
+    SiteInfo,
     SubmitJobRequest,
 )
 from .proto.envelope_pb2 import KIND_ADMIN
@@ -51,11 +54,17 @@ class AdminClient:
             self._client, KIND_ADMIN, "SubmitJob", request, JobInfo, timeout=120
         )
 
-    async def list(self) -> list[JobInfo]:
+    async def list_jobs(self) -> list[JobInfo]:
         response = await control_call(
             self._client, KIND_ADMIN, "ListJobs", ListJobsRequest(), ListJobsResponse
         )
         return list(response.jobs)
+
+    async def list_sites(self) -> list[SiteInfo]:
+        response = await control_call(
+            self._client, KIND_ADMIN, "ListSites", ListSitesRequest(), ListSitesResponse
+        )
+        return list(response.sites)
 
     async def get(self, job_id: str) -> JobInfo:
         return await control_call(

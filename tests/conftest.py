@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -9,9 +10,14 @@ import pytest
 
 from gateway.config import TLSConfig
 from gateway.identity import Role
+from gateway.jobs.local_run import RunOutcome, run_app
+from gateway.jobs.spec import JobSpec
 from gateway.provisioning.certs import CertificateAuthority, write_participant
 
+from .flower_envs import REPO, flwr139, flwr141
 from .procs import live_children, wait_until_gone
+
+QUICKSTART = REPO / "jobs" / "quickstart-numpy"
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,51 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Federation:
 
 @pytest.fixture(autouse=True)
 def no_process_left_behind() -> Iterator[None]:
-    """After every test, no process the test started may still be running."""
+    """After every test, no process the test started may still be running.
+
+    Processes of longer-lived fixtures (a module's federation) were already
+    running when the test began, and are checked when their fixture ends.
+    """
+    before = set(live_children())
     yield
-    left = wait_until_gone(live_children)
+    left = wait_until_gone(lambda: [p for p in live_children() if p not in before])
     assert not left, f"processes left running after the test: {left}"
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunOutcome]:
+    """Real Flower runs of the quickstart job, concurrently: flwr 1.41 direct (3 and 2
+    rounds), flwr 1.41 through the gateway (HTTP dialect) and flwr 1.39 through the
+    gateway (gRPC dialect, one ``--grpc-rere`` and one ``--grpc-adapter`` SuperNode)."""
+    spec = JobSpec.load(QUICKSTART)
+    legacy = flwr139()
+    current = flwr141()
+    root = tmp_path_factory.mktemp("e2e")
+
+    async def all_runs() -> list[RunOutcome]:
+        return await asyncio.gather(
+            run_app(spec, mode="direct", workdir=root / "direct-141", install=current),
+            run_app(
+                spec,
+                mode="direct",
+                workdir=root / "direct-141-r2",
+                install=current,
+                run_config={"num-server-rounds": 2},
+            ),
+            run_app(spec, mode="gateway", workdir=root / "gateway-141", install=current),
+            run_app(
+                spec,
+                mode="gateway",
+                workdir=root / "gateway-139",
+                install=legacy,
+                grpc_modes=["rere", "adapter"],
+            ),
+        )
+
+    direct, direct_r2, http, grpc = asyncio.run(all_runs())
+    return {
+        "direct-141": direct,
+        "direct-141-r2": direct_r2,
+        "gateway-141": http,
+        "gateway-139": grpc,
+    }

@@ -6,6 +6,7 @@ workspace and stopped (with everything it started) by ``close()``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -20,7 +21,7 @@ from gateway.config import TLSConfig
 from gateway.identity import Role
 from gateway.provisioning.certs import CertificateAuthority, write_participant
 
-from .procs import processes_touching
+from .procs import processes_touching, wait_until_gone
 
 
 @dataclass
@@ -42,17 +43,23 @@ class Federation:
         return cls(
             root=root,
             ca=ca,
-            relay_tls=write_participant(pki / "relay", ca, "relay", Role.RELAY,
-                                        hosts=("localhost", "127.0.0.1")),
+            relay_tls=write_participant(
+                pki / "relay", ca, "relay", Role.RELAY, hosts=("localhost", "127.0.0.1")
+            ),
             admin_tls=write_participant(pki / "admin", ca, "admin@test", Role.ADMIN),
             site_tls={s: write_participant(pki / s, ca, s, Role.SITE) for s in sites},
         )
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        log = (self.root / f"{name}.out").open("ab")
         env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", PYTHONUNBUFFERED="1")
-        return subprocess.Popen([sys.executable, "-m", "gateway.cli", *argv], stdout=log,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        with (self.root / f"{name}.out").open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", *argv],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
 
     @staticmethod
     def _tls_args(tls: TLSConfig) -> list[str]:
@@ -62,10 +69,21 @@ class Federation:
         out = self.root / "relay.out"
         out.unlink(missing_ok=True)
         flower = ["--flower-bin", str(self.flower_bin)] if self.flower_bin else []
-        self.relay = self._spawn("relay", ["-v", "relay", "start", "--listen",
-                                           "grpcs://127.0.0.1:0", "--workspace",
-                                           str(self.root / "relay"), *flower,
-                                           *self._tls_args(self.relay_tls), *(extra or [])])
+        self.relay = self._spawn(
+            "relay",
+            [
+                "-v",
+                "relay",
+                "start",
+                "--listen",
+                "grpcs://127.0.0.1:0",
+                "--workspace",
+                str(self.root / "relay"),
+                *flower,
+                *self._tls_args(self.relay_tls),
+                *(extra or []),
+            ],
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             text = out.read_text() if out.exists() else ""
@@ -80,9 +98,20 @@ class Federation:
 
     def start_site(self, name: str) -> None:
         flower = ["--flower-bin", str(self.flower_bin)] if self.flower_bin else []
-        self.sites[name] = self._spawn(name, ["-v", "site", "start", "--relay", self.relay_url,
-                                              "--workspace", str(self.root / name), *flower,
-                                              *self._tls_args(self.site_tls[name])])
+        self.sites[name] = self._spawn(
+            name,
+            [
+                "-v",
+                "site",
+                "start",
+                "--relay",
+                self.relay_url,
+                "--workspace",
+                str(self.root / name),
+                *flower,
+                *self._tls_args(self.site_tls[name]),
+            ],
+        )
 
     def admin(self) -> AdminClient:
         return AdminClient(relay_url=self.relay_url, tls=self.admin_tls)
@@ -104,7 +133,7 @@ class Federation:
         # Flower's helpers run in sessions of their own: sweep what touches our dirs.
         for line in processes_touching(self.root):
             pid = int(line.split(":")[0])
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        left = wait_until_gone(lambda: processes_touching(self.root))
+        assert not left, f"the federation left processes running: {left}"

@@ -1,50 +1,18 @@
 """End to end with real Flower: the quickstart job, directly and through the gateway.
 
-Three runs share one session fixture and run concurrently (on free ports):
-flwr 1.41 direct, flwr 1.41 through the gateway (HTTP dialect), and flwr 1.39
-through the gateway (gRPC dialect, one ``--grpc-rere`` and one ``--grpc-adapter``
-SuperNode).
+The runs come from the session fixture ``runs`` (conftest.py), which starts them
+concurrently on free ports.
 """
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
-from gateway.jobs.local_run import COMPLETED, RunOutcome, run_app
-from gateway.jobs.spec import JobSpec
+from gateway.jobs.local_run import COMPLETED, RunOutcome
 
-from .flower_envs import REPO, flwr139, flwr141
 from .procs import processes_touching, wait_until_gone
 
 pytestmark = pytest.mark.e2e
-
-QUICKSTART = REPO / "jobs" / "quickstart-numpy"
-
-
-@pytest.fixture(scope="session")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunOutcome]:
-    spec = JobSpec.load(QUICKSTART)
-    legacy = flwr139()
-    current = flwr141()
-    root = tmp_path_factory.mktemp("e2e")
-
-    async def all_runs() -> list[RunOutcome]:
-        return await asyncio.gather(
-            run_app(spec, mode="direct", workdir=root / "direct-141", install=current),
-            run_app(spec, mode="gateway", workdir=root / "gateway-141", install=current),
-            run_app(
-                spec,
-                mode="gateway",
-                workdir=root / "gateway-139",
-                install=legacy,
-                grpc_modes=["rere", "adapter"],
-            ),
-        )
-
-    direct, http, grpc = asyncio.run(all_runs())
-    return {"direct-141": direct, "gateway-141": http, "gateway-139": grpc}
 
 
 def _describe(outcome: RunOutcome) -> str:

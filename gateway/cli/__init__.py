@@ -107,5 +107,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("flgate: interrupted; every process it started was stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
     return code
-
-

@@ -15,7 +15,7 @@ from google.protobuf.json_format import MessageToDict
 
 from ..admin import AdminClient
 from ..jobs.store import FINAL_STATES, FINISHED
-from ..proto.control_pb2 import JobInfo
+from ..proto.control_pb2 import JobInfo, SiteInfo
 from .common import EXIT_JOB_FAILED, EXIT_OK, add_tls_options, relay_from, run, tls_from
 
 
@@ -48,6 +48,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     submit.set_defaults(func=_submit)
 
     command("list", "list jobs").set_defaults(func=_list)
+    command("sites", "list the federation's sites and whether they are online").set_defaults(
+        func=_sites
+    )
     status = command("status", "show one job")
     status.add_argument("job_id", metavar="ID")
     status.set_defaults(func=_status)
@@ -179,7 +182,7 @@ def _list(args: argparse.Namespace) -> int:
     async def go() -> list[JobInfo]:
         client = _client(args)
         try:
-            return await client.list()
+            return await client.list_jobs()
         finally:
             await client.aclose()
 
@@ -188,6 +191,33 @@ def _list(args: argparse.Namespace) -> int:
         print(json.dumps([_info_dict(j) for j in jobs], indent=2))
     else:
         _print_table(jobs)
+    return EXIT_OK
+
+
+def _sites(args: argparse.Namespace) -> int:
+    async def go() -> list[SiteInfo]:
+        client = _client(args)
+        try:
+            return await client.list_sites()
+        finally:
+            await client.aclose()
+
+    sites = run(go())
+    if args.json:
+        print(
+            json.dumps(
+                [MessageToDict(s, preserving_proto_field_name=True) for s in sites], indent=2
+            )
+        )
+        return EXIT_OK
+    rows = [("SITE", "ONLINE", "LAST SEEN", "JOBS")]
+    rows += [
+        (s.name, "yes" if s.online else "no", _when(s.last_seen), ",".join(s.jobs) or "-")
+        for s in sites
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return EXIT_OK
 
 

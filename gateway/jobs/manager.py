@@ -43,6 +43,7 @@ from ..proto.control_pb2 import (
     PollTasksResponse,
     ShipLogsRequest,
     ShipLogsResponse,
+    SiteInfo,
     SiteJob,
     SiteJobState,
     SubmitJobRequest,
@@ -171,6 +172,21 @@ class JobManager:
     def online_sites(self) -> list[str]:
         now = time.time()
         return sorted(s for s, seen in self._online.items() if now - seen < SITE_ONLINE_SECONDS)
+
+    def sites(self) -> list[SiteInfo]:
+        """Every known site: online or not, and the active jobs it is in."""
+        names = set(self._online) | set(self._known_sites or ())
+        active = [r for r in self.store.list() if r.state in ACTIVE_STATES]
+        now = time.time()
+        return [
+            SiteInfo(
+                name=name,
+                last_seen=self._online.get(name, 0.0),
+                online=now - self._online.get(name, 0.0) < SITE_ONLINE_SECONDS,
+                jobs=[r.job_id for r in active if name in r.sites],
+            )
+            for name in sorted(names)
+        ]
 
     def submit(self, peer: Peer, request: SubmitJobRequest) -> JobRecord:
         """Validate and store a job; the error says what to fix."""

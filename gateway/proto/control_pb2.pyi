@@ -152,3 +152,25 @@ class DownloadResponse(_message.Message):
     ARCHIVE_FIELD_NUMBER: _ClassVar[int]
     archive: bytes
     def __init__(self, archive: _Optional[bytes] = ...) -> None: ...
+
+class ListSitesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SiteInfo(_message.Message):
+    __slots__ = ("name", "last_seen", "online", "jobs")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    ONLINE_FIELD_NUMBER: _ClassVar[int]
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    last_seen: float
+    online: bool
+    jobs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., last_seen: _Optional[float] = ..., online: _Optional[bool] = ..., jobs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListSitesResponse(_message.Message):
+    __slots__ = ("sites",)
+    SITES_FIELD_NUMBER: _ClassVar[int]
+    sites: _containers.RepeatedCompositeFieldContainer[SiteInfo]
+    def __init__(self, sites: _Optional[_Iterable[_Union[SiteInfo, _Mapping]]] = ...) -> None: ...

@@ -24,6 +24,8 @@ from ..proto.control_pb2 import (
     JobRef,
     ListJobsRequest,
     ListJobsResponse,
+    ListSitesRequest,
+    ListSitesResponse,
     PollTasksRequest,
     ShipLogsRequest,
     SubmitJobRequest,
@@ -65,6 +67,7 @@ class ControlService:
         self._admin: dict[str, Operation] = {
             "SubmitJob": self._submit,
             "ListJobs": self._list,
+            "ListSites": self._sites,
             "GetJob": self._get,
             "GetLogs": self._logs,
             "AbortJob": self._abort,
@@ -113,6 +116,10 @@ class ControlService:
     async def _list(self, peer: Peer, body: bytes) -> Message:
         ListJobsRequest.FromString(body)
         return ListJobsResponse(jobs=[job_info(r) for r in self._manager.store.list()])
+
+    async def _sites(self, peer: Peer, body: bytes) -> Message:
+        ListSitesRequest.FromString(body)
+        return ListSitesResponse(sites=self._manager.sites())
 
     async def _get(self, peer: Peer, body: bytes) -> Message:
         return job_info(self._manager.get(JobRef.FromString(body).job_id))
