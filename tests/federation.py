@@ -113,6 +113,26 @@ class Federation:
             ],
         )
 
+    def cli(self, *argv: str) -> str:
+        """Run ``flgate ARGV`` as the admin; return its output (it must exit 0)."""
+        env = dict(
+            os.environ,
+            FLGATE_RELAY=self.relay_url,
+            FLGATE_CA=str(self.admin_tls.ca_cert),
+            FLGATE_CERT=str(self.admin_tls.cert),
+            FLGATE_KEY=str(self.admin_tls.key),
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, f"flgate {' '.join(argv)} failed: {done.stderr}"
+        return done.stdout
+
     def admin(self) -> AdminClient:
         return AdminClient(relay_url=self.relay_url, tls=self.admin_tls)
 

@@ -117,6 +117,7 @@ async def test_failing_app_ends_failed_with_its_error_visible(
         ended = await _until_ended(federation, info.job_id)
         assert ended.state == "failed"
         assert "finished:failed" in ended.reason
+        assert "boom: the ServerApp failed on purpose" in ended.reason
         logs = await admin.logs(info.job_id, source="server")
         assert b"boom: the ServerApp failed on purpose" in logs.data
     finally:
@@ -151,8 +152,11 @@ async def test_two_jobs_run_concurrently_with_results_equal_to_direct_flower(
         assert json.loads(done[0].result_json)["rounds"] == 3
         assert json.loads(done[1].result_json)["rounds"] == 2
 
-        jobs = {j.job_id: j for j in await admin.list_jobs()}
-        assert {first.job_id, second.job_id} <= set(jobs)
+        listed = await asyncio.to_thread(federation.cli, "job", "list", "--json")
+        assert {first.job_id, second.job_id} <= {j["job_id"] for j in json.loads(listed)}
+        status = await asyncio.to_thread(federation.cli, "job", "status", first.job_id)
+        assert f"job {first.job_id} (three-rounds): finished" in status
+        assert "round 3/3" in status
         site_log = await admin.logs(first.job_id, source="site-1")
         assert site_log.data, "site-1's SuperNode log was not shipped to the relay"
         archive = await admin.download(first.job_id)

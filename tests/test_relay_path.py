@@ -291,3 +291,40 @@ async def test_garbage_on_the_relay_port_leaves_it_serving(path: Path_) -> None:
     lgs = await path.site.open_job("job-a", DIALECT_HTTP)
     status, body, _ = await _post(lgs.port, "/v1/fleet/pull-messages", b"ok")
     assert (status, body) == (200, b"echo:ok")
+
+
+async def test_traffic_of_one_job_never_reaches_another_jobs_superlink(
+    path: Path_, federation: Federation
+) -> None:
+    other = RecordingSuperLink()
+    app = web.Application()
+    app.router.add_route("POST", "/{tail:.*}", other.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    tcp = web.TCPSite(runner, "127.0.0.1", 0)
+    await tcp.start()
+    other.port = tcp._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    path.relay.add_job(
+        "job-b",
+        sites=frozenset({"site-1"}),
+        dialect=DIALECT_HTTP,
+        superlink=f"127.0.0.1:{other.port}",
+    )
+    try:
+        lgs_a = await path.site.open_job("job-a", DIALECT_HTTP)
+        lgs_b = await path.site.open_job("job-b", DIALECT_HTTP)
+        for _ in range(3):
+            assert (await _post(lgs_a.port, "/v1/fleet/pull-messages", b"A"))[0] == 200
+        assert (await _post(lgs_b.port, "/v1/fleet/pull-messages", b"B"))[0] == 200
+        assert [body for _, _, body in path.superlink.seen] == [b"A", b"A", b"A"]
+        assert [body for _, _, body in other.seen] == [b"B"]
+        # site-2 is in job-a only: job-b refuses it, and job-b's SuperLink sees nothing.
+        site2 = SiteGateway(name="site-2", relay_url=path.relay_url, tls=federation.sites["site-2"])
+        try:
+            lgs = await site2.open_job("job-b", DIALECT_HTTP)
+            assert (await _post(lgs.port, "/v1/fleet/pull-messages", b"X"))[0] == 403
+        finally:
+            await site2.aclose()
+        assert len(other.seen) == 1
+    finally:
+        await runner.cleanup()
