@@ -30,6 +30,17 @@ _ADAPTER_RESPONSE_SUFFIX = "Response"
 _ADAPTER_FLEET_INFIX = "Fleet"
 
 
+# Flower's SuperNode waits 30 s for a Fleet call, but only 5 s for a heartbeat:
+# the gateway's whole budget (retries included) must end before the caller gives up.
+DEFAULT_CALL_BUDGET = 25.0
+_SHORT_CALL_BUDGETS = {"SendNodeHeartbeat": 4.0}
+
+
+def call_budget(method: str) -> float:
+    """Seconds the gateway may spend on ``method``, retries included."""
+    return _SHORT_CALL_BUDGETS.get(method, DEFAULT_CALL_BUDGET)
+
+
 def is_fleet_method(name: str) -> bool:
     """True when ``name`` can be a Fleet method name (``PullMessages``)."""
     return bool(_METHOD_RE.match(name))

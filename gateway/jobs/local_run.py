@@ -37,6 +37,7 @@ from ..provisioning.certs import CertificateAuthority, write_participant
 from ..relay.dispatcher import DispatchStats
 from ..relay.server import Relay
 from ..site.gateway import SiteGateway
+from ..testing.faultproxy import FaultConfig, FaultProxy
 from .spec import JobSpec, RunConfigValue
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,10 @@ class RunOutcome:
     """The SuperLink's final status of the run, e.g. ``finished:completed``."""
     result: dict[str, Any] | None = None
     relay_stats: DispatchStats | None = None
+    dedup: dict[str, int] = field(default_factory=dict)
+    """The relay's at-most-once counters (executed, joined, cache_hits, ...)."""
+    retries: int = 0
+    """Retries the sites' reliable senders made (same message id)."""
     site_calls: dict[str, int] = field(default_factory=dict)
     commands: dict[str, list[str]] = field(default_factory=dict)
     """The command line of each Flower process, by process name."""
@@ -115,18 +120,32 @@ class _Running:
 
 @contextlib.asynccontextmanager
 async def _gateway_path(
-    workdir: Path, job_id: str, sites: list[str], install: FlowerInstall, superlink_fleet: str
+    workdir: Path,
+    job_id: str,
+    sites: list[str],
+    install: FlowerInstall,
+    superlink_fleet: str,
+    faults: FaultConfig | None,
 ) -> AsyncIterator[tuple[Relay, dict[str, SiteGateway], dict[str, str]]]:
-    """A relay and one site gateway per site, with certificates from a throw-away CA."""
+    """A relay and one site gateway per site, with certificates from a throw-away CA.
+
+    With ``faults``, the sites reach the relay through a fault-injection proxy.
+    """
     pki = workdir / "pki"
     ca = CertificateAuthority.create(f"local-{job_id}")
     relay_tls = write_participant(
         pki / "relay", ca, "relay", Role.RELAY, hosts=("localhost", "127.0.0.1")
     )
-    relay = Relay(listen_url="grpcs://127.0.0.1:0", tls=relay_tls)
+    relay = Relay(listen_url="grpcs://127.0.0.1:0", tls=relay_tls, ledger=True)
     await relay.start()
     gateways: dict[str, SiteGateway] = {}
+    proxy: FaultProxy | None = None
     try:
+        relay_port = relay.port
+        if faults is not None:
+            proxy = FaultProxy("127.0.0.1", relay.port, faults)
+            await proxy.start()
+            relay_port = proxy.port
         relay.add_job(
             job_id, sites=frozenset(sites), dialect=install.dialect, superlink=superlink_fleet
         )
@@ -134,7 +153,7 @@ async def _gateway_path(
         for name in sites:
             site_tls = write_participant(pki / name, ca, name, Role.SITE)
             gateway = SiteGateway(
-                name=name, relay_url=f"grpcs://localhost:{relay.port}", tls=site_tls
+                name=name, relay_url=f"grpcs://localhost:{relay_port}", tls=site_tls
             )
             gateways[name] = gateway
             lgs = await gateway.open_job(job_id, install.dialect)
@@ -143,6 +162,8 @@ async def _gateway_path(
     finally:
         for gateway in gateways.values():
             await gateway.aclose()
+        if proxy is not None:
+            await proxy.aclose()
         await relay.aclose()
 
 
@@ -157,10 +178,12 @@ async def run_app(
     grpc_modes: list[str] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     startup_timeout: float = 60.0,
+    faults: FaultConfig | None = None,
 ) -> RunOutcome:
     """Run ``spec`` once with ``sites`` SuperNodes; stop everything before returning.
 
-    ``grpc_modes`` picks 'rere' or 'adapter' per site for flwr <= 1.39 SuperNodes.
+    ``grpc_modes`` picks 'rere' or 'adapter' per site for flwr <= 1.39 SuperNodes;
+    ``faults`` puts a fault-injection proxy between the sites and the relay.
     """
     if sites < spec.min_sites:
         raise JobError(f"job {spec.name} needs at least {spec.min_sites} sites, got {sites}")
@@ -193,7 +216,7 @@ async def run_app(
             gateways: dict[str, SiteGateway] = {}
             if mode == "gateway":
                 path = await stack.enter_async_context(
-                    _gateway_path(workdir, job_id, names, install, addresses.fleet)
+                    _gateway_path(workdir, job_id, names, install, addresses.fleet, faults)
                 )
                 relay, gateways, dial = path
                 notify(
@@ -245,6 +268,8 @@ async def run_app(
                 status=status,
                 result=parse_result(output),
                 relay_stats=copy.deepcopy(relay.dispatcher.stats) if relay else None,
+                dedup=relay.dispatcher.receiver.protocol.counters() if relay else {},
+                retries=sum(g.forwarder(job_id).sender.retries for g in gateways.values()),
                 site_calls={n: g.forwarder(job_id).calls for n, g in gateways.items()},
                 commands={p.name: p.argv for p in running.processes},
             )

@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 import logging
+import re
 import os
 import shutil
 import signal
@@ -507,9 +508,14 @@ class JobManager:
                 await asyncio.wait_for(self._changed.wait(), 1.0)
 
 
+_EXCEPTION_RE = re.compile(r"^\s*[\w.]+(?:Error|Exception): ")
+
+
 def _failure_reason(exit_code: int, status: str | None, output: str) -> str:
     """Why a run failed, with the ServerApp's own error line when there is one."""
-    errors = [line.strip() for line in output.splitlines() if "ERROR" in line or "Error" in line]
+    lines = output.splitlines()
+    raised = [line.strip() for line in lines if _EXCEPTION_RE.match(line)]
+    errors = raised or [line.strip() for line in lines if "ERROR" in line]
     detail = f": {errors[-1][:300]}" if errors else ""
     if status:
         return f"run {status}{detail}"

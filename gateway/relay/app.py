@@ -7,6 +7,7 @@ from pathlib import Path
 from ..config import Limits, TLSConfig
 from ..flower.install import FlowerInstall
 from ..jobs.manager import JobManager
+from ..reliable import SqliteDedupStore
 from .control import ControlService
 from .server import Relay
 
@@ -24,7 +25,13 @@ class RelayApp:
         known_sites: frozenset[str] | None = None,
         limits: Limits = Limits(),
     ) -> None:
-        self.relay = Relay(listen_url=listen_url, tls=tls, limits=limits)
+        workspace.mkdir(parents=True, exist_ok=True)
+        self.relay = Relay(
+            listen_url=listen_url,
+            tls=tls,
+            limits=limits,
+            dedup_store=SqliteDedupStore(workspace / "dedup.db"),
+        )
         self.manager = JobManager(
             workspace=workspace, routes=self.relay, install=install, known_sites=known_sites
         )

@@ -18,6 +18,7 @@ from .. import fleet
 from ..envelope import gateway_reply, now_ms
 from ..identity import Peer, Role
 from ..proto.envelope_pb2 import KIND_FLEET, Envelope, Reply
+from ..reliable import MemoryDedupStore, ReliableReceiver, dedup_key
 from .lgc import Upstream
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class DispatchStats:
     """What the dispatcher did, per job (feeds metrics and tests)."""
 
     forwarded: Counter[str] = field(default_factory=Counter)
+    ledger: Counter[str] | None = None
+    """Executions per message id, kept only when asked for (tests, audits)."""
     refused: Counter[str] = field(default_factory=Counter)
     received: int = 0
 
@@ -46,9 +49,11 @@ class DispatchStats:
 class Dispatcher:
     """Authorizes envelopes and hands them to the LGC of their job."""
 
-    def __init__(self) -> None:
+    def __init__(self, receiver: ReliableReceiver | None = None, *, ledger: bool = False) -> None:
         self._jobs: dict[str, JobRoute] = {}
-        self.stats = DispatchStats()
+        self.stats = DispatchStats(ledger=Counter() if ledger else None)
+        self.receiver = receiver or ReliableReceiver(MemoryDedupStore())
+        """Executes each message id at most once; its store may be durable."""
         self.control: ControlHandler | None = None
         """Handles AGENT and ADMIN envelopes (the job manager's service), if any."""
 
@@ -115,5 +120,13 @@ class Dispatcher:
             return gateway_reply(
                 envelope.message_id, 504, "the call's deadline passed before it reached the relay"
             )
-        self.stats.forwarded[envelope.job_id] += 1
-        return await route.upstream.call(envelope, timeout=remaining)
+
+        def execute() -> Awaitable[Reply]:
+            self.stats.forwarded[envelope.job_id] += 1
+            if self.stats.ledger is not None:
+                self.stats.ledger[envelope.message_id] += 1
+            return route.upstream.call(envelope, timeout=min(remaining, fleet.DEFAULT_CALL_BUDGET))
+
+        return await self.receiver.handle(
+            envelope.message_id, execute, scope=dedup_key(peer.name, envelope.job_id)
+        )

@@ -85,9 +85,15 @@ class HttpUpstream(Upstream):
                 504,
                 f"the job's SuperLink did not answer {envelope.method} in time",
             )
-        except aiohttp.ClientError as exc:
+        except aiohttp.ClientConnectorError as exc:
+            # Not connected: the SuperLink never saw the call, running it again is safe.
             return gateway_reply(
                 envelope.message_id, 502, f"cannot reach the job's SuperLink: {exc}"
+            )
+        except aiohttp.ClientError as exc:
+            # The call may have reached the SuperLink: an unknown outcome, never re-run.
+            return gateway_reply(
+                envelope.message_id, 504, f"the job's SuperLink dropped {envelope.method}: {exc}"
             )
         detail = "" if status == 200 else _error_detail(body)
         if envelope.dialect == DIALECT_GRPC:

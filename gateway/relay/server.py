@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..config import Limits, TLSConfig
 from ..proto.envelope_pb2 import Dialect
+from ..reliable import DedupStore, MemoryDedupStore, ReliableReceiver
 from ..transport import TransportServer, listen
 from .dispatcher import Dispatcher
 from .lgc import upstream_for
@@ -12,8 +13,20 @@ from .lgc import upstream_for
 class Relay:
     """Accepts every site's envelopes on one port and routes them by job."""
 
-    def __init__(self, *, listen_url: str, tls: TLSConfig, limits: Limits = Limits()) -> None:
-        self.dispatcher = Dispatcher()
+    def __init__(
+        self,
+        *,
+        listen_url: str,
+        tls: TLSConfig,
+        limits: Limits = Limits(),
+        dedup_store: DedupStore | None = None,
+        ledger: bool = False,
+    ) -> None:
+        """``dedup_store``: where executed message ids are remembered (memory by
+        default; a :class:`SqliteDedupStore` survives a relay restart). ``ledger``
+        keeps a count of executions per message id, for audits and tests."""
+        self._dedup_store = dedup_store or MemoryDedupStore()
+        self.dispatcher = Dispatcher(ReliableReceiver(self._dedup_store), ledger=ledger)
         self._limits = limits
         self._server: TransportServer = listen(
             listen_url, tls=tls, handler=self.dispatcher.handle, limits=limits
@@ -42,3 +55,5 @@ class Relay:
         for route in self.dispatcher.jobs():
             await self.remove_job(route.job_id)
         await self._server.aclose()
+        await self.dispatcher.receiver.aclose()
+        self._dedup_store.close()

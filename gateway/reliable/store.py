@@ -19,9 +19,11 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Literal, TypeVar
 
 from ..exceptions import ConfigError, GatewayError
+
+_S = TypeVar("_S", bound="DedupStore")
 
 
 class DedupStoreError(GatewayError):
@@ -84,7 +86,7 @@ class DedupStore(abc.ABC):
     def close(self) -> None:  # noqa: B027  (optional hook, nothing to release by default)
         """Release resources; the store is unusable afterwards."""
 
-    def __enter__(self) -> DedupStore:
+    def __enter__(self: _S) -> _S:
         return self
 
     def __exit__(

@@ -1,8 +1,9 @@
 """Turn one Fleet call of a job's SuperNode into an envelope and deliver it.
 
-The forwarder sets the call's deadline inside Flower's own 30 s call timeout and
-turns every failure of the path to the relay into a gateway reply that Flower
-retries (503, or 504 after the deadline), never into 401/403.
+The forwarder gives each call one message id, lets the reliable sender retry
+it (same id) until a deadline inside Flower's own call timeout, and turns every
+failure of the path to the relay into a gateway reply that Flower retries
+(503, or 504 after the deadline), never into 401/403.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import logging
 import time
 from collections.abc import Iterable
 
-from ..config import Timeouts
+from .. import fleet
 from ..envelope import gateway_reply, make_envelope
 from ..exceptions import AuthError, DeadlineError, FrameTooLargeError, TransportError
 from ..proto.envelope_pb2 import Dialect, Reply
+from ..reliable import DEFAULT_POLICY, ReliableSender, RetryPolicy
 from ..transport import TransportClient
 
 log = logging.getLogger(__name__)
@@ -29,12 +31,12 @@ class JobForwarder:
         job_id: str,
         site: str,
         client: TransportClient,
-        timeouts: Timeouts = Timeouts(),
+        policy: RetryPolicy = DEFAULT_POLICY,
     ) -> None:
         self.job_id = job_id
         self.site = site
-        self._client = client
-        self._timeouts = timeouts
+        self._policy = policy
+        self.sender = ReliableSender(client, policy=policy)
         self.calls = 0
 
     async def forward(
@@ -46,7 +48,7 @@ class JobForwarder:
     ) -> Reply:
         """Forward one call; always returns a reply (never raises for I/O failures)."""
         self.calls += 1
-        budget = self._timeouts.call
+        budget = min(self._policy.deadline, fleet.call_budget(method))
         envelope = make_envelope(
             job_id=self.job_id,
             site=self.site,
@@ -57,7 +59,7 @@ class JobForwarder:
             deadline_unix_ms=int((time.time() + budget) * 1000),
         )
         try:
-            return await self._client.send(envelope, timeout=budget)
+            return await self.sender.send(envelope, budget=budget)
         except DeadlineError as exc:
             return self._failed(envelope.message_id, method, 504, exc)
         except FrameTooLargeError as exc:

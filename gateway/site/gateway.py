@@ -31,9 +31,7 @@ class SiteGateway:
 
     async def open_job(self, job_id: str, dialect: Dialect) -> LocalGatewayServer:
         """Start the LGS of ``job_id``; its SuperNode dials ``lgs.address``."""
-        forwarder = JobForwarder(
-            job_id=job_id, site=self.name, client=self._client, timeouts=self._timeouts
-        )
+        forwarder = JobForwarder(job_id=job_id, site=self.name, client=self._client)
         lgs = create_lgs(dialect, forwarder.forward, self._limits)
         await lgs.start()
         self._jobs[job_id] = (lgs, forwarder)

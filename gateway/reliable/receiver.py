@@ -1,0 +1,206 @@
+"""The relay side: execute each message id at most once, replay its reply to retries.
+
+The decisions come from :class:`~gateway.reliable.protocol.ReceiverProtocol`;
+this shell runs the execution, shares its result with duplicates that arrive
+meanwhile, and turns refusals into gateway replies that keep Flower retrying.
+
+The execution runs in a task of its own, not in the caller's: when a site's
+attempt times out, its transport cancels the handler, but the call to the
+SuperLink carries on and its reply is kept for the retry (which joins it or
+replays it). Cancelling it instead would leave the id unknown-outcome and
+force a refusal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from google.protobuf.message import DecodeError
+
+from ..envelope import gateway_reply
+from ..proto.envelope_pb2 import ORIGIN_GATEWAY, Reply
+from .protocol import DEFAULT_POLICY, Cached, Execute, ReceiverProtocol, Refuse, RetryPolicy
+from .store import DedupStore, DedupStoreError
+
+log = logging.getLogger(__name__)
+
+# Statuses the relay itself answers when it could not get a request to the
+# SuperLink at all (connection refused, relay stopping): running it again is safe.
+_NOT_DELIVERED = frozenset({502, 503})
+
+
+def reached_upstream(reply: Reply) -> bool:
+    """Whether ``reply`` may mean the request reached the SuperLink.
+
+    Only the gateway's own 502 and 503 say it did not; everything else,
+    including the gateway's 504 (the SuperLink was too slow, but may have
+    acted), is kept so that a retry replays it instead of executing again.
+    """
+    return not (reply.origin == ORIGIN_GATEWAY and reply.http_status in _NOT_DELIVERED)
+
+
+def dedup_key(scope: str, message_id: str) -> str:
+    """The store key of ``message_id`` within ``scope`` (unambiguous for any strings)."""
+    return json.dumps([scope, message_id], separators=(",", ":"))
+
+
+Execution = Callable[[], Awaitable[Reply]]
+"""Runs the request once (e.g. the LGC's call to the SuperLink); should not raise."""
+
+
+class ReliableReceiver:
+    """At-most-once execution of requests keyed by message id, on the event loop.
+
+    ``clock`` is wall time by default because a durable store's timestamps
+    must stay meaningful across a relay restart, which ``time.monotonic``'s
+    do not. ``expire_interval`` is how often (at most) a call also forgets
+    records older than the policy's ``result_ttl``; there is no background
+    task to manage.
+    """
+
+    def __init__(
+        self,
+        store: DedupStore,
+        policy: RetryPolicy = DEFAULT_POLICY,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_reply_bytes: int | None = None,
+        expire_interval: float = 1.0,
+        keep_reply: Callable[[Reply], bool] = reached_upstream,
+    ) -> None:
+        """``keep_reply`` decides whether a reply is kept for duplicates
+        (``complete``) or the id forgotten so a retry runs again (``abandon``)."""
+        self.protocol = ReceiverProtocol(store, policy=policy, max_reply_bytes=max_reply_bytes)
+        self._clock = clock
+        self._expire_interval = expire_interval
+        self._keep_reply = keep_reply
+        self._last_expiry = float("-inf")
+        self._results: dict[str, asyncio.Future[Reply]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.untracked = 0
+        """Calls without a message id, executed with no dedup at all."""
+
+    async def handle(self, message_id: str, execute: Execution, *, scope: str = "") -> Reply:
+        """Return the reply to the request ``message_id``, executing it at most once.
+
+        ``scope`` separates the ids of different senders (e.g. the verified
+        site and the job), so that nobody can collect another site's reply by
+        sending its id. A request without an id is executed with no dedup.
+        The returned reply may be shared between duplicates: treat it as
+        read-only.
+        """
+        if self._closed:
+            return gateway_reply(message_id, 503, "relay: shutting down; not executed")
+        if not message_id:
+            self.untracked += 1
+            return await execute()
+        key = dedup_key(scope, message_id) if scope else message_id
+        now = self._clock()
+        self._maybe_expire(now)
+        try:
+            decision = self.protocol.begin(key, now)
+        except DedupStoreError as exc:
+            log.error("dedup store failed", extra={"message_id": message_id, "error": str(exc)})
+            return gateway_reply(
+                message_id, 503, f"relay: dedup store unavailable, not executed: {exc}"
+            )
+        if isinstance(decision, Cached):
+            try:
+                return Reply.FromString(decision.reply)
+            except DecodeError:
+                return gateway_reply(
+                    message_id,
+                    502,
+                    f"relay: the kept reply of message {message_id} is unreadable; "
+                    "not executed again",
+                )
+        if isinstance(decision, Refuse):
+            log.warning(
+                "refused duplicate", extra={"message_id": message_id, "reason": decision.reason}
+            )
+            return gateway_reply(message_id, 502, f"relay: {decision.reason}")
+        if isinstance(decision, Execute):
+            future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+            self._results[key] = future
+            task = asyncio.create_task(self._execute(key, message_id, execute, future))
+            self._tasks.add(task)
+            task.add_done_callback(lambda t: self._executed(t, key, message_id, future))
+        else:
+            future = self._results[key]
+        # shield: a caller that goes away must not cancel the shared result.
+        return await asyncio.shield(future)
+
+    async def _execute(
+        self, key: str, message_id: str, execute: Execution, future: asyncio.Future[Reply]
+    ) -> None:
+        try:
+            reply = await execute()
+        except Exception as exc:
+            log.exception("execution failed", extra={"message_id": message_id})
+            self._unknown_outcome(key, future, message_id, f"its execution failed: {exc!r}")
+            return
+        now = self._clock()
+        try:
+            if self._keep_reply(reply):
+                self.protocol.complete(key, reply.SerializeToString(), now)
+            else:
+                self.protocol.abandon(key, now)
+        except DedupStoreError as exc:
+            # The id stays pending in the store, so duplicates are refused.
+            log.error("dedup store failed", extra={"message_id": message_id, "error": str(exc)})
+        finally:
+            del self._results[key]
+            future.set_result(reply)
+
+    def _executed(
+        self, task: asyncio.Task[None], key: str, message_id: str, future: asyncio.Future[Reply]
+    ) -> None:
+        # Here rather than in _execute: a task cancelled before its first step
+        # never enters _execute's body, yet its waiters need an answer.
+        self._tasks.discard(task)
+        if not future.done():
+            why = "the relay stopped while executing it" if task.cancelled() else "it crashed"
+            self._unknown_outcome(key, future, message_id, why)
+
+    def _unknown_outcome(
+        self, key: str, future: asyncio.Future[Reply], message_id: str, why: str
+    ) -> None:
+        self.protocol.fail(key, self._clock())
+        del self._results[key]
+        future.set_result(
+            gateway_reply(
+                message_id,
+                502,
+                f"relay: message {message_id} may have reached the SuperLink but {why}; "
+                "it is not executed again",
+            )
+        )
+
+    def _maybe_expire(self, now: float) -> None:
+        if now - self._last_expiry >= self._expire_interval:
+            self._last_expiry = now
+            self.expire(now)
+
+    def expire(self, now: float | None = None) -> int:
+        """Forget records older than ``result_ttl`` now; return how many went."""
+        try:
+            return self.protocol.expire(self._clock() if now is None else now)
+        except DedupStoreError as exc:
+            log.error("dedup store expiry failed", extra={"error": str(exc)})
+            return 0
+
+    async def aclose(self) -> None:
+        """Cancel executions still running (their ids stay pending) and refuse new ones.
+
+        The store is the caller's to close.
+        """
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

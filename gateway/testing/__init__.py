@@ -1,0 +1,1 @@
+"""Helpers for tests and benchmarks: fault injection, not used by the gateway itself."""
