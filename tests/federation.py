@@ -65,7 +65,7 @@ class Federation:
     def _tls_args(tls: TLSConfig) -> list[str]:
         return ["--ca", str(tls.ca_cert), "--cert", str(tls.cert), "--key", str(tls.key)]
 
-    def start_relay(self, extra: list[str] | None = None) -> None:
+    def start_relay(self, extra: list[str] | None = None, *, port: int = 0) -> None:
         out = self.root / "relay.out"
         out.unlink(missing_ok=True)
         flower = ["--flower-bin", str(self.flower_bin)] if self.flower_bin else []
@@ -76,7 +76,7 @@ class Federation:
                 "relay",
                 "start",
                 "--listen",
-                "grpcs://127.0.0.1:0",
+                f"grpcs://127.0.0.1:{port}",
                 "--workspace",
                 str(self.root / "relay"),
                 *flower,
@@ -132,6 +132,10 @@ class Federation:
         )
         assert done.returncode == 0, f"flgate {' '.join(argv)} failed: {done.stderr}"
         return done.stdout
+
+    @property
+    def relay_port(self) -> int:
+        return int(self.relay_url.rpartition(":")[2])
 
     def admin(self) -> AdminClient:
         return AdminClient(relay_url=self.relay_url, tls=self.admin_tls)

@@ -80,6 +80,28 @@ class ManagedProcess:
     def alive(self) -> bool:
         return self._popen.poll() is None
 
+    def _wait(self, timeout: float) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._popen.wait(timeout=timeout)
+
+    @classmethod
+    def adopt(cls, name: str, pid: int, *, log_path: Path, marker: str) -> ManagedProcess | None:
+        """Take over a process that an earlier run of ours started (after a restart).
+
+        ``marker`` (e.g. its job directory) must appear in its command line or be
+        its working directory, so a recycled pid of an unrelated process is never
+        adopted.
+        """
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            return None
+        ours = marker.encode() in cmdline or cwd.startswith(marker)
+        if not ours or _state(pid) in ("Z", "X"):
+            return None
+        return _AdoptedProcess(name, pid, cmdline.decode(errors="replace").split(), log_path)
+
     def log_tail(self, lines: int = 20) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
@@ -112,8 +134,8 @@ class ManagedProcess:
         A SuperLink starts ``flower-superexec`` in a session of its own, so one
         group signal does not reach its ServerApp: every group is collected.
         """
-        groups = {self._popen.pid}
-        for pid in _descendants(self._popen.pid):
+        groups = {self.pid}
+        for pid in _descendants(self.pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 groups.add(os.getpgid(pid))
         return groups
@@ -127,19 +149,17 @@ class ManagedProcess:
     def stop(self, grace: float = 5.0) -> int | None:
         """End the process and everything it started; return its exit code (idempotent)."""
         if self._stopped:
-            return self._popen.returncode
+            return self.returncode
         self._stopped = True
         groups = self._process_groups()
         if self.alive():
             self._signal_groups(groups, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._popen.wait(timeout=grace)
+            self._wait(grace)
         # Children may outlive a parent that exited on SIGTERM: always sweep.
         self._signal_groups(groups | self._process_groups(), signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._popen.wait(timeout=grace)
+        self._wait(grace)
         self._log.close()
-        return self._popen.returncode
+        return self.returncode
 
 
 def _descendants(root: int) -> list[int]:
@@ -162,3 +182,39 @@ def _descendants(root: int) -> list[int]:
             found.append(child)
             stack.append(child)
     return found
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "X"
+    return stat[stat.rindex(")") + 2]
+
+
+class _AdoptedProcess(ManagedProcess):
+    """A process we did not start in this run: known by pid, not as our child."""
+
+    def __init__(self, name: str, pid: int, argv: list[str], log_path: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self._stopped = False
+        self._pid = pid
+        self._log = log_path.open("ab")
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    @property
+    def returncode(self) -> int | None:
+        return None  # not our child: its exit code is not ours to read
+
+    def alive(self) -> bool:
+        return _state(self._pid) not in ("Z", "X")
+
+    def _wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)

@@ -187,3 +187,19 @@ async def run_status(
             status = run.get("status")
             return str(status) if status is not None else None
     return None
+
+
+async def run_logs(
+    install: FlowerInstall, flwr_home: Path, run_id: str, *, connection: str = "gateway"
+) -> str:
+    """Everything a run has logged so far (``flwr log RUN_ID --show``), colours removed."""
+    argv = [str(install.program("flwr")), "log", run_id, connection, "--show"]
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        stdin=asyncio.subprocess.DEVNULL,
+        env=install.env(flwr_home),
+    )
+    out, _ = await process.communicate()
+    return ANSI_RE.sub("", out.decode(errors="replace"))

@@ -30,10 +30,13 @@ from typing import Protocol
 
 from ..exceptions import ConfigError, JobError
 from ..flower.install import FlowerInstall
-from ..flower.process import ManagedProcess
+from ..flower.process import ManagedProcess, port_open
 from ..flower.runner import (
+    SuperLinkAddresses,
     flwr_run,
     run_id_from_output,
+    run_logs,
+    run_status,
     start_superlink,
     write_flwr_home,
 )
@@ -124,12 +127,7 @@ class JobManager:
         """Find jobs again after a restart, then schedule."""
         for record in self.store.list():
             if record.state in ACTIVE_STATES and record.state != SUBMITTED:
-                self._stop_orphan_superlink(record)
-                self.store.update(
-                    record.job_id,
-                    state=FAILED,
-                    reason=f"the relay restarted while the job was {record.state}",
-                )
+                await self._adopt(record)
         self._scheduler = asyncio.create_task(self._schedule_forever(), name="job-scheduler")
 
     async def aclose(self) -> None:
@@ -146,6 +144,32 @@ class JobManager:
                     await live.task
             self._live.pop(job_id, None)
         self.store.close()
+
+    async def _adopt(self, record: JobRecord) -> None:
+        """Carry on with a job whose SuperLink outlived a relay restart, or fail it."""
+        pid = int(record.runtime.get("superlink_pid", "0") or 0)
+        job_dir = self.job_dir(record.job_id)
+        superlink = (
+            ManagedProcess.adopt("superlink", pid, log_path=job_dir / "superlink" / "superlink.log",
+                                 marker=str(job_dir))
+            if pid > 0 else None
+        )
+        control = record.runtime.get("control", "")
+        if superlink is None or not control or not await port_open(*_host_port(control)):
+            self._stop_orphan_superlink(record)
+            self.store.update(
+                record.job_id, state=FAILED,
+                reason=f"the relay restarted while the job was {record.state} "
+                "and the job's SuperLink did not survive",
+            )
+            return
+        live = _LiveJob(superlink=superlink)
+        self._live[record.job_id] = live
+        live.task = asyncio.create_task(
+            self._run_job(record, live, adopted=True), name=f"job-{record.job_id}"
+        )
+        log.warning("adopted a running job after a relay restart",
+                    extra={"job": record.job_id, "superlink_pid": pid})
 
     def _stop_orphan_superlink(self, record: JobRecord) -> None:
         """Stop a SuperLink left running by a relay that died (only if it is ours)."""
@@ -390,7 +414,8 @@ class JobManager:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), 1.0)
 
-    async def _run_job(self, record: JobRecord, live: _LiveJob) -> None:
+    async def _run_job(self, record: JobRecord, live: _LiveJob, *, adopted: bool = False) -> None:
+        """Run a job to its end; ``adopted``: its SuperLink survived a relay restart."""
         job_id = record.job_id
         job_dir = self.job_dir(job_id)
         logs = job_dir / "logs"
@@ -398,10 +423,15 @@ class JobManager:
         flwr_home = write_flwr_home(job_dir / "flwr-home", "0.0.0.0:0")
         routed = False
         try:
-            superlink, addresses = start_superlink(self._install, job_dir / "superlink")
-            live.superlink = superlink
-            await superlink.wait_for_port(addresses.control, 60)
-            await superlink.wait_for_port(addresses.fleet, 60)
+            if adopted:
+                addresses = SuperLinkAddresses(
+                    control=record.runtime["control"], fleet=record.runtime["fleet"]
+                )
+            else:
+                superlink, addresses = start_superlink(self._install, job_dir / "superlink")
+                live.superlink = superlink
+                await superlink.wait_for_port(addresses.control, 60)
+                await superlink.wait_for_port(addresses.fleet, 60)
             self._routes.add_job(
                 job_id,
                 sites=frozenset(record.sites),
@@ -409,12 +439,16 @@ class JobManager:
                 superlink=addresses.fleet,
             )
             routed = True
+            if adopted and record.run_id:
+                await self._follow_adopted_run(record, addresses.control)
+                return
+            assert live.superlink is not None
             self.store.update(
                 job_id,
                 state=DISPATCHED,
                 reason="starting SuperNodes on its sites",
                 runtime={
-                    "superlink_pid": str(superlink.pid),
+                    "superlink_pid": str(live.superlink.pid),
                     "control": addresses.control,
                     "fleet": addresses.fleet,
                 },
@@ -482,6 +516,29 @@ class JobManager:
             self._changed.set()
             self.on_event(job_id, f"ended: {self._get(job_id).state}")
 
+    async def _follow_adopted_run(self, record: JobRecord, control: str) -> None:
+        """Follow a run that started before a relay restart, from the SuperLink's state."""
+        job_id, run_id = record.job_id, record.run_id
+        flwr_home = write_flwr_home(self.job_dir(job_id) / "flwr-home", control)
+        self.on_event(job_id, f"following run {run_id} after a relay restart")
+        deadline = record.created + record.time_limit
+        status = None
+        while time.time() < deadline:
+            status = await run_status(self._install, flwr_home, run_id)
+            if status is not None and status.startswith("finished"):
+                break
+            await asyncio.sleep(2.0)
+        else:
+            raise asyncio.TimeoutError
+        output = await run_logs(self._install, flwr_home, run_id)
+        (self.job_dir(job_id) / "logs" / f"{SERVER_LOG}.log").write_text(output + "\n")
+        result = parse_result(output)
+        if status == COMPLETED:
+            self.store.update(job_id, state=FINISHED, reason=COMPLETED,
+                              result_json=json.dumps(result) if result else "")
+        else:
+            self.store.update(job_id, state=FAILED, reason=_failure_reason(0, status, output))
+
     def _end(self, job_id: str, state: str, reason: str) -> None:
         current = self._get(job_id)
         if not current.ended:
@@ -520,6 +577,11 @@ def _failure_reason(exit_code: int, status: str | None, output: str) -> str:
     if status:
         return f"run {status}{detail}"
     return f"flwr run exited {exit_code}{detail}"
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
 
 
 def _copy(source: Path, target: Path) -> None:

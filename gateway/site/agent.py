@@ -6,16 +6,23 @@ longer wanted), so restarts of either side need no special protocol. For each
 job it opens an LGS on loopback and starts ``flower-supernode`` against it with
 ``partition-id``, ``num-partitions`` and ``site-name`` in its node config, and
 ships the SuperNode's log to the relay. The site never accepts a connection.
+
+Each job's LGS port and SuperNode pid are written to the job's directory, so an
+agent that was killed and restarted adopts the SuperNodes that survived it and
+reopens their LGS on the same port: the SuperNode's own retry reconnects.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 
 from ..config import Limits, Timeouts, TLSConfig
 from ..control_client import control_call
@@ -38,6 +45,7 @@ from .gateway import SiteGateway
 log = logging.getLogger(__name__)
 
 POLL_WAIT_SECONDS = 20.0
+SLOT_FILE = "slot.json"
 RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)
 
 
@@ -48,6 +56,16 @@ class _JobSlot:
     detail: str = ""
     supernode: ManagedProcess | None = None
     shipped: int = 0
+    lgs_port: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "job": MessageToDict(self.job, preserving_proto_field_name=True),
+                "lgs_port": self.lgs_port,
+                "supernode_pid": self.supernode.pid if self.supernode else 0,
+            }
+        )
 
     def view(self) -> SiteJobState:
         return SiteJobState(job_id=self.job.job_id, state=self.state, detail=self.detail)
@@ -84,9 +102,39 @@ class SiteAgent:
     def jobs(self) -> dict[str, _JobSlot]:
         return self._jobs
 
+    async def _recover(self) -> None:
+        """Adopt the SuperNodes of a previous run of this agent that are still alive."""
+        for state_file in sorted(self.workspace.glob(f"jobs/*/{SLOT_FILE}")):
+            try:
+                saved = json.loads(state_file.read_text())
+                job = ParseDict(saved["job"], SiteJob())
+                port, pid = int(saved["lgs_port"]), int(saved["supernode_pid"])
+            except (OSError, ValueError, KeyError, ParseError):
+                state_file.unlink(missing_ok=True)
+                continue
+            job_dir = state_file.parent
+            supernode = ManagedProcess.adopt(
+                "supernode", pid, log_path=job_dir / "supernode.log", marker=str(job_dir)
+            )
+            if supernode is None:
+                state_file.unlink(missing_ok=True)
+                continue
+            slot = _JobSlot(job=job, supernode=supernode, lgs_port=port, state="running")
+            slot.shipped = supernode.log_path.stat().st_size if supernode.log_path.exists() else 0
+            try:
+                await self._gateway.open_job(job.job_id, job.dialect, port=port)
+            except (GatewayError, OSError, RuntimeError) as exc:
+                slot.state, slot.detail = "failed", f"cannot reopen the LGS on port {port}: {exc}"
+            self._jobs[job.job_id] = slot
+            log.warning(
+                "adopted a running SuperNode after a restart",
+                extra={"job": job.job_id, "pid": pid, "lgs_port": port},
+            )
+
     async def run_forever(self) -> None:
         """Poll, reconcile and ship logs until cancelled; survive relay outages."""
         failures = 0
+        await self._recover()
         try:
             while True:
                 try:
@@ -144,6 +192,7 @@ class SiteAgent:
             return
         try:
             lgs = await self._gateway.open_job(job.job_id, job.dialect)
+            slot.lgs_port = lgs.port
             slot.supernode = start_supernode(
                 self._install,
                 lgs.address,
@@ -159,6 +208,7 @@ class SiteAgent:
             slot.state, slot.detail = "failed", f"cannot start the SuperNode: {exc}"
             return
         slot.state = "running"
+        (self._job_dir(job.job_id) / SLOT_FILE).write_text(slot.to_json())
         log.info("job started", extra={"job": job.job_id, "site": self.name})
 
     def _check_supernodes(self) -> None:
@@ -176,6 +226,7 @@ class SiteAgent:
         await self._gateway.close_job(job_id)
         with contextlib.suppress(GatewayError):
             await self._ship_log(slot)
+        (self._job_dir(job_id) / SLOT_FILE).unlink(missing_ok=True)
         del self._jobs[job_id]
         log.info("job stopped", extra={"job": job_id, "site": self.name})
 

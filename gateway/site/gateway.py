@@ -29,11 +29,11 @@ class SiteGateway:
         )
         self._jobs: dict[str, tuple[LocalGatewayServer, JobForwarder]] = {}
 
-    async def open_job(self, job_id: str, dialect: Dialect) -> LocalGatewayServer:
-        """Start the LGS of ``job_id``; its SuperNode dials ``lgs.address``."""
+    async def open_job(self, job_id: str, dialect: Dialect, *, port: int = 0) -> LocalGatewayServer:
+        """Start the LGS of ``job_id`` on ``port`` (0: any); the SuperNode dials ``lgs.address``."""
         forwarder = JobForwarder(job_id=job_id, site=self.name, client=self._client)
         lgs = create_lgs(dialect, forwarder.forward, self._limits)
-        await lgs.start()
+        await lgs.start(port)
         self._jobs[job_id] = (lgs, forwarder)
         return lgs
 

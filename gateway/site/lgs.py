@@ -36,8 +36,12 @@ class LocalGatewayServer(abc.ABC):
         return f"{self.host}:{self.port}"
 
     @abc.abstractmethod
-    async def start(self) -> None:
-        """Bind a free loopback port and serve."""
+    async def start(self, port: int = 0) -> None:
+        """Bind ``port`` on loopback (0: a free one) and serve.
+
+        A restarted site agent passes the port of the LGS it replaces, so that
+        the job's surviving SuperNode finds its SuperLink where it was.
+        """
 
     @abc.abstractmethod
     async def aclose(self) -> None:

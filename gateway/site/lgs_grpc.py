@@ -129,8 +129,8 @@ class GrpcLGS(LocalGatewayServer):
     def port(self) -> int:
         return self._port
 
-    async def start(self) -> None:
-        self._port = self._server.add_insecure_port(f"{self.host}:0")
+    async def start(self, port: int = 0) -> None:
+        self._port = self._server.add_insecure_port(f"{self.host}:{port}")
         await self._server.start()
 
     async def aclose(self) -> None:

@@ -71,9 +71,10 @@ class HttpLGS(LocalGatewayServer):
         reply = await self._forward(method, DIALECT_HTTP, headers, body)
         return _to_response(reply)
 
-    async def start(self) -> None:
+    async def start(self, port: int = 0) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind((self.host, 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, port))
         self._port = sock.getsockname()[1]
         await self._runner.setup()
         self._site = web.SockSite(self._runner, sock)

@@ -1,0 +1,104 @@
+"""Jobs survive restarts: the relay killed with SIGKILL mid-job, then a site's agent.
+
+The relay keeps its job store and its dedup store on disk and finds the job's
+SuperLink (which runs in a session of its own) again; a site's agent adopts its
+surviving SuperNode and reopens the LGS on the same port. Either way the job
+completes with the results of a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.jobs.local_run import RunOutcome
+from gateway.proto.control_pb2 import JobInfo
+
+from .conftest import QUICKSTART
+from .federation import Federation
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    fed = Federation.create(tmp_path_factory.mktemp("restarts"), ["site-1", "site-2"])
+    try:
+        fed.start_relay()
+        for site in fed.site_tls:
+            fed.start_site(site)
+        yield fed
+    finally:
+        fed.close()
+
+
+async def _poll(fed: Federation, job_id: str, until: str, timeout: float = 300) -> JobInfo:
+    """Poll the job until ``until`` holds ("round1" or "ended"), riding out relay outages."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        admin = fed.admin()
+        try:
+            info = await admin.get(job_id)
+        except Exception:  # the relay may be down for a moment
+            info = None
+        finally:
+            await admin.aclose()
+        if info is not None:
+            if until == "round1" and info.round >= 1:
+                return info
+            if until == "ended" and info.state in ("finished", "failed", "aborted"):
+                return info
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"job {job_id} never reached {until}")
+
+
+async def _submit(fed: Federation) -> str:
+    admin = fed.admin()
+    try:
+        for _ in range(120):
+            if sum(s.online for s in await admin.list_sites()) >= 2:
+                break
+            await asyncio.sleep(0.5)
+        return (await admin.submit(QUICKSTART, sites=["site-1", "site-2"])).job_id
+    finally:
+        await admin.aclose()
+
+
+async def test_relay_killed_mid_job_and_restarted(
+    federation: Federation, runs: dict[str, RunOutcome]
+) -> None:
+    job_id = await _submit(federation)
+    await _poll(federation, job_id, "round1")
+    port = federation.relay_port
+    federation.stop(federation.relay, signal.SIGKILL)
+    killed = time.monotonic()
+    await asyncio.sleep(2.0)
+    federation.start_relay(port=port)
+    restarted = time.monotonic()
+    info = await _poll(federation, job_id, "ended")
+    print(
+        f"relay down {restarted - killed:.1f} s; job ended {time.monotonic() - restarted:.1f} s "
+        f"after the restart"
+    )
+    assert info.state == "finished", info
+    assert json.loads(info.result_json) == runs["direct-141"].result
+    assert "adopted a running job" in (federation.root / "relay.out").read_text()
+
+
+async def test_site_agent_killed_mid_job_and_restarted(
+    federation: Federation, runs: dict[str, RunOutcome]
+) -> None:
+    job_id = await _submit(federation)
+    await _poll(federation, job_id, "round1")
+    federation.stop(federation.sites["site-1"], signal.SIGKILL)
+    await asyncio.sleep(2.0)
+    federation.start_site("site-1")
+    info = await _poll(federation, job_id, "ended")
+    assert info.state == "finished", info
+    assert json.loads(info.result_json) == runs["direct-141"].result
+    assert "adopted a running SuperNode" in (federation.root / "site-1.out").read_text()
