@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,3 +162,16 @@ class Federation:
                 os.kill(pid, signal.SIGKILL)
         left = wait_until_gone(lambda: processes_touching(self.root))
         assert not left, f"the federation left processes running: {left}"
+
+
+@contextlib.contextmanager
+def running_federation(root: Path, sites: list[str]) -> Iterator[Federation]:
+    """A relay and ``sites`` started as processes; everything stopped afterwards."""
+    fed = Federation.create(root, sites)
+    try:
+        fed.start_relay()
+        for site in sites:
+            fed.start_site(site)
+        yield fed
+    finally:
+        fed.close()

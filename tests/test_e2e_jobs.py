@@ -28,7 +28,7 @@ from gateway.proto.envelope_pb2 import DIALECT_HTTP
 from gateway.site.gateway import SiteGateway
 
 from .conftest import QUICKSTART
-from .federation import Federation
+from .federation import Federation, running_federation
 from .procs import processes_touching, wait_until_gone
 
 pytestmark = pytest.mark.e2e
@@ -48,14 +48,8 @@ def main(grid: Grid, context: Context) -> None:
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    fed = Federation.create(tmp_path_factory.mktemp("fed"), ["site-1", "site-2", "site-3"])
-    try:
-        fed.start_relay()
-        for site in fed.site_tls:
-            fed.start_site(site)
+    with running_federation(tmp_path_factory.mktemp("fed"), ["site-1", "site-2", "site-3"]) as fed:
         yield fed
-    finally:
-        fed.close()
 
 
 def _split(address: str) -> tuple[str, int]:

@@ -20,21 +20,15 @@ from gateway.jobs.local_run import RunOutcome
 from gateway.proto.control_pb2 import JobInfo
 
 from .conftest import QUICKSTART
-from .federation import Federation
+from .federation import Federation, running_federation
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    fed = Federation.create(tmp_path_factory.mktemp("restarts"), ["site-1", "site-2"])
-    try:
-        fed.start_relay()
-        for site in fed.site_tls:
-            fed.start_site(site)
+    with running_federation(tmp_path_factory.mktemp("restarts"), ["site-1", "site-2"]) as fed:
         yield fed
-    finally:
-        fed.close()
 
 
 async def _poll(fed: Federation, job_id: str, until: str, timeout: float = 300) -> JobInfo:

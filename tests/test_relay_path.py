@@ -47,6 +47,19 @@ class RecordingSuperLink:
         )
 
 
+async def _serve_recording() -> tuple[RecordingSuperLink, web.AppRunner]:
+    """A RecordingSuperLink listening on a free loopback port."""
+    superlink = RecordingSuperLink()
+    app = web.Application()
+    app.router.add_route("POST", "/{tail:.*}", superlink.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    tcp = web.TCPSite(runner, "127.0.0.1", 0)
+    await tcp.start()
+    superlink.port = tcp._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return superlink, runner
+
+
 @dataclass
 class Path_:
     relay: Relay
@@ -57,14 +70,7 @@ class Path_:
 
 @pytest.fixture
 async def path(federation: Federation) -> AsyncIterator[Path_]:
-    superlink = RecordingSuperLink()
-    app = web.Application()
-    app.router.add_route("POST", "/{tail:.*}", superlink.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    tcp = web.TCPSite(runner, "127.0.0.1", 0)
-    await tcp.start()
-    superlink.port = tcp._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    superlink, runner = await _serve_recording()
 
     relay = Relay(listen_url="grpcs://127.0.0.1:0", tls=federation.relay)
     await relay.start()
@@ -296,14 +302,7 @@ async def test_garbage_on_the_relay_port_leaves_it_serving(path: Path_) -> None:
 async def test_traffic_of_one_job_never_reaches_another_jobs_superlink(
     path: Path_, federation: Federation
 ) -> None:
-    other = RecordingSuperLink()
-    app = web.Application()
-    app.router.add_route("POST", "/{tail:.*}", other.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    tcp = web.TCPSite(runner, "127.0.0.1", 0)
-    await tcp.start()
-    other.port = tcp._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    other, runner = await _serve_recording()
     path.relay.add_job(
         "job-b",
         sites=frozenset({"site-1"}),

@@ -9,14 +9,18 @@ import json
 import sys
 import tarfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from google.protobuf.json_format import MessageToDict
 
 from ..admin import AdminClient
 from ..jobs.store import FINAL_STATES, FINISHED
-from ..proto.control_pb2 import JobInfo, SiteInfo
+from ..proto.control_pb2 import JobInfo
 from .common import EXIT_JOB_FAILED, EXIT_OK, add_tls_options, relay_from, run, tls_from
+
+T = TypeVar("T")
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -74,6 +78,19 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def _client(args: argparse.Namespace) -> AdminClient:
     return AdminClient(relay_url=relay_from(args), tls=tls_from(args))
+
+
+def _call(args: argparse.Namespace, operation: Callable[[AdminClient], Awaitable[T]]) -> T:
+    """Run one admin operation on a fresh connection to the relay."""
+
+    async def go() -> T:
+        client = _client(args)
+        try:
+            return await operation(client)
+        finally:
+            await client.aclose()
+
+    return run(go())
 
 
 def _info_dict(info: JobInfo) -> dict[str, object]:
@@ -179,14 +196,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    async def go() -> list[JobInfo]:
-        client = _client(args)
-        try:
-            return await client.list_jobs()
-        finally:
-            await client.aclose()
-
-    jobs = run(go())
+    jobs = _call(args, lambda client: client.list_jobs())
     if args.json:
         print(json.dumps([_info_dict(j) for j in jobs], indent=2))
     else:
@@ -195,14 +205,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _sites(args: argparse.Namespace) -> int:
-    async def go() -> list[SiteInfo]:
-        client = _client(args)
-        try:
-            return await client.list_sites()
-        finally:
-            await client.aclose()
-
-    sites = run(go())
+    sites = _call(args, lambda client: client.list_sites())
     if args.json:
         print(
             json.dumps(
@@ -222,14 +225,7 @@ def _sites(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    async def go() -> JobInfo:
-        client = _client(args)
-        try:
-            return await client.get(args.job_id)
-        finally:
-            await client.aclose()
-
-    info = run(go())
+    info = _call(args, lambda client: client.get(args.job_id))
     if args.json:
         print(json.dumps(_info_dict(info), indent=2))
     else:
@@ -261,14 +257,7 @@ def _logs(args: argparse.Namespace) -> int:
 
 
 def _abort(args: argparse.Namespace) -> int:
-    async def go() -> JobInfo:
-        client = _client(args)
-        try:
-            return await client.abort(args.job_id)
-        finally:
-            await client.aclose()
-
-    info = run(go())
+    info = _call(args, lambda client: client.abort(args.job_id))
     if args.json:
         print(json.dumps(_info_dict(info), indent=2))
     else:
@@ -277,14 +266,7 @@ def _abort(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    async def go() -> bytes:
-        client = _client(args)
-        try:
-            return await client.download(args.job_id)
-        finally:
-            await client.aclose()
-
-    data = run(go())
+    data = _call(args, lambda client: client.download(args.job_id))
     args.output.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         tar.extractall(args.output, filter="data")

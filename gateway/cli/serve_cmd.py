@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from ..flower.install import FlowerInstall
 from ..relay.app import RelayApp
@@ -87,12 +89,17 @@ async def _serve_relay(args: argparse.Namespace) -> None:
         await app.aclose()
 
 
-def _relay_start(args: argparse.Namespace) -> int:
+def _until_stopped(name: str, service: Coroutine[Any, Any, None]) -> int:
+    """Serve until SIGTERM or Ctrl-C; a stop is the normal end, exit code 0."""
     try:
-        run(_serve_relay(args))
-    except asyncio.CancelledError:
-        print("relay stopped", file=sys.stderr)
+        run(service)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        print(f"{name} stopped", file=sys.stderr)
     return EXIT_OK
+
+
+def _relay_start(args: argparse.Namespace) -> int:
+    return _until_stopped("relay", _serve_relay(args))
 
 
 async def _serve_site(args: argparse.Namespace) -> None:
@@ -107,8 +114,4 @@ async def _serve_site(args: argparse.Namespace) -> None:
 
 
 def _site_start(args: argparse.Namespace) -> int:
-    try:
-        run(_serve_site(args))
-    except asyncio.CancelledError:
-        print("site stopped", file=sys.stderr)
-    return EXIT_OK
+    return _until_stopped("site", _serve_site(args))

@@ -168,16 +168,9 @@ async def run_status(
     ``flwr run`` exits 0 even when the ServerApp fails, so this is how a run's real
     outcome is learned.
     """
-    argv = [str(install.program("flwr")), "ls", connection, "--run-id", run_id, "--format", "json"]
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        stdin=asyncio.subprocess.DEVNULL,
-        env=install.env(flwr_home),
+    text = await _flwr_output(
+        install, flwr_home, ["ls", connection, "--run-id", run_id, "--format", "json"]
     )
-    out, _ = await process.communicate()
-    text = out.decode(errors="replace")
     try:
         payload = json.loads(text[text.index("{") :])
     except ValueError:
@@ -193,13 +186,20 @@ async def run_logs(
     install: FlowerInstall, flwr_home: Path, run_id: str, *, connection: str = "gateway"
 ) -> str:
     """Everything a run has logged so far (``flwr log RUN_ID --show``), colours removed."""
-    argv = [str(install.program("flwr")), "log", run_id, connection, "--show"]
+    return ANSI_RE.sub(
+        "", await _flwr_output(install, flwr_home, ["log", run_id, connection, "--show"])
+    )
+
+
+async def _flwr_output(install: FlowerInstall, flwr_home: Path, args: list[str]) -> str:
+    """What ``flwr ARGS`` prints (stdout and stderr) with a private ``FLWR_HOME``."""
     process = await asyncio.create_subprocess_exec(
-        *argv,
+        str(install.program("flwr")),
+        *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         stdin=asyncio.subprocess.DEVNULL,
         env=install.env(flwr_home),
     )
     out, _ = await process.communicate()
-    return ANSI_RE.sub("", out.decode(errors="replace"))
+    return out.decode(errors="replace")
