@@ -40,7 +40,7 @@ def sender(policy: RetryPolicy = NO_JITTER, *, now: float = 0.0, seed: int = 0) 
 def test_defaults_fit_inside_flower_call_timeout() -> None:
     policy = RetryPolicy()
     assert policy.deadline == 20.0
-    assert policy.deadline < 25.0  # Timeouts.call, itself inside Flower's 30 s
+    assert policy.deadline < 25.0  # fleet.DEFAULT_CALL_BUDGET, itself inside Flower's 30 s
     assert policy.result_ttl == 40.0
 
 

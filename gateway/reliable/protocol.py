@@ -46,7 +46,7 @@ class RetryPolicy:
     deadline: float = 20.0
     """Transaction deadline in seconds from the first attempt: no attempt starts
     after it and no attempt's timeout runs past it. Flower's SuperNode abandons
-    a Fleet call after 30 s and the LGS answers it within ``Timeouts.call``
+    a Fleet call after 30 s and the LGS answers it within ``fleet.DEFAULT_CALL_BUDGET``
     (25 s), so 20 s leaves the give-up answer (503, which Flower retries with
     a fresh call) time to reach the SuperNode before its own timeout fires,
     which it would report as a failure of its own."""

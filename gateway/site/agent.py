@@ -24,7 +24,7 @@ from pathlib import Path
 
 from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 
-from ..config import Limits, Timeouts, TLSConfig
+from ..config import Limits, TLSConfig
 from ..control_client import control_call
 from ..exceptions import ConfigError, GatewayError, ProcessError
 from ..flower.install import FlowerInstall
@@ -82,7 +82,6 @@ class SiteAgent:
         workspace: Path,
         install: FlowerInstall,
         limits: Limits = Limits(),
-        timeouts: Timeouts = Timeouts(),
         poll_wait: float = POLL_WAIT_SECONDS,
     ) -> None:
         peer = peer_from_pem(tls.cert.read_bytes())
@@ -92,9 +91,7 @@ class SiteAgent:
         self.workspace = workspace
         self._install = install
         self._poll_wait = poll_wait
-        self._gateway = SiteGateway(
-            name=self.name, relay_url=relay_url, tls=tls, limits=limits, timeouts=timeouts
-        )
+        self._gateway = SiteGateway(name=self.name, relay_url=relay_url, tls=tls, limits=limits)
         self._jobs: dict[str, _JobSlot] = {}
         self.connected = asyncio.Event()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config import Limits, Timeouts, TLSConfig
+from ..config import Limits, TLSConfig
 from ..proto.envelope_pb2 import Dialect
 from ..transport import TransportClient, connect
 from .forwarder import JobForwarder
@@ -19,14 +19,10 @@ class SiteGateway:
         relay_url: str,
         tls: TLSConfig,
         limits: Limits = Limits(),
-        timeouts: Timeouts = Timeouts(),
     ) -> None:
         self.name = name
         self._limits = limits
-        self._timeouts = timeouts
-        self._client: TransportClient = connect(
-            relay_url, tls=tls, limits=limits, timeouts=timeouts
-        )
+        self._client: TransportClient = connect(relay_url, tls=tls, limits=limits)
         self._jobs: dict[str, tuple[LocalGatewayServer, JobForwarder]] = {}
 
     async def open_job(self, job_id: str, dialect: Dialect, *, port: int = 0) -> LocalGatewayServer:

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from ..config import Limits, Timeouts, TLSConfig
+from ..config import Limits, TLSConfig
 from ..exceptions import ConfigError
 from ..identity import Peer
 from ..proto.envelope_pb2 import Envelope, Reply
@@ -76,7 +76,7 @@ class TransportURL:
         return f"{self.scheme}://{self.hostport}"
 
 
-ClientFactory = Callable[[TransportURL, TLSConfig | None, Limits, Timeouts], TransportClient]
+ClientFactory = Callable[[TransportURL, TLSConfig | None, Limits], TransportClient]
 ServerFactory = Callable[[TransportURL, TLSConfig | None, Limits, Handler], TransportServer]
 
 _CLIENTS: dict[str, ClientFactory] = {}
@@ -125,11 +125,10 @@ def connect(
     *,
     tls: TLSConfig | None,
     limits: Limits = Limits(),
-    timeouts: Timeouts = Timeouts(),
 ) -> TransportClient:
     """A client for the relay at ``url`` (it connects lazily, on the first send)."""
     parsed = parse_url(url)
-    return _CLIENTS[parsed.scheme](parsed, _tls_for(parsed, tls), limits, timeouts)
+    return _CLIENTS[parsed.scheme](parsed, _tls_for(parsed, tls), limits)
 
 
 def listen(

@@ -12,7 +12,7 @@ import logging
 import grpc
 import grpc.aio
 
-from ..config import Limits, Timeouts, TLSConfig
+from ..config import Limits, TLSConfig
 from ..exceptions import (
     AuthError,
     ConnectError,
@@ -59,9 +59,7 @@ def _translate(exc: grpc.aio.AioRpcError, target: str) -> TransportError | AuthE
 class GrpcTransportClient(base.TransportClient):
     """A site's channel to the relay's ``Relay/Call`` service."""
 
-    def __init__(
-        self, url: base.TransportURL, tls: TLSConfig | None, limits: Limits, timeouts: Timeouts
-    ) -> None:
+    def __init__(self, url: base.TransportURL, tls: TLSConfig | None, limits: Limits) -> None:
         assert tls is not None  # grpcs only; enforced by base.connect
         ca, cert, key = tls.read()
         credentials = grpc.ssl_channel_credentials(
