@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from .exceptions import ConfigError
 from .flower.install import FlowerInstall
 from .jobs.local_run import Progress, RunOutcome, run_app
 from .jobs.spec import JobSpec, RunConfigValue
+from .transport import schemes
 
 DEFAULT_JOB = "quickstart-numpy"
 
@@ -39,6 +41,7 @@ class DemoOptions:
     flower_bin: Path | None = None
     workdir: Path | None = None
     keep: bool = False
+    transport: str = "grpcs"
 
 
 def _progress_printer(out: TextIO) -> Callable[[Progress], None]:
@@ -78,6 +81,9 @@ def print_outcome(outcome: RunOutcome, out: TextIO) -> None:
 
 async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> RunOutcome:
     """Run the demo; the caller decides the exit code from ``outcome.ok``."""
+    if options.transport not in schemes():
+        valid = ", ".join(schemes())
+        raise ConfigError(f"unknown transport {options.transport!r}; valid: {valid}")
     spec = JobSpec.load(options.job_dir)
     install = FlowerInstall.find(options.flower_bin)
     workdir = options.workdir or Path(tempfile.mkdtemp(prefix="flgate-demo-"))
@@ -97,6 +103,7 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> RunOutcome
             sites=options.sites,
             run_config=options.run_config,
             on_progress=_progress_printer(out),
+            transport=options.transport,
         )
         print_outcome(outcome, out)
         return outcome

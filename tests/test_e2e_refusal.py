@@ -37,7 +37,7 @@ async def test_control_and_runtime_are_refused_locally(
 ) -> None:
     install = flwr141()
     superlink, addresses = start_superlink(install, tmp_path / "superlink")
-    relay = Relay(listen_url="grpcs://127.0.0.1:0", tls=federation.relay)
+    relay = Relay(listen_urls=["grpcs://127.0.0.1:0"], tls=federation.relay)
     site: SiteGateway | None = None
     try:
         await superlink.wait_for_port(addresses.control, 60)

@@ -72,7 +72,7 @@ class Path_:
 async def path(federation: Federation) -> AsyncIterator[Path_]:
     superlink, runner = await _serve_recording()
 
-    relay = Relay(listen_url="grpcs://127.0.0.1:0", tls=federation.relay)
+    relay = Relay(listen_urls=["grpcs://127.0.0.1:0"], tls=federation.relay)
     await relay.start()
     relay_url = f"grpcs://localhost:{relay.port}"
     relay.add_job(

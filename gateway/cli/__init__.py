@@ -12,6 +12,7 @@ from .. import __version__, logs
 from ..demo import DemoOptions, default_job_dir, run_demo
 from ..exceptions import ConfigError, GatewayError
 from ..jobs.spec import parse_run_config
+from ..transport import schemes
 from . import job_cmd, serve_cmd
 from .common import (
     EXIT_CONFIG,
@@ -34,6 +35,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         flower_bin=args.flower_bin,
         workdir=args.workdir,
         keep=args.keep,
+        transport=args.transport,
     )
     outcome = run(run_demo(options))
     if outcome.ok:
@@ -82,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--workdir", type=Path, help="keep certificates and logs here (default: a temp dir)"
     )
     demo.add_argument("--keep", action="store_true", help="keep the work directory on success")
+    demo.add_argument(
+        "--transport",
+        default="grpcs",
+        metavar="SCHEME",
+        help="how sites reach the relay: " + ", ".join(schemes()) + " (default: grpcs)",
+    )
     demo.set_defaults(func=_cmd_demo)
     serve_cmd.add_commands(commands)
     job_cmd.add_commands(commands)

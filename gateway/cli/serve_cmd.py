@@ -26,9 +26,10 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     start.add_argument(
         "--listen",
-        default="grpcs://0.0.0.0:8443",
+        action="append",
         metavar="URL",
-        help="where to listen (default: grpcs://0.0.0.0:8443; port 0 = any)",
+        help="where to listen; repeat for several transports "
+        "(default: grpcs://0.0.0.0:8443; port 0 = any free port)",
     )
     start.add_argument(
         "--workspace",
@@ -73,16 +74,16 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 async def _serve_relay(args: argparse.Namespace) -> None:
     app = RelayApp(
-        listen_url=args.listen,
+        listen_urls=args.listen or ["grpcs://0.0.0.0:8443"],
         tls=tls_from(args),
         workspace=args.workspace,
         install=FlowerInstall.find(args.flower_bin),
         known_sites=frozenset(s.strip() for s in args.sites.split(",")) if args.sites else None,
     )
     await app.start()
-    scheme, _, rest = args.listen.partition("://")
-    host = rest.rpartition(":")[0]
-    print(f"relay listening on {scheme}://{host}:{app.port}", flush=True)
+    for url, port in zip(app.relay.listen_urls, app.ports, strict=True):
+        scheme, _, rest = url.partition("://")
+        print(f"relay listening on {scheme}://{rest.rpartition(':')[0]}:{port}", flush=True)
     try:
         await asyncio.Event().wait()
     finally:

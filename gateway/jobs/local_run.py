@@ -126,6 +126,7 @@ async def _gateway_path(
     install: FlowerInstall,
     superlink_fleet: str,
     faults: FaultConfig | None,
+    transport: str,
 ) -> AsyncIterator[tuple[Relay, dict[str, SiteGateway], dict[str, str]]]:
     """A relay and one site gateway per site, with certificates from a throw-away CA.
 
@@ -136,7 +137,7 @@ async def _gateway_path(
     relay_tls = write_participant(
         pki / "relay", ca, "relay", Role.RELAY, hosts=("localhost", "127.0.0.1")
     )
-    relay = Relay(listen_url="grpcs://127.0.0.1:0", tls=relay_tls, ledger=True)
+    relay = Relay(listen_urls=[f"{transport}://127.0.0.1:0"], tls=relay_tls, ledger=True)
     await relay.start()
     gateways: dict[str, SiteGateway] = {}
     proxy: FaultProxy | None = None
@@ -153,7 +154,7 @@ async def _gateway_path(
         for name in sites:
             site_tls = write_participant(pki / name, ca, name, Role.SITE)
             gateway = SiteGateway(
-                name=name, relay_url=f"grpcs://localhost:{relay_port}", tls=site_tls
+                name=name, relay_url=f"{transport}://localhost:{relay_port}", tls=site_tls
             )
             gateways[name] = gateway
             lgs = await gateway.open_job(job_id, install.dialect)
@@ -179,11 +180,13 @@ async def run_app(
     on_progress: Callable[[Progress], None] | None = None,
     startup_timeout: float = 60.0,
     faults: FaultConfig | None = None,
+    transport: str = "grpcs",
 ) -> RunOutcome:
     """Run ``spec`` once with ``sites`` SuperNodes; stop everything before returning.
 
     ``grpc_modes`` picks 'rere' or 'adapter' per site for flwr <= 1.39 SuperNodes;
-    ``faults`` puts a fault-injection proxy between the sites and the relay.
+    ``faults`` puts a fault-injection proxy between the sites and the relay;
+    ``transport`` is the URL scheme sites and relay talk over (e.g. ``grpcs``).
     """
     if sites < spec.min_sites:
         raise JobError(f"job {spec.name} needs at least {spec.min_sites} sites, got {sites}")
@@ -216,13 +219,15 @@ async def run_app(
             gateways: dict[str, SiteGateway] = {}
             if mode == "gateway":
                 path = await stack.enter_async_context(
-                    _gateway_path(workdir, job_id, names, install, addresses.fleet, faults)
+                    _gateway_path(
+                        workdir, job_id, names, install, addresses.fleet, faults, transport
+                    )
                 )
                 relay, gateways, dial = path
                 notify(
                     Progress(
                         "start",
-                        f"relay on grpcs://localhost:{path[0].port}, "
+                        f"relay on {transport}://localhost:{path[0].port}, "
                         f"{len(names)} sites connected through it",
                     )
                 )

@@ -150,15 +150,21 @@ class JobManager:
         pid = int(record.runtime.get("superlink_pid", "0") or 0)
         job_dir = self.job_dir(record.job_id)
         superlink = (
-            ManagedProcess.adopt("superlink", pid, log_path=job_dir / "superlink" / "superlink.log",
-                                 marker=str(job_dir))
-            if pid > 0 else None
+            ManagedProcess.adopt(
+                "superlink",
+                pid,
+                log_path=job_dir / "superlink" / "superlink.log",
+                marker=str(job_dir),
+            )
+            if pid > 0
+            else None
         )
         control = record.runtime.get("control", "")
         if superlink is None or not control or not await port_open(*_host_port(control)):
             self._stop_orphan_superlink(record)
             self.store.update(
-                record.job_id, state=FAILED,
+                record.job_id,
+                state=FAILED,
                 reason=f"the relay restarted while the job was {record.state} "
                 "and the job's SuperLink did not survive",
             )
@@ -168,8 +174,10 @@ class JobManager:
         live.task = asyncio.create_task(
             self._run_job(record, live, adopted=True), name=f"job-{record.job_id}"
         )
-        log.warning("adopted a running job after a relay restart",
-                    extra={"job": record.job_id, "superlink_pid": pid})
+        log.warning(
+            "adopted a running job after a relay restart",
+            extra={"job": record.job_id, "superlink_pid": pid},
+        )
 
     def _stop_orphan_superlink(self, record: JobRecord) -> None:
         """Stop a SuperLink left running by a relay that died (only if it is ours)."""
@@ -534,8 +542,12 @@ class JobManager:
         (self.job_dir(job_id) / "logs" / f"{SERVER_LOG}.log").write_text(output + "\n")
         result = parse_result(output)
         if status == COMPLETED:
-            self.store.update(job_id, state=FINISHED, reason=COMPLETED,
-                              result_json=json.dumps(result) if result else "")
+            self.store.update(
+                job_id,
+                state=FINISHED,
+                reason=COMPLETED,
+                result_json=json.dumps(result) if result else "",
+            )
         else:
             self.store.update(job_id, state=FAILED, reason=_failure_reason(0, status, output))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..config import Limits, TLSConfig
@@ -18,7 +19,7 @@ class RelayApp:
     def __init__(
         self,
         *,
-        listen_url: str,
+        listen_urls: Sequence[str],
         tls: TLSConfig,
         workspace: Path,
         install: FlowerInstall,
@@ -27,7 +28,7 @@ class RelayApp:
     ) -> None:
         workspace.mkdir(parents=True, exist_ok=True)
         self.relay = Relay(
-            listen_url=listen_url,
+            listen_urls=listen_urls,
             tls=tls,
             limits=limits,
             dedup_store=SqliteDedupStore(workspace / "dedup.db"),
@@ -38,8 +39,8 @@ class RelayApp:
         self.relay.dispatcher.control = ControlService(self.manager).handle
 
     @property
-    def port(self) -> int:
-        return self.relay.port
+    def ports(self) -> list[int]:
+        return self.relay.ports
 
     async def start(self) -> None:
         await self.relay.start()

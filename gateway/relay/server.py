@@ -1,8 +1,16 @@
-"""The relay process's core: one transport listener, the dispatcher, an LGC per job."""
+"""The relay process's core: transport listeners, the dispatcher, an LGC per job.
+
+A relay may listen on several URLs at once (one per transport, e.g. grpcs and
+https for sites behind different firewalls); every listener feeds the same
+dispatcher, so a job's sites may use different transports.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..config import Limits, TLSConfig
+from ..exceptions import ConfigError
 from ..proto.envelope_pb2 import Dialect
 from ..reliable import DedupStore, MemoryDedupStore, ReliableReceiver
 from ..transport import TransportServer, listen
@@ -11,12 +19,12 @@ from .lgc import upstream_for
 
 
 class Relay:
-    """Accepts every site's envelopes on one port and routes them by job."""
+    """Accepts every site's envelopes and routes them by job."""
 
     def __init__(
         self,
         *,
-        listen_url: str,
+        listen_urls: Sequence[str],
         tls: TLSConfig,
         limits: Limits = Limits(),
         dedup_store: DedupStore | None = None,
@@ -28,16 +36,27 @@ class Relay:
         self._dedup_store = dedup_store or MemoryDedupStore()
         self.dispatcher = Dispatcher(ReliableReceiver(self._dedup_store), ledger=ledger)
         self._limits = limits
-        self._server: TransportServer = listen(
-            listen_url, tls=tls, handler=self.dispatcher.handle, limits=limits
-        )
+        if not listen_urls:
+            raise ConfigError("the relay needs at least one URL to listen on")
+        self.listen_urls = list(listen_urls)
+        self._servers: list[TransportServer] = [
+            listen(url, tls=tls, handler=self.dispatcher.handle, limits=limits)
+            for url in listen_urls
+        ]
 
     @property
     def port(self) -> int:
-        return self._server.port
+        """The bound port of the first listener."""
+        return self._servers[0].port
+
+    @property
+    def ports(self) -> list[int]:
+        """The bound port of every listener, in ``listen_urls`` order."""
+        return [server.port for server in self._servers]
 
     async def start(self) -> None:
-        await self._server.start()
+        for server in self._servers:
+            await server.start()
 
     def add_job(
         self, job_id: str, *, sites: frozenset[str], dialect: Dialect, superlink: str
@@ -54,6 +73,7 @@ class Relay:
     async def aclose(self) -> None:
         for route in self.dispatcher.jobs():
             await self.remove_job(route.job_id)
-        await self._server.aclose()
+        for server in self._servers:
+            await server.aclose()
         await self.dispatcher.receiver.aclose()
         self._dedup_store.close()
