@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,13 @@ from .flower_envs import REPO, flwr139, flwr141
 from .procs import live_children, wait_until_gone
 
 QUICKSTART = REPO / "jobs" / "quickstart-numpy"
+GATEWAY_TRANSPORTS = ["grpcs", "https", "tcps"]
+"""Every transport the end-to-end runs go through (each with a real Flower job)."""
+
+
+def gateway_run(scheme: str) -> str:
+    """Name of the flwr 1.41 run through the gateway over ``scheme`` in ``runs``."""
+    return "gateway-141" if scheme == "grpcs" else f"gateway-141-{scheme}"
 
 
 @dataclass(frozen=True)
@@ -72,30 +80,21 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunOutcome]:
     current = flwr141()
     root = tmp_path_factory.mktemp("e2e")
 
+    plans: dict[str, dict[str, Any]] = {
+        "direct-141": {"mode": "direct", "install": current},
+        "direct-141-r2": {
+            "mode": "direct",
+            "install": current,
+            "run_config": {"num-server-rounds": 2},
+        },
+        "gateway-139": {"mode": "gateway", "install": legacy, "grpc_modes": ["rere", "adapter"]},
+    }
+    for scheme in GATEWAY_TRANSPORTS:
+        plans[gateway_run(scheme)] = {"mode": "gateway", "install": current, "transport": scheme}
+
     async def all_runs() -> list[RunOutcome]:
         return await asyncio.gather(
-            run_app(spec, mode="direct", workdir=root / "direct-141", install=current),
-            run_app(
-                spec,
-                mode="direct",
-                workdir=root / "direct-141-r2",
-                install=current,
-                run_config={"num-server-rounds": 2},
-            ),
-            run_app(spec, mode="gateway", workdir=root / "gateway-141", install=current),
-            run_app(
-                spec,
-                mode="gateway",
-                workdir=root / "gateway-139",
-                install=legacy,
-                grpc_modes=["rere", "adapter"],
-            ),
+            *(run_app(spec, workdir=root / name, **plan) for name, plan in plans.items())
         )
 
-    direct, direct_r2, http, grpc = asyncio.run(all_runs())
-    return {
-        "direct-141": direct,
-        "direct-141-r2": direct_r2,
-        "gateway-141": http,
-        "gateway-139": grpc,
-    }
+    return dict(zip(plans, asyncio.run(all_runs()), strict=True))

@@ -26,18 +26,36 @@ FAULTS = FaultConfig(
 )
 
 
+FAULTY_TRANSPORTS = ["grpcs", "https", "tcps"]
+
+
 @pytest.fixture(scope="module")
-def faulty_run(tmp_path_factory: pytest.TempPathFactory) -> RunOutcome:
+def faulty_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunOutcome]:
     spec = JobSpec.load(QUICKSTART)
-    return asyncio.run(
-        run_app(
-            spec,
-            mode="gateway",
-            workdir=tmp_path_factory.mktemp("faults"),
-            install=flwr141(),
-            faults=FAULTS,
+    root = tmp_path_factory.mktemp("faults")
+
+    async def all_runs() -> list[RunOutcome]:
+        return await asyncio.gather(
+            *(
+                run_app(
+                    spec,
+                    mode="gateway",
+                    workdir=root / scheme,
+                    install=flwr141(),
+                    faults=FAULTS,
+                    transport=scheme,
+                )
+                for scheme in FAULTY_TRANSPORTS
+            )
         )
-    )
+
+    return dict(zip(FAULTY_TRANSPORTS, asyncio.run(all_runs()), strict=True))
+
+
+@pytest.fixture(params=FAULTY_TRANSPORTS)
+def faulty_run(request: pytest.FixtureRequest, faulty_runs: dict[str, RunOutcome]) -> RunOutcome:
+    outcome: RunOutcome = faulty_runs[request.param]
+    return outcome
 
 
 def test_job_completes_with_the_fault_free_results(
@@ -54,7 +72,7 @@ def test_no_request_was_executed_twice(faulty_run: RunOutcome) -> None:
     assert max(stats.ledger.values()) == 1, stats.ledger.most_common(3)
     # The cuts really happened and were absorbed by retries with the same id.
     print(
-        f"retries={faulty_run.retries} dedup={faulty_run.dedup} "
-        f"calls={len(stats.ledger)} seconds={faulty_run.seconds:.1f}"
+        f"transport={faulty_run.workdir.name} retries={faulty_run.retries} "
+        f"dedup={faulty_run.dedup} calls={len(stats.ledger)} seconds={faulty_run.seconds:.1f}"
     )
     assert faulty_run.retries > 0

@@ -10,6 +10,7 @@ import pytest
 
 from gateway.jobs.local_run import COMPLETED, RunOutcome
 
+from .conftest import GATEWAY_TRANSPORTS, gateway_run
 from .procs import processes_touching, wait_until_gone
 
 pytestmark = pytest.mark.e2e
@@ -21,7 +22,11 @@ def _describe(outcome: RunOutcome) -> str:
     )
 
 
-@pytest.mark.parametrize("name", ["direct-141", "gateway-141", "gateway-139"])
+ALL_RUNS = ["direct-141", "gateway-139", *(gateway_run(s) for s in GATEWAY_TRANSPORTS)]
+GATEWAY_RUNS = ["gateway-139", *(gateway_run(s) for s in GATEWAY_TRANSPORTS)]
+
+
+@pytest.mark.parametrize("name", ALL_RUNS)
 def test_run_completes(runs: dict[str, RunOutcome], name: str) -> None:
     outcome = runs[name]
     assert outcome.ok, _describe(outcome)
@@ -30,7 +35,7 @@ def test_run_completes(runs: dict[str, RunOutcome], name: str) -> None:
     assert outcome.result is not None, "the app's FLGATE-RESULT line is missing"
 
 
-@pytest.mark.parametrize("name", ["gateway-141", "gateway-139"])
+@pytest.mark.parametrize("name", GATEWAY_RUNS)
 def test_every_fleet_call_went_through_the_relay(runs: dict[str, RunOutcome], name: str) -> None:
     outcome = runs[name]
     stats = outcome.relay_stats
@@ -44,9 +49,10 @@ def test_every_fleet_call_went_through_the_relay(runs: dict[str, RunOutcome], na
     assert all(calls > 0 for calls in outcome.site_calls.values())
 
 
-def test_gateway_results_equal_direct_flower(runs: dict[str, RunOutcome]) -> None:
+@pytest.mark.parametrize("scheme", GATEWAY_TRANSPORTS)
+def test_gateway_results_equal_direct_flower(runs: dict[str, RunOutcome], scheme: str) -> None:
     direct = runs["direct-141"].result
-    through = runs["gateway-141"].result
+    through = runs[gateway_run(scheme)].result
     assert direct is not None and through is not None
     assert through["final_params_sha256"] == direct["final_params_sha256"]
     assert through["train_metrics"] == direct["train_metrics"]
@@ -72,7 +78,7 @@ def test_grpc_adapter_supernode_took_part(runs: dict[str, RunOutcome]) -> None:
     assert outcome.site_calls["site-2"] > 20
 
 
-@pytest.mark.parametrize("name", ["direct-141", "gateway-141", "gateway-139"])
+@pytest.mark.parametrize("name", ALL_RUNS)
 def test_no_process_left_running(runs: dict[str, RunOutcome], name: str) -> None:
     left = wait_until_gone(lambda: processes_touching(runs[name].workdir), timeout=15)
     assert not left, f"processes of the {name} run still running: {left}"

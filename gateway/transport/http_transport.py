@@ -1,0 +1,253 @@
+"""HTTPS transport (``https://``): one POST per call, for networks that pass only HTTP.
+
+Each call is ``POST /flgate/v1/call`` with the serialized Envelope as body;
+the answer is ``200`` with the serialized Reply, whatever the Reply's own
+status (a refusal by the relay is a Reply too). Non-200 statuses are the
+transport's own failures, with a plain-text reason: ``400`` a body that is not
+an Envelope, ``403`` a certificate that names no participant, ``413`` a body
+or reply over the frame limit.
+
+The relay requires a client certificate signed by the federation's root CA
+and takes the peer's identity from it. The client keeps a pool of keep-alive
+connections (HTTP/1.1 carries one call per connection at a time). Plain
+``http://`` is deliberately absent: without a client certificate a peer has
+no identity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+
+import aiohttp
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from google.protobuf.message import DecodeError
+
+from ..config import Limits, TLSConfig
+from ..exceptions import AuthError, ConnectError, DeadlineError, FrameTooLargeError, TransportError
+from ..identity import Peer
+from ..proto.envelope_pb2 import Envelope, Reply
+from . import base
+from .common import (
+    call_handler,
+    certificate_refused,
+    client_ssl_context,
+    frame_limit,
+    peer_from_ssl_object,
+    server_ssl_context,
+)
+
+log = logging.getLogger(__name__)
+
+PATH = "/flgate/v1/call"
+CONTENT_TYPE = "application/protobuf"
+
+DEFAULT_MAX_CONNECTIONS = 100
+"""Connections a client keeps at most; more concurrent calls wait for one."""
+DEFAULT_KEEPALIVE_TIMEOUT = 15.0
+"""Seconds a client keeps an idle connection (the relay keeps it 75 s)."""
+_SERVER_KEEPALIVE_TIMEOUT = 75.0
+_SHUTDOWN_TIMEOUT = 1.0  # seconds for calls in flight when the relay closes (as grpcs)
+_NO_LIMIT = 2**62
+_STREAMED = 1024 * 1024  # larger bodies go out in chunks, not in one write
+
+
+def _body(data: bytes) -> bytes | io.BytesIO:
+    return io.BytesIO(data) if len(data) > _STREAMED else data
+
+
+class _QuietBadRequests(logging.Filter):
+    """aiohttp logs every malformed request at ERROR with a traceback; on a
+    relay that faces the internet that is one warning line with the reason."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "refused a malformed https request: %s", (exc.message,)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_server_log = logging.getLogger(f"{__name__}.server")
+_server_log.addFilter(_QuietBadRequests())
+
+
+def _too_large(what: str, size: int, limit: int) -> str:
+    return f"{what} of {size} bytes exceeds the frame limit of {limit} bytes"
+
+
+class HttpTransportClient(base.TransportClient):
+    """A site's connection pool to the relay's ``https://`` port."""
+
+    def __init__(
+        self,
+        url: base.TransportURL,
+        tls: TLSConfig | None,
+        limits: Limits,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
+    ) -> None:
+        assert tls is not None  # https only; enforced by base.connect
+        self._where = f"relay at {url.hostport}"
+        self._endpoint = f"https://{url.hostport}{PATH}"
+        self._ssl = client_ssl_context(tls)
+        self._limit = frame_limit(limits)
+        self._max_connections = max_connections
+        self._keepalive_timeout = keepalive_timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        # Created on the first send: a session belongs to the running event loop.
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                ssl=self._ssl,
+                limit=self._max_connections,
+                keepalive_timeout=self._keepalive_timeout,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+            )
+        return self._session
+
+    async def send(self, envelope: Envelope, *, timeout: float) -> Reply:
+        if self._closed:
+            raise ConnectError(f"the client of the {self._where} is closed")
+        data = envelope.SerializeToString()
+        if self._limit is not None and len(data) > self._limit:
+            raise FrameTooLargeError(_too_large("envelope", len(data), self._limit))
+        session = self._open_session()
+        try:
+            async with session.post(
+                self._endpoint,
+                data=_body(data),
+                headers={"content-type": CONTENT_TYPE},
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as response:
+                status = response.status
+                size = response.content_length
+                if status == 200 and self._limit is not None and (size or 0) > self._limit:
+                    raise FrameTooLargeError(
+                        _too_large("reply", size or 0, self._limit) + " (of this site)"
+                    )
+                body = await response.read()
+        except asyncio.TimeoutError as exc:
+            raise DeadlineError(f"no reply from the {self._where} within {timeout:g} s") from exc
+        except aiohttp.ClientError as exc:
+            raise self._translate(exc) from exc
+        if status == 200:
+            try:
+                return Reply.FromString(body)
+            except DecodeError as exc:
+                raise TransportError(f"the {self._where} sent a malformed reply: {exc}") from exc
+        reason = body[:500].decode("utf-8", errors="replace")
+        if status == 413:
+            raise FrameTooLargeError(f"the {self._where} refused the frame: {reason}")
+        if status in (401, 403):
+            raise AuthError(f"the {self._where} refused this participant's identity: {reason}")
+        raise TransportError(f"the {self._where} failed the call (HTTP {status}): {reason}")
+
+    def _translate(self, exc: aiohttp.ClientError) -> Exception:
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            return AuthError(f"the certificate of the {self._where} failed verification: {exc}")
+        if certificate_refused(exc) or certificate_refused(getattr(exc, "os_error", exc)):
+            return AuthError(f"the {self._where} refused this participant's certificate: {exc}")
+        if isinstance(exc, aiohttp.ClientConnectionError):
+            return ConnectError(f"connection to the {self._where} failed: {exc}")
+        return TransportError(f"the call to the {self._where} failed: {exc}")
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class HttpTransportServer(base.TransportServer):
+    """The relay's ``https://`` listener."""
+
+    def __init__(
+        self, url: base.TransportURL, tls: TLSConfig | None, limits: Limits, handler: base.Handler
+    ) -> None:
+        assert tls is not None
+        self._url = url
+        self._tls = tls
+        self._limit = frame_limit(limits)
+        self._handler = handler
+        app = web.Application(client_max_size=self._limit or _NO_LIMIT)
+        app.router.add_post(PATH, self._call)
+        self._runner = web.AppRunner(
+            app,
+            access_log=None,
+            logger=_server_log,
+            handler_cancellation=True,  # as grpcs: a call whose site hung up is cancelled
+            keepalive_timeout=_SERVER_KEEPALIVE_TIMEOUT,
+            shutdown_timeout=_SHUTDOWN_TIMEOUT,
+        )
+        self._port = 0
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    async def start(self) -> None:
+        context = server_ssl_context(self._tls)
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner, self._url.host, self._url.port, ssl_context=context, reuse_address=True
+        )
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise ConnectError(f"cannot listen on {self._url}: {exc}") from exc
+        self._port = self._runner.addresses[0][1]
+        log.info(
+            "relay listening", extra={"url": f"{self._url.scheme}://{self._url.host}:{self._port}"}
+        )
+
+    async def _call(self, request: web.Request) -> web.Response:
+        transport = request.transport
+        try:
+            peer = peer_from_ssl_object(
+                transport.get_extra_info("ssl_object") if transport is not None else None
+            )
+        except AuthError as exc:
+            log.warning("refused an https peer", extra={"error": str(exc)})
+            return web.Response(status=403, text=str(exc))
+        if self._limit is not None and (request.content_length or 0) > self._limit:
+            return self._too_large(peer, request.content_length or 0)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._too_large(peer, None)
+        try:
+            envelope = Envelope.FromString(body)
+        except DecodeError as exc:
+            log.warning("refused a malformed envelope", extra={"peer": str(peer)})
+            return web.Response(status=400, text=f"the body is not a serialized Envelope: {exc}")
+        reply = await call_handler(self._handler, peer, envelope)
+        data = reply.SerializeToString()
+        if self._limit is not None and len(data) > self._limit:
+            return web.Response(status=413, text=_too_large("reply", len(data), self._limit))
+        return web.Response(body=_body(data), content_type=CONTENT_TYPE)
+
+    def _too_large(self, peer: Peer, size: int | None) -> web.Response:
+        assert self._limit is not None
+        text = (
+            _too_large("envelope", size, self._limit)
+            if size is not None
+            else f"envelope exceeds the frame limit of {self._limit} bytes"
+        )
+        log.warning("refused an oversized envelope", extra={"peer": str(peer), "error": text})
+        return web.Response(status=413, text=text)
+
+    async def aclose(self) -> None:
+        await self._runner.cleanup()
+
+
+base.register("https", HttpTransportClient, HttpTransportServer)
