@@ -13,7 +13,7 @@ from ..demo import DemoOptions, default_job_dir, run_demo
 from ..exceptions import ConfigError, GatewayError
 from ..jobs.spec import parse_run_config
 from ..transport import schemes
-from . import job_cmd, serve_cmd
+from . import compare_cmd, job_cmd, serve_cmd
 from .common import (
     EXIT_CONFIG,
     EXIT_GATEWAY_ERROR,
@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_cmd_demo)
     serve_cmd.add_commands(commands)
+    compare_cmd.add_commands(commands)
     job_cmd.add_commands(commands)
     return parser
 

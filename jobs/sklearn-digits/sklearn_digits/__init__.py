@@ -1,0 +1,1 @@
+"""sklearn-digits: a deterministic Flower app (scikit-learn logistic regression on digits)."""
