@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..exceptions import ProcessError
 from ..proto.envelope_pb2 import DIALECT_GRPC
 from .install import FlowerInstall
 from .process import ManagedProcess, free_port
@@ -62,6 +63,70 @@ def start_superlink(
     return process, SuperLinkAddresses(control=control, fleet=fleet)
 
 
+_PORT_TAKEN = "address already in use"
+
+
+def _lost_port_race(process: ManagedProcess) -> bool:
+    """True when the process died because another one took the port we picked for it."""
+    return not process.alive() and _PORT_TAKEN in process.log_tail(60).lower()
+
+
+async def launch_superlink(
+    install: FlowerInstall, workdir: Path, *, timeout: float = 60.0, attempts: int = 3
+) -> tuple[ManagedProcess, SuperLinkAddresses]:
+    """Start a SuperLink and wait until it serves; pick new ports if one was taken.
+
+    A port that was free when picked can be taken by another process before the
+    SuperLink binds it (many runs start at once): that start is retried.
+    """
+    for attempt in range(1, attempts + 1):
+        process, addresses = start_superlink(install, workdir)
+        try:
+            await process.wait_for_port(addresses.control, timeout)
+            await process.wait_for_port(addresses.fleet, timeout)
+        except ProcessError:
+            await asyncio.to_thread(process.stop)
+            if attempt < attempts and _lost_port_race(process):
+                continue
+            raise
+        return process, addresses
+    raise AssertionError("unreachable")
+
+
+async def launch_supernode(
+    install: FlowerInstall,
+    superlink: str,
+    workdir: Path,
+    *,
+    name: str,
+    node_config: Mapping[str, int | str],
+    grpc_mode: str = "rere",
+    timeout: float = 60.0,
+    attempts: int = 3,
+) -> ManagedProcess:
+    """Start a SuperNode and wait until its Runtime API serves; retry a lost port race."""
+    for attempt in range(1, attempts + 1):
+        port = free_port()
+        process = start_supernode(
+            install,
+            superlink,
+            workdir,
+            name=name,
+            node_config=node_config,
+            grpc_mode=grpc_mode,
+            port=port,
+        )
+        try:
+            await process.wait_for_port(f"{LOOPBACK}:{port}", timeout)
+        except ProcessError:
+            await asyncio.to_thread(process.stop)
+            if attempt < attempts and _lost_port_race(process):
+                continue
+            raise
+        return process
+    raise AssertionError("unreachable")
+
+
 def node_config_text(config: Mapping[str, int | str]) -> str:
     """Flower's ``--node-config`` syntax: space-separated ``key=value``, strings quoted."""
     parts = []
@@ -78,13 +143,17 @@ def start_supernode(
     name: str,
     node_config: Mapping[str, int | str],
     grpc_mode: str = "rere",
+    port: int = 0,
 ) -> ManagedProcess:
-    """A SuperNode dialing ``superlink``; ``grpc_mode`` is 'rere' or 'adapter' (flwr <= 1.39)."""
+    """A SuperNode dialing ``superlink``; ``grpc_mode`` is 'rere' or 'adapter' (flwr <= 1.39).
+
+    ``port`` is the SuperNode's own Runtime API port on loopback (0: pick one).
+    """
     argv = [
         str(install.program("flower-supernode")),
         "--insecure",
         "--superlink", superlink,
-        "--port", str(free_port()),
+        "--port", str(port or free_port()),
         "--node-config", node_config_text(node_config),
     ]  # fmt: skip
     if install.dialect == DIALECT_GRPC:

@@ -28,8 +28,8 @@ from ..flower.runner import (
     flwr_run,
     run_id_from_output,
     run_status,
-    start_superlink,
-    start_supernode,
+    launch_superlink,
+    launch_supernode,
     write_flwr_home,
 )
 from ..identity import Role
@@ -208,10 +208,10 @@ async def run_app(
         notify(Progress("line", line))
 
     try:
-        superlink, addresses = start_superlink(install, workdir / "superlink")
+        superlink, addresses = await launch_superlink(
+            install, workdir / "superlink", timeout=startup_timeout
+        )
         running.processes.append(superlink)
-        await superlink.wait_for_port(addresses.control, startup_timeout)
-        await superlink.wait_for_port(addresses.fleet, startup_timeout)
         notify(Progress("start", f"SuperLink (flwr {install.version_text}) at {addresses.control}"))
 
         async with contextlib.AsyncExitStack() as stack:
@@ -233,22 +233,27 @@ async def run_app(
                 )
             else:
                 dial = {name: addresses.fleet for name in names}
-            for index, name in enumerate(names):
-                node_config: dict[str, int | str] = {
-                    "partition-id": index,
-                    "num-partitions": len(names),
-                }
-                grpc_mode = (grpc_modes or ["rere"])[index % len(grpc_modes or ["rere"])]
-                running.processes.append(
-                    start_supernode(
+            modes = grpc_modes or ["rere"]
+            launched = await asyncio.gather(
+                *(
+                    launch_supernode(
                         install,
                         dial[name],
                         workdir / name,
                         name=f"supernode-{name}",
-                        node_config=node_config,
-                        grpc_mode=grpc_mode,
+                        node_config={"partition-id": index, "num-partitions": len(names)},
+                        grpc_mode=modes[index % len(modes)],
+                        timeout=startup_timeout,
                     )
-                )
+                    for index, name in enumerate(names)
+                ),
+                return_exceptions=True,
+            )
+            # Keep every SuperNode that started (to stop it), then report a failure.
+            running.processes.extend(p for p in launched if isinstance(p, ManagedProcess))
+            for result in launched:
+                if isinstance(result, BaseException):
+                    raise result
             notify(Progress("start", f"{len(names)} SuperNodes started ({mode})"))
 
             flwr_home = write_flwr_home(workdir / "flwr-home", addresses.control)

@@ -37,7 +37,7 @@ from ..flower.runner import (
     run_id_from_output,
     run_logs,
     run_status,
-    start_superlink,
+    launch_superlink,
     write_flwr_home,
 )
 from ..identity import Peer
@@ -436,10 +436,8 @@ class JobManager:
                     control=record.runtime["control"], fleet=record.runtime["fleet"]
                 )
             else:
-                superlink, addresses = start_superlink(self._install, job_dir / "superlink")
+                superlink, addresses = await launch_superlink(self._install, job_dir / "superlink")
                 live.superlink = superlink
-                await superlink.wait_for_port(addresses.control, 60)
-                await superlink.wait_for_port(addresses.fleet, 60)
             self._routes.add_job(
                 job_id,
                 sites=frozenset(record.sites),

@@ -29,7 +29,7 @@ from ..control_client import control_call
 from ..exceptions import ConfigError, GatewayError, ProcessError
 from ..flower.install import FlowerInstall
 from ..flower.process import ManagedProcess
-from ..flower.runner import start_supernode
+from ..flower.runner import launch_supernode
 from ..identity import Role, peer_from_pem
 from ..proto.control_pb2 import (
     PollTasksRequest,
@@ -190,7 +190,7 @@ class SiteAgent:
         try:
             lgs = await self._gateway.open_job(job.job_id, job.dialect)
             slot.lgs_port = lgs.port
-            slot.supernode = start_supernode(
+            slot.supernode = await launch_supernode(
                 self._install,
                 lgs.address,
                 self._job_dir(job.job_id),
