@@ -1,9 +1,10 @@
-"""What the ``https://`` and ``tcps://`` transports share.
+"""What the transports share.
 
-TLS contexts built from a participant's kit (the relay requires and verifies a
-client certificate, TLS >= 1.2), the verified peer of a TLS connection, the
-envelope size limit, how a refused certificate is recognized among connection
-errors, and the reply that stands in for a failed handler.
+Every transport: the envelope size limit and the reply that stands in for a
+failed handler. The TLS-socket transports (``https://``, ``tcps://``): TLS
+contexts built from a participant's kit (the relay requires and verifies a
+client certificate, TLS >= 1.2), the verified peer of a TLS connection, and how
+a refused certificate is recognized among connection errors.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .base import Handler
 log = logging.getLogger(__name__)
 
 ENVELOPE_OVERHEAD = 1024 * 1024
-"""Room for an envelope's own fields around a maximal Fleet body (as for grpcs)."""
+"""Room for an envelope's own fields around a maximal Fleet body."""
 
 _GRPC_INTERNAL = 13  # grpc.StatusCode.INTERNAL, without importing grpc here
 

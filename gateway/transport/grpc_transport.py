@@ -22,13 +22,12 @@ from ..exceptions import (
 )
 from ..identity import peer_from_pem
 from ..proto import envelope_pb2_grpc
-from ..proto.envelope_pb2 import ORIGIN_GATEWAY, Envelope, Reply
+from ..proto.envelope_pb2 import Envelope, Reply
 from . import base
+from .common import call_handler, frame_limit
 
 log = logging.getLogger(__name__)
 
-# Room for the envelope's own fields around a maximal Fleet body.
-_ENVELOPE_OVERHEAD = 1024 * 1024
 _KEEPALIVE_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -38,7 +37,8 @@ _KEEPALIVE_OPTIONS = [
 
 
 def _size_options(limits: Limits) -> list[tuple[str, int]]:
-    size = -1 if limits.max_frame_bytes is None else limits.max_frame_bytes + _ENVELOPE_OVERHEAD
+    limit = frame_limit(limits)
+    size = -1 if limit is None else limit
     return [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
 
 
@@ -98,17 +98,7 @@ class _RelayServicer(envelope_pb2_grpc.RelayServicer):
             peer = peer_from_pem(pem[0])
         except AuthError as exc:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-        try:
-            return await self._handler(peer, request)
-        except Exception:  # the handler must never take the server down
-            log.exception("relay handler failed", extra={"peer": str(peer)})
-            return Reply(
-                message_id=request.message_id,
-                origin=ORIGIN_GATEWAY,
-                http_status=500,
-                grpc_code=grpc.StatusCode.INTERNAL.value[0],
-                detail="internal error in the relay; see the relay's log",
-            )
+        return await call_handler(self._handler, peer, request)
 
 
 class GrpcTransportServer(base.TransportServer):
