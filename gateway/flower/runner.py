@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from ..exceptions import ProcessError
 from ..proto.envelope_pb2 import DIALECT_GRPC
@@ -64,6 +65,7 @@ def start_superlink(
 
 
 _PORT_TAKEN = "address already in use"
+T = TypeVar("T")
 
 
 def _lost_port_race(process: ManagedProcess) -> bool:
@@ -71,26 +73,39 @@ def _lost_port_race(process: ManagedProcess) -> bool:
     return not process.alive() and _PORT_TAKEN in process.log_tail(60).lower()
 
 
-async def launch_superlink(
-    install: FlowerInstall, workdir: Path, *, timeout: float = 60.0, attempts: int = 3
-) -> tuple[ManagedProcess, SuperLinkAddresses]:
-    """Start a SuperLink and wait until it serves; pick new ports if one was taken.
+async def _start_serving(
+    start: Callable[[], tuple[ManagedProcess, T, list[str]]], *, timeout: float, attempts: int
+) -> tuple[ManagedProcess, T]:
+    """Start a process and wait until every address it must serve accepts connections.
 
-    A port that was free when picked can be taken by another process before the
-    SuperLink binds it (many runs start at once): that start is retried.
+    A port that was free when picked can be taken by another process before
+    Flower binds it (many runs start at once): such a start is retried, with the
+    new ports that ``start`` picks each time.
     """
     for attempt in range(1, attempts + 1):
-        process, addresses = start_superlink(install, workdir)
+        process, info, addresses = start()
         try:
-            await process.wait_for_port(addresses.control, timeout)
-            await process.wait_for_port(addresses.fleet, timeout)
+            for address in addresses:
+                await process.wait_for_port(address, timeout)
         except ProcessError:
             await asyncio.to_thread(process.stop)
             if attempt < attempts and _lost_port_race(process):
                 continue
             raise
-        return process, addresses
-    raise AssertionError("unreachable")
+        return process, info
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def launch_superlink(
+    install: FlowerInstall, workdir: Path, *, timeout: float = 60.0, attempts: int = 3
+) -> tuple[ManagedProcess, SuperLinkAddresses]:
+    """Start a SuperLink and wait until its Control and Fleet APIs serve."""
+
+    def start() -> tuple[ManagedProcess, SuperLinkAddresses, list[str]]:
+        process, addresses = start_superlink(install, workdir)
+        return process, addresses, [addresses.control, addresses.fleet]
+
+    return await _start_serving(start, timeout=timeout, attempts=attempts)
 
 
 async def launch_supernode(
@@ -104,8 +119,9 @@ async def launch_supernode(
     timeout: float = 60.0,
     attempts: int = 3,
 ) -> ManagedProcess:
-    """Start a SuperNode and wait until its Runtime API serves; retry a lost port race."""
-    for attempt in range(1, attempts + 1):
+    """Start a SuperNode and wait until its Runtime API serves."""
+
+    def start() -> tuple[ManagedProcess, None, list[str]]:
         port = free_port()
         process = start_supernode(
             install,
@@ -116,15 +132,10 @@ async def launch_supernode(
             grpc_mode=grpc_mode,
             port=port,
         )
-        try:
-            await process.wait_for_port(f"{LOOPBACK}:{port}", timeout)
-        except ProcessError:
-            await asyncio.to_thread(process.stop)
-            if attempt < attempts and _lost_port_race(process):
-                continue
-            raise
-        return process
-    raise AssertionError("unreachable")
+        return process, None, [f"{LOOPBACK}:{port}"]
+
+    process, _ = await _start_serving(start, timeout=timeout, attempts=attempts)
+    return process
 
 
 def node_config_text(config: Mapping[str, int | str]) -> str:
