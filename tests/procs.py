@@ -6,13 +6,9 @@ import os
 import time
 from pathlib import Path
 
+from gateway.flower.process import descendants, process_state
 
-def _state(pid: str) -> str:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "X"
-    return stat[stat.rindex(")") + 2]
+_GONE = ("Z", "X")
 
 
 def processes_touching(directory: Path) -> list[str]:
@@ -22,7 +18,7 @@ def processes_touching(directory: Path) -> list[str]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
-        if _state(entry.name) in ("Z", "X"):
+        if process_state(int(entry.name)) in _GONE:
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -36,27 +32,15 @@ def processes_touching(directory: Path) -> list[str]:
 
 def live_children() -> list[str]:
     """Live descendants of this test process."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    found = []
+    for pid in descendants(os.getpid()):
+        if process_state(pid) in _GONE:
             continue
         try:
-            stat = (entry / "stat").read_text()
+            found.append(f"{pid}: {Path(f'/proc/{pid}/cmdline').read_bytes()[:200]!r}")
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] not in ("Z", "X"):
-            parents.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, stack = [], [os.getpid()]
-    while stack:
-        for child in parents.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return [
-        f"{pid}: {Path(f'/proc/{pid}/cmdline').read_bytes()[:200]!r}"
-        for pid in found
-        if Path(f"/proc/{pid}").exists()
-    ]
+    return found
 
 
 def wait_until_gone(probe, timeout: float = 10.0) -> list[str]:  # type: ignore[no-untyped-def]

@@ -98,7 +98,7 @@ class ManagedProcess:
         except OSError:
             return None
         ours = marker.encode() in cmdline or cwd.startswith(marker)
-        if not ours or _state(pid) in ("Z", "X"):
+        if not ours or process_state(pid) in ("Z", "X"):
             return None
         return _AdoptedProcess(name, pid, cmdline.decode(errors="replace").split(), log_path)
 
@@ -135,7 +135,7 @@ class ManagedProcess:
         group signal does not reach its ServerApp: every group is collected.
         """
         groups = {self.pid}
-        for pid in _descendants(self.pid):
+        for pid in descendants(self.pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 groups.add(os.getpgid(pid))
         return groups
@@ -162,8 +162,8 @@ class ManagedProcess:
         return self.returncode
 
 
-def _descendants(root: int) -> list[int]:
-    """PIDs of every living descendant of ``root`` (Linux /proc)."""
+def descendants(root: int) -> list[int]:
+    """PIDs of every descendant of ``root``, zombies included (Linux /proc)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -184,7 +184,8 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
-def _state(pid: int) -> str:
+def process_state(pid: int) -> str:
+    """The state letter of ``pid`` in /proc (``Z`` zombie; ``X`` when it is gone)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -212,7 +213,7 @@ class _AdoptedProcess(ManagedProcess):
         return None  # not our child: its exit code is not ours to read
 
     def alive(self) -> bool:
-        return _state(self._pid) not in ("Z", "X")
+        return process_state(self._pid) not in ("Z", "X")
 
     def _wait(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
