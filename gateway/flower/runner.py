@@ -262,6 +262,17 @@ async def run_status(
     return None
 
 
+async def final_status(install: FlowerInstall, flwr_home: Path, run_id: str) -> str | None:
+    """The run's status once the SuperLink has recorded its end (a few seconds at most)."""
+    status = None
+    for _ in range(20):
+        status = await run_status(install, flwr_home, run_id)
+        if status is not None and status.startswith("finished"):
+            return status
+        await asyncio.sleep(0.5)
+    return status
+
+
 async def run_logs(
     install: FlowerInstall, flwr_home: Path, run_id: str, *, connection: str = "gateway"
 ) -> str:

@@ -26,8 +26,8 @@ from ..flower.install import FlowerInstall
 from ..flower.process import ManagedProcess
 from ..flower.runner import (
     flwr_run,
+    final_status,
     run_id_from_output,
-    run_status,
     launch_superlink,
     launch_supernode,
     write_flwr_home,
@@ -262,7 +262,7 @@ async def run_app(
             )
             exit_code, output = await _watch(run_task, running, spec.time_limit)
             run_id = run_id_from_output(output)
-            status = await _final_status(install, flwr_home, run_id) if run_id else None
+            status = await final_status(install, flwr_home, run_id) if run_id else None
             seconds = time.monotonic() - started
             # Stop the Flower processes before counting, so no call is still in flight.
             await running.stop_all()
@@ -307,14 +307,3 @@ async def _watch(
             with contextlib.suppress(asyncio.CancelledError):
                 await run_task
             raise
-
-
-async def _final_status(install: FlowerInstall, flwr_home: Path, run_id: str) -> str | None:
-    """The run's status once the SuperLink has recorded its end (a few seconds at most)."""
-    status = None
-    for _ in range(20):
-        status = await run_status(install, flwr_home, run_id)
-        if status is not None and status.startswith("finished"):
-            return status
-        await asyncio.sleep(0.5)
-    return status

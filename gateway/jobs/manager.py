@@ -32,6 +32,7 @@ from ..exceptions import ConfigError, JobError
 from ..flower.install import FlowerInstall
 from ..flower.process import ManagedProcess, port_open
 from ..flower.runner import (
+    final_status,
     SuperLinkAddresses,
     flwr_run,
     run_id_from_output,
@@ -54,7 +55,7 @@ from ..proto.control_pb2 import (
 )
 from ..proto.envelope_pb2 import Dialect
 from .archive import unpack_app
-from .local_run import COMPLETED, ROUND_RE, _final_status, parse_result
+from .local_run import COMPLETED, ROUND_RE, parse_result
 from .spec import JobSpec, parse_run_config
 from .store import (
     ABORTED,
@@ -486,21 +487,10 @@ class JobManager:
             finally:
                 server_log.close()
             run_id = run_id_from_output(output)
-            status = await _final_status(self._install, flwr_home, run_id) if run_id else None
-            result = parse_result(output)
+            status = await final_status(self._install, flwr_home, run_id) if run_id else None
             if self._get(job_id).state == DISPATCHED:
                 self.store.update(job_id, state=RUNNING)
-            if exit_code == 0 and status == COMPLETED:
-                self.store.update(
-                    job_id,
-                    state=FINISHED,
-                    reason=COMPLETED,
-                    result_json=json.dumps(result) if result else "",
-                )
-            else:
-                self.store.update(
-                    job_id, state=FAILED, reason=_failure_reason(exit_code, status, output)
-                )
+            self._record_outcome(job_id, exit_code, status, output)
         except asyncio.CancelledError:
             reason = live.abort_reason or "cancelled"
             state = ABORTED if live.abort_reason and not self._closing else FAILED
@@ -538,8 +528,12 @@ class JobManager:
             raise asyncio.TimeoutError
         output = await run_logs(self._install, flwr_home, run_id)
         (self.job_dir(job_id) / "logs" / f"{SERVER_LOG}.log").write_text(output + "\n")
-        result = parse_result(output)
-        if status == COMPLETED:
+        self._record_outcome(job_id, 0, status, output)
+
+    def _record_outcome(self, job_id: str, exit_code: int, status: str | None, output: str) -> None:
+        """Finished with the app's result when the SuperLink says completed, else failed."""
+        if exit_code == 0 and status == COMPLETED:
+            result = parse_result(output)
             self.store.update(
                 job_id,
                 state=FINISHED,
@@ -547,7 +541,9 @@ class JobManager:
                 result_json=json.dumps(result) if result else "",
             )
         else:
-            self.store.update(job_id, state=FAILED, reason=_failure_reason(0, status, output))
+            self.store.update(
+                job_id, state=FAILED, reason=_failure_reason(exit_code, status, output)
+            )
 
     def _end(self, job_id: str, state: str, reason: str) -> None:
         current = self._get(job_id)
