@@ -17,9 +17,7 @@ import io
 import json
 import logging
 import re
-import os
 import shutil
-import signal
 import tarfile
 import time
 import uuid
@@ -162,7 +160,8 @@ class JobManager:
         )
         control = record.runtime.get("control", "")
         if superlink is None or not control or not await port_open(*_host_port(control)):
-            self._stop_orphan_superlink(record)
+            if superlink is not None:  # ours, but no longer serving: end it
+                await asyncio.to_thread(superlink.stop)
             self.store.update(
                 record.job_id,
                 state=FAILED,
@@ -179,19 +178,6 @@ class JobManager:
             "adopted a running job after a relay restart",
             extra={"job": record.job_id, "superlink_pid": pid},
         )
-
-    def _stop_orphan_superlink(self, record: JobRecord) -> None:
-        """Stop a SuperLink left running by a relay that died (only if it is ours)."""
-        pid = int(record.runtime.get("superlink_pid", "0") or 0)
-        if pid <= 0:
-            return
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return
-        if str(self.job_dir(record.job_id)).encode() in cmdline:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
 
     # --- paths ---------------------------------------------------------------
 

@@ -114,7 +114,9 @@ class Dispatcher:
                 envelope, peer, 404, f"{envelope.method!r} is not a Fleet API method; not forwarded"
             )
         remaining = (
-            (envelope.deadline_unix_ms - now_ms()) / 1000 if envelope.deadline_unix_ms else 25.0
+            (envelope.deadline_unix_ms - now_ms()) / 1000
+            if envelope.deadline_unix_ms
+            else fleet.DEFAULT_CALL_BUDGET
         )
         if remaining <= 0:
             return gateway_reply(
