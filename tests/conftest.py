@@ -19,7 +19,7 @@ from .flower_envs import REPO, flwr139, flwr141
 from .procs import live_children, wait_until_gone
 
 QUICKSTART = REPO / "jobs" / "quickstart-numpy"
-GATEWAY_TRANSPORTS = ["grpcs", "https", "tcps"]
+GATEWAY_TRANSPORTS = ["grpcs", "https", "tcps", "rediss"]
 """Every transport the end-to-end runs go through (each with a real Flower job)."""
 
 

@@ -1,7 +1,7 @@
-"""Throw-away ``redis-server`` processes for tests, plain and TLS, on free ports.
+"""Redis fixtures for tests: a plain and a TLS redis-server, and a PKI for them.
 
-Never the default port, never a system service: each server runs in its own
-directory with persistence off and is stopped by its PID. Other test modules
+The servers come from :mod:`gateway.testing.redis_server`; a test is skipped
+when redis-server is not installed. Other test modules
 reuse the fixtures by importing them::
 
     from .redis_server import redis_pki, redis_servers  # noqa: F401
@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import signal
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,89 +20,18 @@ import pytest
 from gateway.config import TLSConfig
 from gateway.identity import Role
 from gateway.provisioning.certs import CertificateAuthority, write_participant
+from gateway.testing.redis_server import RedisServer
+from gateway.testing.redis_server import start_redis as start_redis_server
 
 from .conftest import Federation
 
 REDIS_SERVER = shutil.which("redis-server")
 
 
-@dataclass
-class RedisServer:
-    """One running redis-server: its port, its process and whether it speaks TLS."""
-
-    port: int
-    process: subprocess.Popen[bytes]
-    tls: bool
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _listening(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-        return True
-    return False
-
-
 def start_redis(directory: Path, *, tls: TLSConfig | None = None) -> RedisServer:
-    """Start redis-server on a free loopback port; with ``tls``, TLS only.
-
-    ``tls`` is the server's certificate, key and the CA that signs clients'
-    certificates (clients may present one; they need not).
-    """
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    directory.mkdir(parents=True, exist_ok=True)
-    for _ in range(3):  # another process may take the free port before redis does
-        port = _free_port()
-        log = directory / f"redis-{port}.log"
-        args = [
-            REDIS_SERVER,
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(directory),
-            "--logfile", str(log),
-        ]  # fmt: skip
-        if tls is None:
-            args += ["--port", str(port)]
-        else:
-            args += [
-                "--port", "0",
-                "--tls-port", str(port),
-                "--tls-cert-file", str(tls.cert),
-                "--tls-key-file", str(tls.key),
-                "--tls-ca-cert-file", str(tls.ca_cert),
-                "--tls-auth-clients", "optional",
-            ]  # fmt: skip
-        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        server = RedisServer(port=port, process=process, tls=tls is not None, log=log)
-        deadline = time.monotonic() + 10
-        while process.poll() is None and time.monotonic() < deadline:
-            if _listening(port):
-                return server
-            time.sleep(0.02)
-        server.stop()
-    log_text = log.read_text() if log.exists() else "(no log)"
-    raise RuntimeError(f"redis-server did not start; its log:\n{log_text}")
+    return start_redis_server(directory, tls=tls)
 
 
 @contextlib.contextmanager

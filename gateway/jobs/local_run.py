@@ -25,11 +25,11 @@ from ..exceptions import JobError
 from ..flower.install import FlowerInstall
 from ..flower.process import ManagedProcess
 from ..flower.runner import (
-    flwr_run,
     final_status,
-    run_id_from_output,
+    flwr_run,
     launch_superlink,
     launch_supernode,
+    run_id_from_output,
     write_flwr_home,
 )
 from ..identity import Role
@@ -38,6 +38,7 @@ from ..relay.dispatcher import DispatchStats
 from ..relay.server import Relay
 from ..site.gateway import SiteGateway
 from ..testing.faultproxy import FaultConfig, FaultProxy
+from ..testing.redis_server import RedisServer, start_redis
 from .spec import JobSpec, RunConfigValue
 
 log = logging.getLogger(__name__)
@@ -137,11 +138,23 @@ async def _gateway_path(
     relay_tls = write_participant(
         pki / "relay", ca, "relay", Role.RELAY, hosts=("localhost", "127.0.0.1")
     )
-    relay = Relay(listen_urls=[f"{transport}://127.0.0.1:0"], tls=relay_tls, ledger=True)
-    await relay.start()
+    relay: Relay | None = None
+    redis: RedisServer | None = None
+    listen_url = f"{transport}://127.0.0.1:0"
+    if transport in ("redis", "rediss"):
+        # Redis transports meet at a Redis server rather than at the relay.
+        redis_tls = write_participant(
+            pki / "redis", ca, "redis", Role.RELAY, hosts=("localhost", "127.0.0.1")
+        )
+        redis = await asyncio.to_thread(
+            start_redis, workdir / "redis", tls=redis_tls if transport == "rediss" else None
+        )
+        listen_url = f"{transport}://127.0.0.1:{redis.port}"
     gateways: dict[str, SiteGateway] = {}
     proxy: FaultProxy | None = None
     try:
+        relay = Relay(listen_urls=[listen_url], tls=relay_tls, ledger=True)
+        await relay.start()
         relay_port = relay.port
         if faults is not None:
             proxy = FaultProxy("127.0.0.1", relay.port, faults)
@@ -165,7 +178,10 @@ async def _gateway_path(
             await gateway.aclose()
         if proxy is not None:
             await proxy.aclose()
-        await relay.aclose()
+        if relay is not None:
+            await relay.aclose()
+        if redis is not None:
+            redis.stop()
 
 
 async def run_app(
