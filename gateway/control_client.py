@@ -24,8 +24,12 @@ async def control_call(
     timeout: float = 30.0,
 ) -> M:
     """Send one control request; raise the gateway error its status stands for."""
+    # A call about one job carries the job's id, so that transports that route by
+    # job (Redis, with several relays) deliver it to the relay that owns the job.
+    job_id = getattr(request, "job_id", "")
     envelope = Envelope(
         kind=kind,
+        job_id=job_id if isinstance(job_id, str) else "",
         message_id=new_message_id(),
         method=method,
         body=request.SerializeToString(),

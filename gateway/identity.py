@@ -2,13 +2,15 @@
 
 The relay never trusts a name that a peer claims: a peer *is* the common name
 (CN) of the client certificate that TLS verified against the federation's root
-CA, and its role is the certificate's organizational unit (OU).
+CA, and its role is the certificate's organizational unit (OU). An admin's
+certificate also says what the admin may do, in its ``title`` attribute
+(:class:`AdminRole`); the serial number lets the relay refuse a revoked one.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -24,12 +26,35 @@ class Role(str, enum.Enum):
     ADMIN = "admin"
 
 
+class AdminRole(str, enum.Enum):
+    """What an admin certificate allows (its subject's ``title`` attribute)."""
+
+    PROJECT_ADMIN = "project_admin"
+    """Everything: submit, read, abort and download any job."""
+    MEMBER = "member"
+    """Submit, list and read any job; abort and download only its own jobs."""
+
+
 @dataclass(frozen=True)
 class Peer:
-    """A verified participant: its name and role, from its certificate."""
+    """A verified participant: its name and role, from its certificate.
+
+    Two peers are equal when name and role are: the serial and the admin role
+    describe the certificate, not who the peer is.
+    """
 
     name: str
     role: Role
+    serial: int = field(default=0, compare=False)
+    """The certificate's serial number (0 when not known), for revocation checks."""
+    admin_role: AdminRole | None = field(default=None, compare=False)
+    """An admin's permissions; ``None`` for relays and sites."""
+
+    def may_manage(self, submitted_by: str) -> bool:
+        """Whether this admin may abort or download a job that ``submitted_by`` submitted."""
+        if self.role is not Role.ADMIN:
+            return False
+        return self.admin_role is AdminRole.PROJECT_ADMIN or submitted_by == self.name
 
     def __str__(self) -> str:
         return f"{self.role.value}:{self.name}"
@@ -53,7 +78,26 @@ def peer_from_certificate(cert: x509.Certificate) -> Peer:
         role = Role(role_text)
     except ValueError:
         raise AuthError(f"certificate of {name!r} has unknown role {role_text!r}") from None
-    return Peer(name=name, role=role)
+    admin_role = _admin_role(cert, name) if role is Role.ADMIN else None
+    return Peer(name=name, role=role, serial=cert.serial_number, admin_role=admin_role)
+
+
+def _admin_role(cert: x509.Certificate, name: str) -> AdminRole:
+    """The admin role in the subject's title; none at all means the least, ``member``."""
+    titles = cert.subject.get_attributes_for_oid(NameOID.TITLE)
+    if not titles:
+        return AdminRole.MEMBER
+    if len(titles) > 1:
+        raise AuthError(f"certificate of {name!r} has {len(titles)} admin roles (title); needs one")
+    text = titles[0].value
+    text = text.decode() if isinstance(text, bytes) else str(text)
+    try:
+        return AdminRole(text)
+    except ValueError:
+        raise AuthError(
+            f"certificate of {name!r} has unknown admin role {text!r} "
+            f"(known: {', '.join(r.value for r in AdminRole)})"
+        ) from None
 
 
 def peer_from_pem(pem: bytes) -> Peer:

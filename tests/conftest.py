@@ -14,6 +14,9 @@ from gateway.identity import Role
 from gateway.jobs.local_run import RunOutcome, run_app
 from gateway.jobs.spec import JobSpec
 from gateway.provisioning.certs import CertificateAuthority, write_participant
+from gateway.provisioning.kit import load_kit
+from gateway.provisioning.project import Project
+from gateway.provisioning.workspace import ProvisioningWorkspace
 
 from .flower_envs import REPO, flwr139, flwr141
 from .procs import live_children, wait_until_gone
@@ -38,16 +41,25 @@ class Federation:
 
 @pytest.fixture(scope="session")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Federation:
+    """Kits provisioned as `flgate provision` does, and a site of another CA."""
     root = tmp_path_factory.mktemp("pki")
-    ca = CertificateAuthority.create("test-project")
-    relay = write_participant(
-        root / "relay", ca, "relay", Role.RELAY, hosts=("localhost", "127.0.0.1")
+    project = Project.parse(
+        {
+            "name": "test-project",
+            "relay": {"hosts": ["localhost", "127.0.0.1"], "transports": {"grpcs": 8443}},
+            "sites": ["site-1", "site-2", "site-3"],
+            "admins": [{"name": "admin@example.org", "role": "project_admin"}],
+        }
     )
-    sites = {
-        name: write_participant(root / name, ca, name, Role.SITE)
-        for name in ("site-1", "site-2", "site-3")
-    }
-    admin = write_participant(root / "admin", ca, "admin@example.org", Role.ADMIN)
+    workspace, _ = ProvisioningWorkspace.create_or_open(root / "provisioning", project)
+    workspace.provision(project)
+
+    def tls(name: str) -> TLSConfig:
+        return load_kit(workspace.kit(name)).tls
+
+    relay = tls("relay")
+    sites = {name: tls(name) for name in ("site-1", "site-2", "site-3")}
+    admin = tls("admin@example.org")
     other = CertificateAuthority.create("other-project")
     foreign = write_participant(root / "foreign", other, "site-1", Role.SITE)
     # The foreign site trusts our relay's CA, so only the relay's check can refuse it.

@@ -1,7 +1,11 @@
 """A real federation in processes: ``flgate relay start`` and ``flgate site start``.
 
-Certificates come from a throw-away CA; every process is started with its own
-workspace and stopped (with everything it started) by ``close()``.
+The federation is provisioned like a real one (``flgate provision``'s code):
+a kit per participant under ``root/provisioning/kits``, from a throw-away CA.
+Processes start from their kits; by default the relay listens on a free port
+(``--listen``) that sites are told with ``--relay``, and ``from_kit=True`` starts
+them from the kits alone (the kit's addresses, pre-picked free ports). Every
+process is stopped (with everything it started) by ``close()``.
 """
 
 from __future__ import annotations
@@ -19,8 +23,12 @@ from pathlib import Path
 
 from gateway.admin import AdminClient
 from gateway.config import TLSConfig
-from gateway.identity import Role
-from gateway.provisioning.certs import CertificateAuthority, write_participant
+from gateway.flower.process import free_port
+from gateway.identity import AdminRole
+from gateway.provisioning.certs import CertificateAuthority
+from gateway.provisioning.kit import load_kit
+from gateway.provisioning.project import Project
+from gateway.provisioning.workspace import ProvisioningWorkspace
 
 from .procs import processes_touching, wait_until_gone
 
@@ -32,24 +40,70 @@ class Federation:
     relay_tls: TLSConfig
     admin_tls: TLSConfig
     site_tls: dict[str, TLSConfig]
+    workspace: ProvisioningWorkspace
+    admin_name: str = "admin@test"
     relay_url: str = ""
     relay: subprocess.Popen[bytes] | None = None
     sites: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     flower_bin: Path | None = None
 
     @classmethod
-    def create(cls, root: Path, sites: list[str]) -> Federation:
-        ca = CertificateAuthority.create("test-federation")
-        pki = root / "pki"
+    def create(
+        cls,
+        root: Path,
+        sites: list[str],
+        *,
+        admins: dict[str, AdminRole] | None = None,
+        transports: list[str] | None = None,
+        site_transports: dict[str, str] | None = None,
+    ) -> Federation:
+        """Provision relay, ``sites`` and ``admins`` (default: one project admin).
+
+        ``transports``: the relay's schemes (default grpcs), each on a free port;
+        ``site_transports``: the scheme a site dials, if not the first.
+        """
+        admins = admins or {"admin@test": AdminRole.PROJECT_ADMIN}
+        chosen = site_transports or {}
+        project = Project.parse(
+            {
+                "name": "test-federation",
+                "relay": {
+                    "hosts": ["localhost", "127.0.0.1"],
+                    "listen_host": "127.0.0.1",
+                    "transports": {s: free_port() for s in transports or ["grpcs"]},
+                },
+                "sites": [
+                    {"name": s, **({"transport": chosen[s]} if s in chosen else {})} for s in sites
+                ],
+                "admins": [{"name": n, "role": r.value} for n, r in admins.items()],
+            }
+        )
+        workspace, _ = ProvisioningWorkspace.create_or_open(root / "provisioning", project)
+        workspace.provision(project)
+
+        def tls(name: str) -> TLSConfig:
+            return load_kit(workspace.kit(name)).tls
+
+        admin = next(iter(admins))
         return cls(
             root=root,
-            ca=ca,
-            relay_tls=write_participant(
-                pki / "relay", ca, "relay", Role.RELAY, hosts=("localhost", "127.0.0.1")
-            ),
-            admin_tls=write_participant(pki / "admin", ca, "admin@test", Role.ADMIN),
-            site_tls={s: write_participant(pki / s, ca, s, Role.SITE) for s in sites},
+            ca=workspace.ca,
+            relay_tls=tls("relay"),
+            admin_tls=tls(admin),
+            site_tls={s: tls(s) for s in sites},
+            workspace=workspace,
+            admin_name=admin,
         )
+
+    def kit(self, name: str) -> Path:
+        """The kit directory of participant ``name``."""
+        return self.workspace.kit(name)
+
+    def add_site(self, name: str, *, transport: str | None = None) -> Path:
+        """``flgate provision add-site``: a new site's kit from the same CA."""
+        self.workspace.add_site(name, transport=transport)
+        self.site_tls[name] = load_kit(self.kit(name)).tls
+        return self.kit(name)
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", PYTHONUNBUFFERED="1")
@@ -66,22 +120,34 @@ class Federation:
     def _tls_args(tls: TLSConfig) -> list[str]:
         return ["--ca", str(tls.ca_cert), "--cert", str(tls.cert), "--key", str(tls.key)]
 
-    def start_relay(self, extra: list[str] | None = None, *, port: int = 0) -> None:
+    def start_relay(
+        self, extra: list[str] | None = None, *, port: int = 0, from_kit: bool = False
+    ) -> None:
+        """Start the relay from its kit: on ``port`` (0: any free port) of loopback,
+        or with ``from_kit`` where the kit says (its ports and its workspace)."""
         out = self.root / "relay.out"
         out.unlink(missing_ok=True)
         flower = ["--flower-bin", str(self.flower_bin)] if self.flower_bin else []
+        where = (
+            []
+            if from_kit
+            else [
+                "--listen",
+                f"grpcs://127.0.0.1:{port}",
+                "--workspace",
+                str(self.root / "relay"),
+            ]
+        )
         self.relay = self._spawn(
             "relay",
             [
                 "-v",
                 "relay",
                 "start",
-                "--listen",
-                f"grpcs://127.0.0.1:{port}",
-                "--workspace",
-                str(self.root / "relay"),
+                "--kit",
+                str(self.kit("relay")),
+                *where,
                 *flower,
-                *self._tls_args(self.relay_tls),
                 *(extra or []),
             ],
         )
@@ -97,40 +163,39 @@ class Federation:
             time.sleep(0.1)
         raise RuntimeError("relay did not start")
 
-    def start_site(self, name: str) -> None:
+    def start_site(self, name: str, *, from_kit: bool = False) -> None:
+        """Start site ``name`` from its kit, told the relay's address (``--relay``)
+        unless ``from_kit``, when it dials the address in its kit."""
         flower = ["--flower-bin", str(self.flower_bin)] if self.flower_bin else []
+        where = (
+            [] if from_kit else ["--relay", self.relay_url, "--workspace", str(self.root / name)]
+        )
         self.sites[name] = self._spawn(
             name,
-            [
-                "-v",
-                "site",
-                "start",
-                "--relay",
-                self.relay_url,
-                "--workspace",
-                str(self.root / name),
-                *flower,
-                *self._tls_args(self.site_tls[name]),
-            ],
+            ["-v", "site", "start", "--kit", str(self.kit(name)), *where, *flower],
         )
 
-    def cli(self, *argv: str) -> str:
-        """Run ``flgate ARGV`` as the admin; return its output (it must exit 0)."""
-        env = dict(
-            os.environ,
-            FLGATE_RELAY=self.relay_url,
-            FLGATE_CA=str(self.admin_tls.ca_cert),
-            FLGATE_CERT=str(self.admin_tls.cert),
-            FLGATE_KEY=str(self.admin_tls.key),
-        )
-        done = subprocess.run(
+    def run_cli(
+        self, *argv: str, kit: str | None = None, from_kit: bool = False, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``flgate ARGV`` with the kit of ``kit`` (default: the admin's), told the
+        relay's address (FLGATE_RELAY) unless ``from_kit``."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLGATE_")}
+        env.update(FLGATE_KIT=str(self.kit(kit or self.admin_name)))
+        if self.relay_url and not from_kit:
+            env.update(FLGATE_RELAY=self.relay_url)
+        return subprocess.run(
             [sys.executable, "-m", "gateway.cli", *argv],
             env=env,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=timeout,
             check=False,
         )
+
+    def cli(self, *argv: str) -> str:
+        """Run ``flgate ARGV`` as the admin; return its output (it must exit 0)."""
+        done = self.run_cli(*argv)
         assert done.returncode == 0, f"flgate {' '.join(argv)} failed: {done.stderr}"
         return done.stdout
 

@@ -1,17 +1,28 @@
-"""Pieces every command shares: exit codes, running a coroutine, TLS options."""
+"""Pieces every command shares: exit codes, running a coroutine, TLS options.
+
+A participant names its TLS files and the relay's address either with a kit
+(``--kit DIR``, made by ``flgate provision``, verified before use) or one by one
+(``--relay``, ``--ca``, ``--cert``, ``--key``); an explicit ``--relay`` also
+overrides the kit's address.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import os
 import signal
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cryptography import x509
+
 from ..config import TLSConfig
 from ..exceptions import ConfigError
+from ..identity import Role
+from ..provisioning.kit import Kit, load_kit
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
@@ -36,7 +47,15 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def add_tls_options(parser: argparse.ArgumentParser, *, relay: bool = True) -> None:
-    """--relay/--ca/--cert/--key, defaulting to FLGATE_* environment variables."""
+    """--kit, --relay/--ca/--cert/--key, defaulting to FLGATE_* environment variables."""
+    parser.add_argument(
+        "--kit",
+        type=Path,
+        default=_env_path("FLGATE_KIT"),
+        metavar="DIR",
+        help="this participant's startup kit from `flgate provision`: TLS files and the "
+        "relay's address, verified before use (env FLGATE_KIT)",
+    )
     if relay:
         parser.add_argument(
             "--relay",
@@ -69,18 +88,62 @@ def _env_path(name: str) -> Path | None:
     return Path(value) if value else None
 
 
-def tls_from(args: argparse.Namespace) -> TLSConfig:
+def kit_from(args: argparse.Namespace, role: Role | None = None) -> Kit | None:
+    """The verified kit named by --kit (loaded once per command), or ``None``."""
+    if getattr(args, "kit", None) is None:
+        return None
+    cached: Kit | None = getattr(args, "_kit", None)
+    if cached is None:
+        given = [f"--{n}" for n in ("ca", "cert", "key") if getattr(args, n, None) is not None]
+        if given:
+            raise ConfigError(
+                f"--kit names the TLS files already; drop {', '.join(given)} "
+                "(or unset FLGATE_CA, FLGATE_CERT, FLGATE_KEY)"
+            )
+        cached = load_kit(args.kit, role=role)
+        args._kit = cached
+    return cached
+
+
+def tls_from(args: argparse.Namespace, role: Role | None = None) -> TLSConfig:
+    """The TLS files from --kit (checked to be a ``role`` kit) or --ca/--cert/--key."""
+    kit = kit_from(args, role)
+    if kit is not None:
+        return kit.tls
     missing = [f"--{n}" for n in ("ca", "cert", "key") if getattr(args, n) is None]
     if missing:
-        raise ConfigError(f"missing {', '.join(missing)}: the relay requires mutual TLS")
+        raise ConfigError(
+            f"missing {', '.join(missing)} (or --kit DIR): the relay requires mutual TLS"
+        )
     for name in ("ca", "cert", "key"):
         path: Path = getattr(args, name)
         if not path.is_file():
             raise ConfigError(f"--{name} {path}: no such file")
+    _check_not_expired(args.cert)
     return TLSConfig(ca_cert=args.ca, cert=args.cert, key=args.key)
 
 
-def relay_from(args: argparse.Namespace) -> str:
-    if not args.relay:
-        raise ConfigError("missing --relay URL (or FLGATE_RELAY), e.g. grpcs://relay:8443")
-    return str(args.relay)
+def _check_not_expired(path: Path) -> None:
+    """Say so here: a peer refuses an expired certificate with a bare TLS alert."""
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except ValueError:
+        return  # loading the TLS files reports it
+    expires = cert.not_valid_after_utc
+    if dt.datetime.now(dt.timezone.utc) > expires:
+        raise ConfigError(
+            f"--cert {path} expired on {expires:%Y-%m-%d %H:%M} UTC; ask the project admin "
+            "for a new kit (flgate provision)"
+        )
+
+
+def relay_from(args: argparse.Namespace, role: Role | None = None) -> str:
+    """--relay if given, else the address in the kit."""
+    if args.relay:
+        return str(args.relay)
+    kit = kit_from(args, role)
+    if kit is not None:
+        return kit.relay_url
+    raise ConfigError(
+        "missing --relay URL (or FLGATE_RELAY, or --kit DIR), e.g. grpcs://relay:8443"
+    )

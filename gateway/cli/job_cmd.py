@@ -16,6 +16,7 @@ from typing import TypeVar
 from google.protobuf.json_format import MessageToDict
 
 from ..admin import AdminClient
+from ..identity import Role
 from ..jobs.store import FINAL_STATES, FINISHED
 from ..proto.control_pb2 import JobInfo
 from .common import EXIT_JOB_FAILED, EXIT_OK, add_tls_options, relay_from, run, tls_from
@@ -77,7 +78,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _client(args: argparse.Namespace) -> AdminClient:
-    return AdminClient(relay_url=relay_from(args), tls=tls_from(args))
+    return AdminClient(relay_url=relay_from(args, Role.ADMIN), tls=tls_from(args, Role.ADMIN))
 
 
 def _call(args: argparse.Namespace, operation: Callable[[AdminClient], Awaitable[T]]) -> T:

@@ -9,10 +9,13 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from ..exceptions import ConfigError
 from ..flower.install import FlowerInstall
+from ..identity import Role
+from ..provisioning.kit import Kit
 from ..relay.app import RelayApp
 from ..site.agent import SiteAgent
-from .common import EXIT_OK, add_tls_options, relay_from, run, tls_from
+from .common import EXIT_OK, add_tls_options, kit_from, relay_from, run, tls_from
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,14 +31,22 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--listen",
         action="append",
         metavar="URL",
-        help="where to listen; repeat for several transports "
-        "(default: grpcs://0.0.0.0:8443; port 0 = any free port)",
+        help="where to listen; repeat for several transports (default: the kit's "
+        "addresses, else grpcs://0.0.0.0:8443; port 0 = any free port). Behind a load "
+        "balancer the address bound differs from the one sites dial: set it here",
     )
     start.add_argument(
         "--workspace",
         type=Path,
-        required=True,
-        help="directory for the job store, job apps, logs and results",
+        help="directory for the job store, job apps, logs and results "
+        "(default with --kit: KIT/workspace)",
+    )
+    start.add_argument(
+        "--crl",
+        type=Path,
+        metavar="FILE",
+        help="the federation's revocation list, re-read when it changes "
+        "(default with --kit: the kit's crl.pem)",
     )
     start.add_argument(
         "--sites",
@@ -60,7 +71,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "site takes part in, and ship its logs. The site's name comes from its certificate.",
     )
     start.add_argument(
-        "--workspace", type=Path, required=True, help="directory for the site's job logs"
+        "--workspace",
+        type=Path,
+        help="directory for the site's job logs (default with --kit: KIT/workspace)",
     )
     start.add_argument(
         "--flower-bin",
@@ -68,17 +81,34 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="DIR",
         help="bin directory of the Flower installation for SuperNodes",
     )
+    start.add_argument(
+        "--flower-node-key", type=Path, metavar="PATH",
+        help="the site's Flower node key (OpenSSH, 0600), for jobs with node_auth",
+    )  # fmt: skip
     add_tls_options(start)
     start.set_defaults(func=_site_start)
 
 
+def _workspace(args: argparse.Namespace, kit: Kit | None) -> Path:
+    if args.workspace is not None:
+        return Path(args.workspace)
+    if kit is not None:
+        return kit.path / "workspace"
+    raise ConfigError("missing --workspace DIR (or --kit DIR, whose workspace/ it then uses)")
+
+
 async def _serve_relay(args: argparse.Namespace) -> None:
+    tls = tls_from(args, Role.RELAY)
+    kit = kit_from(args, Role.RELAY)
+    if kit is not None:
+        print(f"relay: {kit.describe()}", flush=True)
     app = RelayApp(
-        listen_urls=args.listen or ["grpcs://0.0.0.0:8443"],
-        tls=tls_from(args),
-        workspace=args.workspace,
+        listen_urls=args.listen or (kit.listen_urls if kit else None) or ["grpcs://0.0.0.0:8443"],
+        tls=tls,
+        workspace=_workspace(args, kit),
         install=FlowerInstall.find(args.flower_bin),
         known_sites=frozenset(s.strip() for s in args.sites.split(",")) if args.sites else None,
+        crl=args.crl or (kit.crl if kit else None),
     )
     await app.start()
     for url, port in zip(app.relay.listen_urls, app.ports, strict=True):
@@ -104,13 +134,19 @@ def _relay_start(args: argparse.Namespace) -> int:
 
 
 async def _serve_site(args: argparse.Namespace) -> None:
+    tls = tls_from(args, Role.SITE)
+    kit = kit_from(args, Role.SITE)
+    relay_url = relay_from(args, Role.SITE)
+    if kit is not None:
+        print(f"site: {kit.describe()}", flush=True)
     agent = SiteAgent(
-        relay_url=relay_from(args),
-        tls=tls_from(args),
-        workspace=args.workspace,
+        relay_url=relay_url,
+        tls=tls,
+        workspace=_workspace(args, kit),
         install=FlowerInstall.find(args.flower_bin),
+        flower_node_key=args.flower_node_key or (kit.flower_node_key if kit else None),
     )
-    print(f"site {agent.name} dialing {args.relay}", flush=True)
+    print(f"site {agent.name} dialing {relay_url}", flush=True)
     await agent.run_forever()
 
 

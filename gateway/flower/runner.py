@@ -19,6 +19,7 @@ from typing import TypeVar
 from ..exceptions import ProcessError
 from ..proto.envelope_pb2 import DIALECT_GRPC
 from .install import FlowerInstall
+from .node_auth import LoopbackTLS
 from .process import ManagedProcess, free_port
 
 LOOPBACK = "127.0.0.1"
@@ -36,19 +37,31 @@ class SuperLinkAddresses:
 
 
 def start_superlink(
-    install: FlowerInstall, workdir: Path, *, startup_timeout: float = 60.0
+    install: FlowerInstall,
+    workdir: Path,
+    *,
+    tls: LoopbackTLS | None = None,
+    node_auth: bool = False,
 ) -> tuple[ManagedProcess, SuperLinkAddresses]:
-    """A SuperLink with its own database in ``workdir``, bound to loopback only."""
+    """A SuperLink with its own database in ``workdir``, bound to loopback only.
+
+    ``tls`` makes it serve TLS on all its APIs; ``node_auth`` turns on Flower's
+    SuperNode authentication, which Flower only allows with TLS.
+    """
+    if node_auth and tls is None:
+        raise ValueError("flower-superlink --enable-supernode-auth requires TLS")
     workdir.mkdir(parents=True, exist_ok=True)
     http_port = free_port()
     argv = [
         str(install.program("flower-superlink")),
-        "--insecure",
+        *_superlink_tls_args(tls),
         "--host", LOOPBACK,
         "--port", str(http_port),
         "--database", str(workdir / "superlink.db"),
         "--disable-runtime-dependency-installation",
     ]  # fmt: skip
+    if node_auth:
+        argv.append("--enable-supernode-auth")
     control = f"{LOOPBACK}:{http_port}"
     fleet = control
     if install.dialect == DIALECT_GRPC:
@@ -62,6 +75,17 @@ def start_superlink(
         cwd=workdir,
     )
     return process, SuperLinkAddresses(control=control, fleet=fleet)
+
+
+def _superlink_tls_args(tls: LoopbackTLS | None) -> list[str]:
+    if tls is None:
+        return ["--insecure"]
+    # Absolute paths: the SuperLink hands the CA path on to the flower-superexec it starts.
+    return [
+        "--ssl-ca-certfile", str(tls.ca_cert.resolve()),
+        "--ssl-certfile", str(tls.cert.resolve()),
+        "--ssl-keyfile", str(tls.key.resolve()),
+    ]  # fmt: skip
 
 
 _PORT_TAKEN = "address already in use"
@@ -97,12 +121,18 @@ async def _start_serving(
 
 
 async def launch_superlink(
-    install: FlowerInstall, workdir: Path, *, timeout: float = 60.0, attempts: int = 3
+    install: FlowerInstall,
+    workdir: Path,
+    *,
+    tls: LoopbackTLS | None = None,
+    node_auth: bool = False,
+    timeout: float = 60.0,
+    attempts: int = 3,
 ) -> tuple[ManagedProcess, SuperLinkAddresses]:
     """Start a SuperLink and wait until its Control and Fleet APIs serve."""
 
     def start() -> tuple[ManagedProcess, SuperLinkAddresses, list[str]]:
-        process, addresses = start_superlink(install, workdir)
+        process, addresses = start_superlink(install, workdir, tls=tls, node_auth=node_auth)
         return process, addresses, [addresses.control, addresses.fleet]
 
     return await _start_serving(start, timeout=timeout, attempts=attempts)
@@ -116,6 +146,8 @@ async def launch_supernode(
     name: str,
     node_config: Mapping[str, int | str],
     grpc_mode: str = "rere",
+    auth_key: Path | None = None,
+    root_certificates: Path | None = None,
     timeout: float = 60.0,
     attempts: int = 3,
 ) -> ManagedProcess:
@@ -130,6 +162,8 @@ async def launch_supernode(
             name=name,
             node_config=node_config,
             grpc_mode=grpc_mode,
+            auth_key=auth_key,
+            root_certificates=root_certificates,
             port=port,
         )
         return process, None, [f"{LOOPBACK}:{port}"]
@@ -154,21 +188,37 @@ def start_supernode(
     name: str,
     node_config: Mapping[str, int | str],
     grpc_mode: str = "rere",
+    auth_key: Path | None = None,
+    root_certificates: Path | None = None,
     port: int = 0,
 ) -> ManagedProcess:
     """A SuperNode dialing ``superlink``; ``grpc_mode`` is 'rere' or 'adapter' (flwr <= 1.39).
 
     ``port`` is the SuperNode's own Runtime API port on loopback (0: pick one).
+    ``auth_key`` is the node's OpenSSH private key for Flower's node authentication:
+    the SuperNode signs every Fleet call with it instead of a key of its own, and
+    does not register itself (the key must be registered with the SuperLink).
+    Flower allows that only over TLS: ``root_certificates`` is the CA of the
+    server at ``superlink`` (without it the connection is plain).
     """
+    if auth_key is not None and root_certificates is None:
+        raise ValueError("flower-supernode --auth-supernode-private-key requires TLS")
+    trust = (
+        ["--root-certificates", str(root_certificates.resolve())]
+        if root_certificates is not None
+        else ["--insecure"]
+    )
     argv = [
         str(install.program("flower-supernode")),
-        "--insecure",
+        *trust,
         "--superlink", superlink,
         "--port", str(port or free_port()),
         "--node-config", node_config_text(node_config),
     ]  # fmt: skip
     if install.dialect == DIALECT_GRPC:
         argv.append("--grpc-adapter" if grpc_mode == "adapter" else "--grpc-rere")
+    if auth_key is not None:
+        argv += ["--auth-supernode-private-key", str(auth_key.resolve())]
     workdir.mkdir(parents=True, exist_ok=True)
     return ManagedProcess(
         name,
@@ -179,14 +229,61 @@ def start_supernode(
     )
 
 
-def write_flwr_home(directory: Path, control: str, *, connection: str = "gateway") -> Path:
-    """A private ``FLWR_HOME`` whose config.toml names one insecure SuperLink connection."""
+def write_flwr_home(
+    directory: Path,
+    control: str,
+    *,
+    connection: str = "gateway",
+    root_certificates: Path | None = None,
+) -> Path:
+    """A private ``FLWR_HOME`` whose config.toml names one SuperLink connection.
+
+    The connection is insecure unless ``root_certificates`` (the CA that signed
+    a TLS SuperLink's certificate) is given.
+    """
     directory.mkdir(parents=True, exist_ok=True)
+    trust = (
+        f"root-certificates = {json.dumps(str(root_certificates.resolve()))}\n"
+        if root_certificates is not None
+        else "insecure = true\n"
+    )
     (directory / "config.toml").write_text(
         f'[superlink]\ndefault = "{connection}"\n\n'
-        f'[superlink.{connection}]\naddress = "{control}"\ninsecure = true\n'
+        f'[superlink.{connection}]\naddress = "{control}"\n{trust}'
     )
     return directory
+
+
+async def register_supernode(
+    install: FlowerInstall,
+    flwr_home: Path,
+    public_key: Path,
+    *,
+    name: str,
+    connection: str = "gateway",
+) -> int:
+    """Register a node's public key (OpenSSH file) with a SuperLink; return its node id.
+
+    This is Flower's supported way (``flwr supernode register`` over the Control
+    API) to admit a SuperNode when the SuperLink runs ``--enable-supernode-auth``.
+    ``flwr`` exits 0 even when the SuperLink refuses, so its JSON answer decides.
+    """
+    text = await _flwr_output(
+        install,
+        flwr_home,
+        ["supernode", "register", str(public_key), connection, "--name", name, "--format", "json"],
+    )
+    try:
+        payload = json.loads(text[text.index("{") : text.rindex("}") + 1])
+    except ValueError:
+        payload = {}
+    if payload.get("success") is True and "node-id" in payload:
+        return int(payload["node-id"])
+    detail = str(payload.get("error-message") or text).strip().splitlines()
+    raise ProcessError(
+        f"the SuperLink refused to register the node key of {name}: "
+        f"{detail[-1] if detail else 'no answer from flwr supernode register'}"
+    )
 
 
 async def flwr_run(

@@ -33,7 +33,9 @@ from ..flower.runner import (
     write_flwr_home,
 )
 from ..identity import Role
-from ..provisioning.certs import CertificateAuthority, write_participant
+from ..provisioning.certs import write_participant
+from ..provisioning.kit import load_kit
+from ..provisioning.workspace import provision_local
 from ..relay.dispatcher import DispatchStats
 from ..relay.server import Relay
 from ..site.gateway import SiteGateway
@@ -129,15 +131,14 @@ async def _gateway_path(
     faults: FaultConfig | None,
     transport: str,
 ) -> AsyncIterator[tuple[Relay, dict[str, SiteGateway], dict[str, str]]]:
-    """A relay and one site gateway per site, with certificates from a throw-away CA.
+    """A relay and one site gateway per site, from the kits of a throw-away project.
 
     With ``faults``, the sites reach the relay through a fault-injection proxy.
     """
     pki = workdir / "pki"
-    ca = CertificateAuthority.create(f"local-{job_id}")
-    relay_tls = write_participant(
-        pki / "relay", ca, "relay", Role.RELAY, hosts=("localhost", "127.0.0.1")
-    )
+    kits = provision_local(pki, f"local-{job_id}", sites, transport=transport)
+    ca = kits.ca
+    relay_tls = load_kit(kits.kit("relay")).tls
     relay: Relay | None = None
     redis: RedisServer | None = None
     listen_url = f"{transport}://127.0.0.1:0"
@@ -165,7 +166,7 @@ async def _gateway_path(
         )
         addresses = {}
         for name in sites:
-            site_tls = write_participant(pki / name, ca, name, Role.SITE)
+            site_tls = load_kit(kits.kit(name)).tls
             gateway = SiteGateway(
                 name=name, relay_url=f"{transport}://localhost:{relay_port}", tls=site_tls
             )

@@ -22,26 +22,34 @@ import tarfile
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..exceptions import ConfigError, JobError
+from ..exceptions import ConfigError, GatewayError, JobError
 from ..flower.install import FlowerInstall
+from ..flower.node_auth import (
+    fingerprint,
+    load_public_key,
+    openssh_public_key,
+    write_loopback_tls,
+)
 from ..flower.process import ManagedProcess, port_open
 from ..flower.runner import (
-    final_status,
     SuperLinkAddresses,
+    final_status,
     flwr_run,
+    launch_superlink,
+    register_supernode,
     run_id_from_output,
     run_logs,
     run_status,
-    launch_superlink,
     write_flwr_home,
 )
 from ..identity import Peer
 from ..proto.control_pb2 import (
     GetLogsResponse,
+    JobInfo,
     PollTasksRequest,
     PollTasksResponse,
     ShipLogsRequest,
@@ -52,6 +60,7 @@ from ..proto.control_pb2 import (
     SubmitJobRequest,
 )
 from ..proto.envelope_pb2 import Dialect
+from ..relay.board import Board, BoardView, Report, Share, newest
 from .archive import unpack_app
 from .local_run import COMPLETED, ROUND_RE, parse_result
 from .spec import JobSpec, parse_run_config
@@ -73,13 +82,43 @@ SERVER_LOG = "server"
 SUPERLINK_LOG = "superlink"
 SITE_ONLINE_SECONDS = 60.0
 """A site that polled within this many seconds counts as online."""
+BOARD_INTERVAL = 1.0
+"""Seconds between exchanges of shares with the other relays (scale-out)."""
+REPORT_TTL = 600.0
+"""Site reports of a job are forgotten this long after the last one."""
+SHARED_JOBS = 500
+"""The newest jobs of this relay that other relays list."""
+
+
+def job_info(record: JobRecord) -> JobInfo:
+    return JobInfo(
+        job_id=record.job_id,
+        name=record.name,
+        state=record.state,
+        reason=record.reason,
+        sites=list(record.sites),
+        submitted_by=record.submitted_by,
+        created=record.created,
+        updated=record.updated,
+        run_id=record.run_id,
+        round=record.round,
+        rounds=record.rounds,
+        result_json=record.result_json,
+        run_config=record.run_config,
+    )
 
 
 class RouteTable(Protocol):
     """What the manager needs of the relay: add and remove a job's Fleet route."""
 
     def add_job(
-        self, job_id: str, *, sites: frozenset[str], dialect: Dialect, superlink: str
+        self,
+        job_id: str,
+        *,
+        sites: frozenset[str],
+        dialect: Dialect,
+        superlink: str,
+        superlink_ca: Path | None = None,
     ) -> None: ...
 
     async def remove_job(self, job_id: str) -> None: ...
@@ -92,7 +131,6 @@ class _LiveJob:
     task: asyncio.Task[None] | None = None
     superlink: ManagedProcess | None = None
     abort_reason: str | None = None
-    site_states: dict[str, SiteJobState] = field(default_factory=dict)
 
 
 class JobManager:
@@ -106,7 +144,10 @@ class JobManager:
         install: FlowerInstall,
         known_sites: frozenset[str] | None = None,
         site_start_timeout: float = 120.0,
+        board: Board | None = None,
     ) -> None:
+        """``board``: where relays sharing one Redis exchange what their jobs need
+        (scale-out); without it this relay answers from its own jobs alone."""
         self.workspace = workspace
         self.store = JobStore(workspace / "jobs.db")
         self._routes = routes
@@ -114,6 +155,12 @@ class JobManager:
         self._known_sites = known_sites
         self._site_start_timeout = site_start_timeout
         self._online: dict[str, float] = {}
+        self._node_keys: dict[str, str] = {}  # site -> Flower node public key it reported
+        self._reported: dict[str, dict[str, Report]] = {}
+        """Per job, per site: the latest state the site reported to this relay."""
+        self._board = board
+        self._others = BoardView()
+        self._board_task: asyncio.Task[None] | None = None
         self._live: dict[str, _LiveJob] = {}
         self._changed = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
@@ -128,13 +175,18 @@ class JobManager:
             if record.state in ACTIVE_STATES and record.state != SUBMITTED:
                 await self._adopt(record)
         self._scheduler = asyncio.create_task(self._schedule_forever(), name="job-scheduler")
+        if self._board is not None:
+            self._board_task = asyncio.create_task(self._share_forever(), name="relay-board")
 
     async def aclose(self) -> None:
         self._closing = True
-        if self._scheduler is not None:
-            self._scheduler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._scheduler
+        for task in (self._scheduler, self._board_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._board is not None:
+            await self._board.aclose()
         for job_id, live in list(self._live.items()):
             live.abort_reason = "the relay shut down"
             if live.task is not None:
@@ -189,24 +241,54 @@ class JobManager:
 
     # --- admin operations ----------------------------------------------------
 
+    def _last_seen(self) -> dict[str, float]:
+        """When each site last polled this relay or, with a board, any relay."""
+        seen = self._others.seen()
+        for site, when in self._online.items():
+            seen[site] = max(when, seen.get(site, 0.0))
+        return seen
+
     def online_sites(self) -> list[str]:
         now = time.time()
-        return sorted(s for s, seen in self._online.items() if now - seen < SITE_ONLINE_SECONDS)
+        return sorted(
+            s for s, when in self._last_seen().items() if now - when < SITE_ONLINE_SECONDS
+        )
 
     def sites(self) -> list[SiteInfo]:
         """Every known site: online or not, and the active jobs it is in."""
-        names = set(self._online) | set(self._known_sites or ())
-        active = [r for r in self.store.list() if r.state in ACTIVE_STATES]
+        seen = self._last_seen()
+        names = set(seen) | set(self._known_sites or ())
+        active = [j for j in self.job_list() if j.state in ACTIVE_STATES]
         now = time.time()
         return [
             SiteInfo(
                 name=name,
-                last_seen=self._online.get(name, 0.0),
-                online=now - self._online.get(name, 0.0) < SITE_ONLINE_SECONDS,
-                jobs=[r.job_id for r in active if name in r.sites],
+                last_seen=seen.get(name, 0.0),
+                online=now - seen.get(name, 0.0) < SITE_ONLINE_SECONDS,
+                jobs=[j.job_id for j in active if name in j.sites],
             )
             for name in sorted(names)
         ]
+
+    def owns(self, job_id: str) -> bool:
+        """Whether this relay keeps the job (relays sharing a Redis own what they started)."""
+        return self.store.get(job_id) is not None
+
+    def job_list(self) -> list[JobInfo]:
+        """This relay's jobs and, with a board, the other relays' jobs."""
+        mine = [job_info(r) for r in self.store.list()]
+        known = {j.job_id for j in mine}
+        return mine + [j for j in self._others.jobs() if j.job_id not in known]
+
+    def info(self, job_id: str) -> JobInfo:
+        """A job's summary, from its record here or from the relay that owns it."""
+        record = self.store.get(job_id)
+        if record is not None:
+            return job_info(record)
+        shared = self._others.job(job_id)
+        if shared is None:
+            raise JobError(f"no job {job_id!r}; `flgate job list` shows the jobs")
+        return shared[1]
 
     def submit(self, peer: Peer, request: SubmitJobRequest) -> JobRecord:
         """Validate and store a job; the error says what to fix."""
@@ -220,7 +302,7 @@ class JobManager:
             shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
             raise
         sites = sorted(set(request.sites))
-        known = self._known_sites if self._known_sites is not None else set(self._online)
+        known = self._known_sites if self._known_sites is not None else set(self._last_seen())
         if sites:
             unknown = [s for s in sites if s not in known]
             if unknown:
@@ -337,6 +419,12 @@ class JobManager:
     # --- site agent operations -----------------------------------------------
 
     def _desired(self, site: str) -> list[SiteJob]:
+        """What ``site`` must run: this relay's jobs' tasks and the other relays'."""
+        mine = self._my_tasks(site)
+        ids = {task.job_id for task in mine}
+        return mine + [task for task in self._others.tasks(site) if task.job_id not in ids]
+
+    def _my_tasks(self, site: str) -> list[SiteJob]:
         desired = []
         for record in self.store.list():
             if record.state not in (DISPATCHED, RUNNING) or site not in record.sites:
@@ -348,6 +436,7 @@ class JobManager:
                     flower_version=self._install.version_text,
                     partition_id=record.sites.index(site),
                     num_partitions=len(record.sites),
+                    node_auth=record.runtime.get("node_auth") == "1",
                 )
             )
         return desired
@@ -355,6 +444,8 @@ class JobManager:
     async def poll(self, site: str, request: PollTasksRequest) -> PollTasksResponse:
         """Record the site's view; answer with the jobs it must run (long-poll)."""
         self._online[site] = time.time()
+        if request.flower_node_public_key:  # bound to the certificate's site name, never claimed
+            self._node_keys[site] = request.flower_node_public_key
         self._record_site_states(site, request.jobs)
         current = {j.job_id for j in request.jobs if j.state in ("starting", "running")}
         wait = min(request.wait_ms, 30_000) / 1000
@@ -370,14 +461,66 @@ class JobManager:
         return PollTasksResponse(desired=desired)
 
     def _record_site_states(self, site: str, states: Iterable[SiteJobState]) -> None:
+        now = time.time()
         for state in states:
-            live = self._live.get(state.job_id)
-            if live is not None:
-                previous = live.site_states.get(site)
-                live.site_states[site] = state
-                if previous is None or previous.state != state.state:
+            by_site = self._reported.setdefault(state.job_id, {})
+            previous = by_site.get(site)
+            by_site[site] = (now, state)
+            if previous is None or previous[1].state != state.state:
+                if state.job_id in self._live:
                     self.on_event(state.job_id, f"{site}: {state.state} {state.detail}".strip())
+                self._changed.set()
+
+    def _site_state(self, job_id: str, site: str) -> SiteJobState | None:
+        """The latest state ``site`` reported for the job, to this relay or another."""
+        return newest((self._reported.get(job_id, {}).get(site), self._others.report(job_id, site)))
+
+    # --- sharing with other relays (scale-out over Redis) ----------------------
+
+    def _share(self) -> Share:
+        now = time.time()
+        for job_id in [
+            j
+            for j, by in self._reported.items()
+            if all(now - when > REPORT_TTL for when, _ in by.values())
+        ]:
+            del self._reported[job_id]
+        records = self.store.list()
+        sites = {site for r in records if r.state in (DISPATCHED, RUNNING) for site in r.sites}
+        assert self._board is not None
+        return Share(
+            relay=self._board.relay,
+            written=now,
+            tasks={site: self._my_tasks(site) for site in sorted(sites)},
+            jobs=[job_info(r) for r in records[-SHARED_JOBS:]],
+            seen=dict(self._online),
+            reports=self._reported,
+            node_keys=dict(self._node_keys),
+        )
+
+    async def _share_forever(self) -> None:
+        """Publish this relay's share and take the others' about once a second."""
+        assert self._board is not None
+        failing = False
+        while not self._closing:
+            try:
+                others = await self._board.exchange(self._share())
+            except GatewayError as exc:
+                if not failing:
+                    log.warning(
+                        "relay board unreachable; answering from own jobs",
+                        extra={"error": str(exc)},
+                    )
+                failing = True
+            else:
+                if failing:
+                    log.info("relay board reachable again")
+                failing = False
+                changed = others.task_ids() != self._others.task_ids()
+                self._others = others
+                if changed:  # a poll waiting for new tasks answers now
                     self._changed.set()
+            await asyncio.sleep(BOARD_INTERVAL)
 
     def ship_logs(self, site: str, request: ShipLogsRequest) -> ShipLogsResponse:
         record = self._get(request.job_id)
@@ -418,24 +561,40 @@ class JobManager:
         flwr_home = write_flwr_home(job_dir / "flwr-home", "0.0.0.0:0")
         routed = False
         try:
+            spec = JobSpec.load(job_dir / "app")
             if adopted:
                 addresses = SuperLinkAddresses(
                     control=record.runtime["control"], fleet=record.runtime["fleet"]
                 )
             else:
-                superlink, addresses = await launch_superlink(self._install, job_dir / "superlink")
+                # Flower refuses node authentication without TLS: such a SuperLink serves TLS.
+                tls = (
+                    write_loopback_tls(job_dir / "superlink" / "tls", name="superlink")
+                    if spec.node_auth
+                    else None
+                )
+                superlink, addresses = await launch_superlink(
+                    self._install, job_dir / "superlink", tls=tls, node_auth=spec.node_auth
+                )
                 live.superlink = superlink
+            ca = self._superlink_ca(job_id)
             self._routes.add_job(
                 job_id,
                 sites=frozenset(record.sites),
                 dialect=self._install.dialect,
                 superlink=addresses.fleet,
+                superlink_ca=ca,
             )
             routed = True
             if adopted and record.run_id:
                 await self._follow_adopted_run(record, addresses.control)
                 return
             assert live.superlink is not None
+            flwr_home = write_flwr_home(
+                job_dir / "flwr-home", addresses.control, root_certificates=ca
+            )
+            if spec.node_auth and not adopted:  # an adopted SuperLink keeps its registrations
+                await self._register_node_keys(record, flwr_home)
             self.store.update(
                 job_id,
                 state=DISPATCHED,
@@ -444,12 +603,11 @@ class JobManager:
                     "superlink_pid": str(live.superlink.pid),
                     "control": addresses.control,
                     "fleet": addresses.fleet,
+                    "node_auth": "1" if spec.node_auth else "",
                 },
             )
             self._changed.set()
             await self._wait_for_sites(record, live)
-            flwr_home = write_flwr_home(job_dir / "flwr-home", addresses.control)
-            spec = JobSpec.load(job_dir / "app")
             config = parse_run_config(record.run_config) if record.run_config else {}
             server_log = (logs / f"{SERVER_LOG}.log").open("a", buffering=1)
 
@@ -501,7 +659,11 @@ class JobManager:
     async def _follow_adopted_run(self, record: JobRecord, control: str) -> None:
         """Follow a run that started before a relay restart, from the SuperLink's state."""
         job_id, run_id = record.job_id, record.run_id
-        flwr_home = write_flwr_home(self.job_dir(job_id) / "flwr-home", control)
+        flwr_home = write_flwr_home(
+            self.job_dir(job_id) / "flwr-home",
+            control,
+            root_certificates=self._superlink_ca(job_id),
+        )
         self.on_event(job_id, f"following run {run_id} after a relay restart")
         deadline = record.created + record.time_limit
         status = None
@@ -515,6 +677,53 @@ class JobManager:
         output = await run_logs(self._install, flwr_home, run_id)
         (self.job_dir(job_id) / "logs" / f"{SERVER_LOG}.log").write_text(output + "\n")
         self._record_outcome(job_id, 0, status, output)
+
+    def _superlink_ca(self, job_id: str) -> Path | None:
+        """The CA of the job's SuperLink when it serves TLS (jobs with node auth), else None."""
+        ca = self.job_dir(job_id) / "superlink" / "tls" / "ca.pem"
+        return ca if ca.is_file() else None
+
+    async def _register_node_keys(self, record: JobRecord, flwr_home: Path) -> None:
+        """Register each site's Flower node key with the job's SuperLink before any
+        SuperNode starts (Flower refuses self-registration when node auth is on).
+
+        A key comes from the polls of the site that the relay authenticated by its
+        certificate, so a site can only bring its own key; a key that two sites
+        report is refused rather than registered for whichever came first.
+        """
+        key_dir = self.job_dir(record.job_id) / "node-keys"
+        key_dir.mkdir(parents=True, exist_ok=True)
+        owners: dict[str, str] = {}
+        files: dict[str, Path] = {}
+        for index, site in enumerate(record.sites):
+            line = self._node_keys.get(site) or self._others.node_keys().get(site, "")
+            if not line:
+                raise JobError(
+                    f"the job uses Flower's node authentication but site {site} reported no "
+                    "node key; start the site with --flower-node-key PATH"
+                )
+            try:
+                key = load_public_key(line)
+            except ConfigError as exc:
+                raise JobError(f"site {site} reported an unusable Flower node key: {exc}") from exc
+            key_id = fingerprint(key)
+            if key_id in owners:
+                raise JobError(
+                    f"sites {owners[key_id]} and {site} reported the same Flower node key "
+                    f"({key_id}); every site needs a key of its own"
+                )
+            owners[key_id] = site
+            files[site] = key_dir / f"{index}.pub"
+            files[site].write_text(openssh_public_key(key) + "\n")
+        # One `flwr` process per key, at once: each spends seconds importing Flower.
+        results = await asyncio.gather(
+            *(register_supernode(self._install, flwr_home, f, name=s) for s, f in files.items()),
+            return_exceptions=True,
+        )
+        for (key_id, site), result in zip(owners.items(), results, strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            self.on_event(record.job_id, f"{site}: node key {key_id} registered as node {result}")
 
     def _record_outcome(self, job_id: str, exit_code: int, status: str | None, output: str) -> None:
         """Finished with the app's result when the SuperLink says completed, else failed."""
@@ -539,7 +748,7 @@ class JobManager:
     async def _wait_for_sites(self, record: JobRecord, live: _LiveJob) -> None:
         deadline = time.monotonic() + self._site_start_timeout
         while True:
-            states = {s: live.site_states.get(s) for s in record.sites}
+            states = {s: self._site_state(record.job_id, s) for s in record.sites}
             failed = {s: st for s, st in states.items() if st is not None and st.state == "failed"}
             if failed:
                 detail = "; ".join(f"{s}: {st.detail}" for s, st in failed.items())

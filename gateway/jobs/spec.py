@@ -7,6 +7,7 @@
     run_config:                 # run-config overrides passed to `flwr run`
       num-server-rounds: 3
     time_limit: 900             # seconds before the job is stopped
+    node_auth: true             # Flower's SuperNode authentication with the sites' node keys
 
 A directory without a job file is still a job: its defaults apply.
 """
@@ -23,7 +24,7 @@ import yaml
 from ..exceptions import ConfigError
 
 JOB_FILE = "job.yaml"
-_KNOWN_KEYS = {"name", "min_sites", "run_config", "time_limit"}
+_KNOWN_KEYS = {"name", "min_sites", "run_config", "time_limit", "node_auth"}
 RunConfigValue = int | float | str
 
 
@@ -36,6 +37,9 @@ class JobSpec:
     min_sites: int = 1
     run_config: dict[str, RunConfigValue] = field(default_factory=dict)
     time_limit: float = 900.0
+    node_auth: bool = False
+    """Run the job's SuperLink with ``--enable-supernode-auth``: only SuperNodes
+    holding a key that a site of the job reported may join."""
 
     @classmethod
     def load(cls, directory: Path) -> JobSpec:
@@ -76,12 +80,16 @@ class JobSpec:
             raise ConfigError(f"{job_file}: min_sites and time_limit must be numbers") from exc
         if min_sites < 1 or time_limit <= 0:
             raise ConfigError(f"{job_file}: min_sites must be >= 1 and time_limit > 0")
+        node_auth = data.get("node_auth", False)
+        if not isinstance(node_auth, bool):
+            raise ConfigError(f"{job_file}: node_auth must be true or false, not {node_auth!r}")
         return cls(
             app_dir=app_dir,
             name=str(data.get("name") or app_dir.name),
             min_sites=min_sites,
             run_config={str(k): v for k, v in run_config.items()},
             time_limit=time_limit,
+            node_auth=node_auth,
         )
 
 

@@ -8,18 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SiteJob(_message.Message):
-    __slots__ = ("job_id", "dialect", "flower_version", "partition_id", "num_partitions")
+    __slots__ = ("job_id", "dialect", "flower_version", "partition_id", "num_partitions", "node_auth")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     DIALECT_FIELD_NUMBER: _ClassVar[int]
     FLOWER_VERSION_FIELD_NUMBER: _ClassVar[int]
     PARTITION_ID_FIELD_NUMBER: _ClassVar[int]
     NUM_PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    NODE_AUTH_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     dialect: _envelope_pb2.Dialect
     flower_version: str
     partition_id: int
     num_partitions: int
-    def __init__(self, job_id: _Optional[str] = ..., dialect: _Optional[_Union[_envelope_pb2.Dialect, str]] = ..., flower_version: _Optional[str] = ..., partition_id: _Optional[int] = ..., num_partitions: _Optional[int] = ...) -> None: ...
+    node_auth: bool
+    def __init__(self, job_id: _Optional[str] = ..., dialect: _Optional[_Union[_envelope_pb2.Dialect, str]] = ..., flower_version: _Optional[str] = ..., partition_id: _Optional[int] = ..., num_partitions: _Optional[int] = ..., node_auth: _Optional[bool] = ...) -> None: ...
 
 class SiteJobState(_message.Message):
     __slots__ = ("job_id", "state", "detail")
@@ -32,12 +34,14 @@ class SiteJobState(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class PollTasksRequest(_message.Message):
-    __slots__ = ("jobs", "wait_ms")
+    __slots__ = ("jobs", "wait_ms", "flower_node_public_key")
     JOBS_FIELD_NUMBER: _ClassVar[int]
     WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    FLOWER_NODE_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[SiteJobState]
     wait_ms: int
-    def __init__(self, jobs: _Optional[_Iterable[_Union[SiteJobState, _Mapping]]] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+    flower_node_public_key: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[SiteJobState, _Mapping]]] = ..., wait_ms: _Optional[int] = ..., flower_node_public_key: _Optional[str] = ...) -> None: ...
 
 class PollTasksResponse(_message.Message):
     __slots__ = ("desired",)

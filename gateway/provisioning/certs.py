@@ -1,8 +1,9 @@
 """Issue X.509 certificates from a federation root CA (ECDSA P-256).
 
 Every participant's certificate carries its name as CN and its role as OU (see
-:mod:`gateway.identity`). Server certificates (the relay) also carry the DNS
-names and IP addresses that sites dial, as subject alternative names.
+:mod:`gateway.identity`); an admin's also carries its admin role as ``title``.
+Server certificates (the relay) also carry the DNS names and IP addresses that
+sites dial, as subject alternative names.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ..config import TLSConfig
-from ..identity import Role
+from ..exceptions import ConfigError
+from ..identity import AdminRole, Role
 
 DEFAULT_VALIDITY = dt.timedelta(days=365)
 
@@ -73,6 +75,20 @@ class CertificateAuthority:
         )
         return cls(cert=cert, key=key)
 
+    @classmethod
+    def load(cls, cert_pem: bytes, key_pem: bytes) -> CertificateAuthority:
+        """The CA from its PEM files; ``ConfigError`` if they do not belong together."""
+        try:
+            cert = x509.load_pem_x509_certificate(cert_pem)
+            key = serialization.load_pem_private_key(key_pem, password=None)
+        except ValueError as exc:
+            raise ConfigError(f"cannot load the root CA: {exc}") from exc
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ConfigError("the root CA key is not an ECDSA key (as created by flgate)")
+        if cert.public_key() != key.public_key():
+            raise ConfigError("the root CA key does not belong to the root CA certificate")
+        return cls(cert=cert, key=key)
+
     def issue(
         self,
         name: str,
@@ -81,8 +97,15 @@ class CertificateAuthority:
         hosts: tuple[str, ...] = (),
         validity: dt.timedelta = DEFAULT_VALIDITY,
         not_before: dt.datetime | None = None,
+        admin_role: AdminRole | None = None,
     ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-        """A certificate for participant ``name``; ``hosts`` make it a server cert too."""
+        """A certificate for participant ``name``; ``hosts`` make it a server cert too.
+
+        An admin certificate always names its admin role (``project_admin`` unless
+        ``admin_role`` says otherwise): a relay reads a missing one as ``member``.
+        """
+        if admin_role is not None and role is not Role.ADMIN:
+            raise ValueError(f"an admin role is for admin certificates, not {role.value}")
         key = ec.generate_private_key(ec.SECP256R1())
         start = not_before or dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
         org = self.cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
@@ -91,6 +114,9 @@ class CertificateAuthority:
             x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role.value),
             *org,
         ]
+        if role is Role.ADMIN:
+            title = (admin_role or AdminRole.PROJECT_ADMIN).value
+            attributes.append(x509.NameAttribute(NameOID.TITLE, title))
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
         builder = (
             x509.CertificateBuilder()

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..config import Limits, TLSConfig
 from ..flower.install import FlowerInstall
 from ..jobs.manager import JobManager
+from ..provisioning.revocation import RevocationList, tls_ca
 from ..reliable import SqliteDedupStore
+from ..transport.base import parse_url
+from .board import RedisBoard
 from .control import ControlService
 from .server import Relay
 
@@ -25,18 +30,35 @@ class RelayApp:
         install: FlowerInstall,
         known_sites: frozenset[str] | None = None,
         limits: Limits = Limits(),
+        crl: Path | None = None,
     ) -> None:
+        """``crl``: the federation's revocation list (re-read when it changes)."""
         workspace.mkdir(parents=True, exist_ok=True)
+        revocations = RevocationList(crl, tls_ca(tls)) if crl is not None else None
         self.relay = Relay(
             listen_urls=listen_urls,
             tls=tls,
             limits=limits,
             dedup_store=SqliteDedupStore(workspace / "dedup.db"),
         )
-        self.manager = JobManager(
-            workspace=workspace, routes=self.relay, install=install, known_sites=known_sites
+        redis_urls = [u for u in listen_urls if parse_url(u).scheme in ("redis", "rediss")]
+        board = (
+            RedisBoard(redis_urls[0], tls, relay=f"{socket.gethostname()}:{os.getpid()}")
+            if redis_urls
+            else None
         )
+        self.manager = JobManager(
+            workspace=workspace,
+            routes=self.relay,
+            install=install,
+            known_sites=known_sites,
+            board=board,
+        )
+        # Relays sharing a Redis: each reads the calls of the jobs it owns.
+        self.relay.serve_jobs(self.manager.owns)
         self.relay.dispatcher.control = ControlService(self.manager).handle
+        if revocations is not None:
+            self.relay.dispatcher.revoked = revocations.refusal
 
     @property
     def ports(self) -> list[int]:

@@ -1,6 +1,7 @@
 """Route each envelope to its job's LGC, after deciding whether it may go there.
 
-The dispatcher is the relay's gatekeeper. A call is forwarded only when the
+The dispatcher is the relay's gatekeeper. Every envelope, Fleet or control, is
+refused when the peer's certificate is revoked. A call is forwarded only when the
 verified peer is a site, the envelope does not claim another site's name, the
 job runs on this relay, the site takes part in the job, the method is a Fleet
 method and the deadline has not passed. Anything else is refused here, with a
@@ -24,6 +25,8 @@ from .lgc import Upstream
 log = logging.getLogger(__name__)
 
 ControlHandler = Callable[[Peer, Envelope], Awaitable[Reply]]
+RevocationCheck = Callable[[Peer], str | None]
+"""Why a peer's certificate is revoked, or ``None`` when it is not."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class Dispatcher:
         """Executes each message id at most once; its store may be durable."""
         self.control: ControlHandler | None = None
         """Handles AGENT and ADMIN envelopes (the job manager's service), if any."""
+        self.revoked: RevocationCheck | None = None
+        """The federation's revocation list, if the relay has one."""
 
     def add_job(self, job_id: str, sites: frozenset[str], upstream: Upstream) -> None:
         self._jobs[job_id] = JobRoute(job_id=job_id, sites=sites, upstream=upstream)
@@ -81,6 +86,9 @@ class Dispatcher:
         return gateway_reply(envelope.message_id, status, reason)
 
     async def handle(self, peer: Peer, envelope: Envelope) -> Reply:
+        revocation = self.revoked(peer) if self.revoked is not None else None
+        if revocation is not None:
+            return self._refuse(envelope, peer, 403, revocation)
         if envelope.kind != KIND_FLEET:
             if self.control is None:
                 return gateway_reply(envelope.message_id, 404, "this relay runs no job manager")

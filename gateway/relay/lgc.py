@@ -4,6 +4,10 @@ One upstream per job, in the SuperLink's own dialect: HTTP for flwr >= 1.40,
 gRPC for flwr <= 1.39. The SuperLink's status, headers and body come back
 unchanged; only failures to reach it become gateway replies (502/504), so the
 SuperNode keeps retrying instead of shutting down.
+
+A SuperLink with Flower's node authentication on must serve TLS (Flower
+refuses ``--enable-supernode-auth`` with ``--insecure``); its route then comes
+with the CA of its certificate, and the upstream verifies the SuperLink by it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import abc
 import asyncio
 import json
 import logging
+import ssl
+from pathlib import Path
 
 import aiohttp
 import grpc
@@ -50,15 +56,20 @@ def _error_detail(body: bytes) -> str:
 class HttpUpstream(Upstream):
     """A flwr >= 1.40 SuperLink: ``POST /v1/fleet/<name>`` on its one HTTP port."""
 
-    def __init__(self, address: str, *, max_body_bytes: int | None = None) -> None:
-        self._base = f"http://{address}"
+    def __init__(
+        self, address: str, *, max_body_bytes: int | None = None, ca_file: Path | None = None
+    ) -> None:
+        self._base = f"{'https' if ca_file else 'http'}://{address}"
         self._max_body = max_body_bytes
+        self._ssl: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
+        )
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0), auto_decompress=False
+                connector=aiohttp.TCPConnector(limit=0, ssl=self._ssl), auto_decompress=False
             )
         return self._session
 
@@ -120,15 +131,19 @@ def _grpc_metadata(headers: list[tuple[str, bytes]]) -> list[tuple[str, str | by
 class GrpcUpstream(Upstream):
     """A flwr <= 1.39 SuperLink: unary-unary ``/flwr.proto.Fleet/<Method>``."""
 
-    def __init__(self, address: str, *, max_body_bytes: int | None = None) -> None:
+    def __init__(
+        self, address: str, *, max_body_bytes: int | None = None, ca_file: Path | None = None
+    ) -> None:
         size = -1 if max_body_bytes is None else max_body_bytes
-        self._channel = grpc.aio.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", size),
-                ("grpc.max_send_message_length", size),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", size),
+            ("grpc.max_send_message_length", size),
+        ]
+        if ca_file is None:
+            self._channel = grpc.aio.insecure_channel(address, options=options)
+        else:
+            credentials = grpc.ssl_channel_credentials(root_certificates=ca_file.read_bytes())
+            self._channel = grpc.aio.secure_channel(address, credentials, options=options)
 
     async def call(self, envelope: Envelope, *, timeout: float) -> Reply:
         headers = header_pairs(envelope.headers)
@@ -168,8 +183,15 @@ class GrpcUpstream(Upstream):
         await self._channel.close()
 
 
-def upstream_for(dialect: int, address: str, *, max_body_bytes: int | None = None) -> Upstream:
-    """The upstream that speaks ``dialect`` to the SuperLink at ``address``."""
+def upstream_for(
+    dialect: int,
+    address: str,
+    *,
+    ca_file: Path | None = None,
+    max_body_bytes: int | None = None,
+) -> Upstream:
+    """The upstream that speaks ``dialect`` to the SuperLink at ``address``
+    (``host:port``); with ``ca_file``, over TLS verified against that CA."""
     if dialect == DIALECT_GRPC:
-        return GrpcUpstream(address, max_body_bytes=max_body_bytes)
-    return HttpUpstream(address, max_body_bytes=max_body_bytes)
+        return GrpcUpstream(address, max_body_bytes=max_body_bytes, ca_file=ca_file)
+    return HttpUpstream(address, max_body_bytes=max_body_bytes, ca_file=ca_file)

@@ -7,13 +7,15 @@ dispatcher, so a job's sites may use different transports.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from ..config import Limits, TLSConfig
 from ..exceptions import ConfigError
 from ..proto.envelope_pb2 import Dialect
 from ..reliable import DedupStore, MemoryDedupStore, ReliableReceiver
 from ..transport import TransportServer, listen
+from ..transport.redis_transport import RedisTransportServer
 from .dispatcher import Dispatcher
 from .lgc import upstream_for
 
@@ -54,15 +56,31 @@ class Relay:
         """The bound port of every listener, in ``listen_urls`` order."""
         return [server.port for server in self._servers]
 
+    def serve_jobs(self, owns: Callable[[str], bool]) -> None:
+        """Read only the jobs ``owns`` accepts from shared queues (Redis), so relays
+        sharing one Redis each receive the calls of the jobs they run."""
+        for server in self._servers:
+            if isinstance(server, RedisTransportServer):
+                server.serve_keys(owns)
+
     async def start(self) -> None:
         for server in self._servers:
             await server.start()
 
     def add_job(
-        self, job_id: str, *, sites: frozenset[str], dialect: Dialect, superlink: str
+        self,
+        job_id: str,
+        *,
+        sites: frozenset[str],
+        dialect: Dialect,
+        superlink: str,
+        superlink_ca: Path | None = None,
     ) -> None:
-        """Route ``job_id``'s calls from ``sites`` to the SuperLink's Fleet API at ``superlink``."""
-        upstream = upstream_for(dialect, superlink, max_body_bytes=self._limits.max_frame_bytes)
+        """Route ``job_id``'s calls from ``sites`` to the SuperLink's Fleet API at
+        ``superlink`` (``host:port``; over TLS verified by ``superlink_ca`` if given)."""
+        upstream = upstream_for(
+            dialect, superlink, ca_file=superlink_ca, max_body_bytes=self._limits.max_frame_bytes
+        )
         self.dispatcher.add_job(job_id, sites, upstream)
 
     async def remove_job(self, job_id: str) -> None:

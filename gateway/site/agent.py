@@ -28,6 +28,13 @@ from ..config import Limits, TLSConfig
 from ..control_client import control_call
 from ..exceptions import ConfigError, GatewayError, ProcessError
 from ..flower.install import FlowerInstall
+from ..flower.node_auth import (
+    LoopbackTLS,
+    fingerprint,
+    load_private_key,
+    openssh_public_key,
+    write_loopback_tls,
+)
 from ..flower.process import ManagedProcess
 from ..flower.runner import launch_supernode
 from ..identity import Role, peer_from_pem
@@ -83,11 +90,27 @@ class SiteAgent:
         install: FlowerInstall,
         limits: Limits = Limits(),
         poll_wait: float = POLL_WAIT_SECONDS,
+        flower_node_key: Path | None = None,
     ) -> None:
+        """``flower_node_key``: the site's Flower node key (OpenSSH private key, 0600).
+
+        Its public half is reported to the relay on every poll, which registers it
+        with the SuperLink of each job that asks for Flower's node authentication;
+        such jobs' SuperNodes sign their Fleet calls with it.
+        """
         peer = peer_from_pem(tls.cert.read_bytes())
         if peer.role is not Role.SITE:
             raise ConfigError(f"{tls.cert} is a {peer.role.value} certificate, not a site's")
         self.name = peer.name
+        self._node_key = flower_node_key
+        self._node_public_key = ""
+        if flower_node_key is not None:
+            public = load_private_key(flower_node_key).public_key()
+            self._node_public_key = openssh_public_key(public)
+            log.info(
+                "Flower node key loaded",
+                extra={"site": self.name, "fingerprint": fingerprint(public)},
+            )
         self.workspace = workspace
         self._install = install
         self._poll_wait = poll_wait
@@ -119,7 +142,9 @@ class SiteAgent:
             slot = _JobSlot(job=job, supernode=supernode, lgs_port=port, state="running")
             slot.shipped = supernode.log_path.stat().st_size if supernode.log_path.exists() else 0
             try:
-                await self._gateway.open_job(job.job_id, job.dialect, port=port)
+                await self._gateway.open_job(
+                    job.job_id, job.dialect, port=port, tls=self._lgs_tls(job)
+                )
             except (GatewayError, OSError, RuntimeError) as exc:
                 slot.state, slot.detail = "failed", f"cannot reopen the LGS on port {port}: {exc}"
             self._jobs[job.job_id] = slot
@@ -142,6 +167,7 @@ class SiteAgent:
                         PollTasksRequest(
                             jobs=[s.view() for s in self._jobs.values()],
                             wait_ms=int(self._poll_wait * 1000),
+                            flower_node_public_key=self._node_public_key,
                         ),
                         PollTasksResponse,
                         timeout=self._poll_wait + 15,
@@ -175,6 +201,17 @@ class SiteAgent:
     def _job_dir(self, job_id: str) -> Path:
         return self.workspace / "jobs" / job_id
 
+    def _lgs_tls(self, job: SiteJob) -> LoopbackTLS | None:
+        """The LGS's loopback certificate for a job with Flower's node auth, else None.
+
+        flower-supernode signs its calls only over TLS; the certificate is kept in
+        the job's directory so a restarted agent reopens the LGS with the same one.
+        """
+        if not job.node_auth:
+            return None
+        tls = LoopbackTLS.in_directory(self._job_dir(job.job_id) / "lgs-tls")
+        return tls if tls.exists() else write_loopback_tls(tls.ca_cert.parent, name="lgs")
+
     async def _start_job(self, job: SiteJob) -> None:
         slot = _JobSlot(job=job)
         self._jobs[job.job_id] = slot
@@ -187,8 +224,17 @@ class SiteAgent:
             )
             log.error("cannot start job", extra={"job": job.job_id, "reason": slot.detail})
             return
+        if job.node_auth and self._node_key is None:
+            slot.state = "failed"
+            slot.detail = (
+                "the job uses Flower's node authentication but this site has no node key; "
+                "start the site with --flower-node-key PATH"
+            )
+            log.error("cannot start job", extra={"job": job.job_id, "reason": slot.detail})
+            return
         try:
-            lgs = await self._gateway.open_job(job.job_id, job.dialect)
+            tls = self._lgs_tls(job)
+            lgs = await self._gateway.open_job(job.job_id, job.dialect, tls=tls)
             slot.lgs_port = lgs.port
             slot.supernode = await launch_supernode(
                 self._install,
@@ -200,6 +246,8 @@ class SiteAgent:
                     "num-partitions": job.num_partitions,
                     "site-name": self.name,
                 },
+                auth_key=self._node_key if job.node_auth else None,
+                root_certificates=tls.ca_cert if tls is not None else None,
             )
         except (GatewayError, OSError) as exc:
             slot.state, slot.detail = "failed", f"cannot start the SuperNode: {exc}"

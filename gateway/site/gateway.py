@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..config import Limits, TLSConfig
+from ..flower.node_auth import LoopbackTLS
 from ..proto.envelope_pb2 import Dialect
 from ..transport import TransportClient, connect
 from .forwarder import JobForwarder
@@ -25,10 +26,15 @@ class SiteGateway:
         self._client: TransportClient = connect(relay_url, tls=tls, limits=limits)
         self._jobs: dict[str, tuple[LocalGatewayServer, JobForwarder]] = {}
 
-    async def open_job(self, job_id: str, dialect: Dialect, *, port: int = 0) -> LocalGatewayServer:
-        """Start the LGS of ``job_id`` on ``port`` (0: any); the SuperNode dials ``lgs.address``."""
+    async def open_job(
+        self, job_id: str, dialect: Dialect, *, port: int = 0, tls: LoopbackTLS | None = None
+    ) -> LocalGatewayServer:
+        """Start the LGS of ``job_id`` on ``port`` (0: any); the SuperNode dials ``lgs.address``.
+
+        ``tls``: serve TLS with this loopback certificate (jobs with Flower's node auth).
+        """
         forwarder = JobForwarder(job_id=job_id, site=self.name, client=self._client)
-        lgs = create_lgs(dialect, forwarder.forward, self._limits)
+        lgs = create_lgs(dialect, forwarder.forward, self._limits, tls=tls)
         await lgs.start(port)
         self._jobs[job_id] = (lgs, forwarder)
         return lgs

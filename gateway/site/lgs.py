@@ -4,6 +4,10 @@ One LGS per job on a site, bound to 127.0.0.1 on a free port. It speaks the
 Fleet API in the SuperNode's dialect and hands every Fleet call to a forwarder;
 everything else (Control, Runtime, ``/health``, ``/docs``) is refused here and
 never leaves the site.
+
+The LGS is plain HTTP/gRPC, except for jobs with Flower's node authentication:
+``flower-supernode`` refuses to sign its calls over an insecure connection, so
+there the LGS serves TLS with a loopback certificate (:class:`LoopbackTLS`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import abc
 from collections.abc import Awaitable, Callable
 
 from ..config import Limits
+from ..flower.node_auth import LoopbackTLS
 from ..proto.envelope_pb2 import DIALECT_GRPC, Dialect, Reply
 
 Forward = Callable[[str, Dialect, list[tuple[str, bytes]], bytes], Awaitable[Reply]]
@@ -48,12 +53,19 @@ class LocalGatewayServer(abc.ABC):
         """Stop serving."""
 
 
-def create_lgs(dialect: Dialect, forward: Forward, limits: Limits = Limits()) -> LocalGatewayServer:
-    """An LGS that speaks ``dialect`` (HTTP for flwr >= 1.40, gRPC for <= 1.39)."""
+def create_lgs(
+    dialect: Dialect,
+    forward: Forward,
+    limits: Limits = Limits(),
+    *,
+    tls: LoopbackTLS | None = None,
+) -> LocalGatewayServer:
+    """An LGS that speaks ``dialect`` (HTTP for flwr >= 1.40, gRPC for <= 1.39), over
+    TLS with ``tls``'s certificate when given."""
     if dialect == DIALECT_GRPC:
         from .lgs_grpc import GrpcLGS
 
-        return GrpcLGS(forward, limits)
+        return GrpcLGS(forward, limits, tls=tls)
     from .lgs_http import HttpLGS
 
-    return HttpLGS(forward, limits)
+    return HttpLGS(forward, limits, tls=tls)

@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError
 from .. import fleet
 from ..config import Limits
 from ..envelope import header_pairs
+from ..flower.node_auth import LoopbackTLS
 from ..proto.envelope_pb2 import DIALECT_GRPC, Reply
 from ..proto.grpc_adapter_pb2 import AdapterContainer
 from .lgs import REFUSAL_DETAIL, Forward, LocalGatewayServer
@@ -114,8 +115,15 @@ class _FleetHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
 class GrpcLGS(LocalGatewayServer):
     """Impersonates a flwr <= 1.39 SuperLink's gRPC Fleet API."""
 
-    def __init__(self, forward: Forward, limits: Limits = Limits()) -> None:
+    def __init__(
+        self, forward: Forward, limits: Limits = Limits(), *, tls: LoopbackTLS | None = None
+    ) -> None:
         size = -1 if limits.max_frame_bytes is None else limits.max_frame_bytes
+        self._credentials = (
+            grpc.ssl_server_credentials([(tls.key.read_bytes(), tls.cert.read_bytes())])
+            if tls is not None
+            else None
+        )
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", size),
@@ -130,7 +138,11 @@ class GrpcLGS(LocalGatewayServer):
         return self._port
 
     async def start(self, port: int = 0) -> None:
-        self._port = self._server.add_insecure_port(f"{self.host}:{port}")
+        address = f"{self.host}:{port}"
+        if self._credentials is None:
+            self._port = self._server.add_insecure_port(address)
+        else:
+            self._port = self._server.add_secure_port(address, self._credentials)
         await self._server.start()
 
     async def aclose(self) -> None:

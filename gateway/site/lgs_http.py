@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import ssl
 
 from aiohttp import web
 
 from .. import fleet
 from ..config import Limits
 from ..envelope import header_pairs
+from ..flower.node_auth import LoopbackTLS
 from ..proto.envelope_pb2 import DIALECT_HTTP, Reply
 from .lgs import REFUSAL_DETAIL, Forward, LocalGatewayServer
 
@@ -40,8 +42,14 @@ def _to_response(reply: Reply) -> web.Response:
 class HttpLGS(LocalGatewayServer):
     """Impersonates a flwr >= 1.40 SuperLink's Fleet API."""
 
-    def __init__(self, forward: Forward, limits: Limits = Limits()) -> None:
+    def __init__(
+        self, forward: Forward, limits: Limits = Limits(), *, tls: LoopbackTLS | None = None
+    ) -> None:
         self._forward = forward
+        self._ssl: ssl.SSLContext | None = None
+        if tls is not None:
+            self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._ssl.load_cert_chain(tls.cert, tls.key)
         max_size = limits.max_frame_bytes or 2**62
         self._app = web.Application(client_max_size=max_size)
         self._app.router.add_route("*", "/{tail:.*}", self._handle)
@@ -77,7 +85,7 @@ class HttpLGS(LocalGatewayServer):
         sock.bind((self.host, port))
         self._port = sock.getsockname()[1]
         await self._runner.setup()
-        self._site = web.SockSite(self._runner, sock)
+        self._site = web.SockSite(self._runner, sock, ssl_context=self._ssl)
         await self._site.start()
 
     async def aclose(self) -> None:

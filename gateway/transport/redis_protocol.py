@@ -41,7 +41,7 @@ import hashlib
 import re
 import secrets
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from cryptography import x509
@@ -58,7 +58,7 @@ from cryptography.x509.verification import (
 
 from ..exceptions import AuthError, ConfigError, ProtocolError
 from ..identity import Peer, Role, peer_from_certificate
-from ..proto.envelope_pb2 import KIND_FLEET, Envelope, Reply
+from ..proto.envelope_pb2 import Envelope, Reply
 
 VERSION = b"1"
 GROUP = "relays"
@@ -142,10 +142,9 @@ class Layout:
 
 
 def routing_key(envelope: Envelope) -> str:
-    """A Fleet envelope goes to its job's stream; everything else to ``ctl``."""
-    if envelope.kind == KIND_FLEET and envelope.job_id:
-        return envelope.job_id
-    return CTL_KEY
+    """An envelope about a job goes to the job's stream, which only the relay that
+    owns the job reads; everything else (task polls, submissions) to ``ctl``."""
+    return envelope.job_id or CTL_KEY
 
 
 def _framed(tag: bytes, *parts: bytes) -> bytes:
@@ -297,15 +296,26 @@ def _ts(value: dt.datetime) -> float:
     return value.timestamp()
 
 
+def _utc(timestamp: float) -> str:
+    return f"{dt.datetime.fromtimestamp(timestamp, dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
+
+
 class CertificateChecker:
     """Verifies participants' certificates against the federation's root CA.
 
     Full RFC 5280 path validation (with a client-auth key usage) is costly, so a
     certificate that passed once is remembered by its digest; its validity
-    period (and the CA's) is still checked on every use.
+    period (and the CA's) and, given ``revoked`` (the federation's revocation
+    list), its revocation are still checked on every use.
     """
 
-    def __init__(self, ca_pem: bytes, *, cache_size: int = 1024) -> None:
+    def __init__(
+        self,
+        ca_pem: bytes,
+        *,
+        cache_size: int = 1024,
+        revoked: Callable[[Peer], str | None] | None = None,
+    ) -> None:
         try:
             roots = x509.load_pem_x509_certificates(ca_pem)
         except ValueError as exc:
@@ -316,6 +326,7 @@ class CertificateChecker:
         )
         self._cache: dict[bytes, _Known] = {}
         self._cache_size = cache_size
+        self._revoked = revoked
 
     def check(self, cert_pem: bytes, *, now: float) -> tuple[Peer, ec.EllipticCurvePublicKey]:
         """The peer and public key of a certificate valid at ``now``; else ``AuthError``."""
@@ -326,8 +337,19 @@ class CertificateChecker:
             if len(self._cache) >= self._cache_size:
                 del self._cache[next(iter(self._cache))]
             self._cache[digest] = known
-        if not known.not_before <= now <= known.not_after:
-            raise AuthError(f"the certificate of {known.peer} is not valid now")
+        if now > known.not_after:
+            raise AuthError(
+                f"the certificate of {known.peer} (or its CA) expired on {_utc(known.not_after)}; "
+                "it needs a new kit"
+            )
+        if now < known.not_before:
+            raise AuthError(
+                f"the certificate of {known.peer} is not valid before {_utc(known.not_before)}; "
+                "check the clocks"
+            )
+        revocation = self._revoked(known.peer) if self._revoked is not None else None
+        if revocation is not None:
+            raise AuthError(revocation)
         return known.peer, known.key
 
     def _verify(self, cert_pem: bytes, now: float) -> _Known:
@@ -348,9 +370,13 @@ class CertificateChecker:
         try:
             chain = verifier.verify(cert, []).chain
         except VerificationError as exc:
+            reason = str(exc)
+            if when > cert.not_valid_after_utc:
+                expired = _utc(cert.not_valid_after_utc.timestamp())
+                reason = f"it expired on {expired}; it needs a new kit"
             raise AuthError(
                 f"the certificate of {cert.subject.rfc4514_string()!r} is not one of this "
-                f"federation's (or not valid now): {exc}"
+                f"federation's (or not valid now): {reason}"
             ) from exc
         key = cert.public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey):

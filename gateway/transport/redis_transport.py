@@ -97,13 +97,13 @@ def _translate(exc: redis_errors.RedisError, where: str) -> GatewayError:
     return TransportError(f"Redis at {where} failed a command: {exc}")
 
 
-def _redis(
+def redis_connection(
     url: base.TransportURL,
     tls: TLSConfig,
     *,
-    db: int,
-    username: str | None,
-    password: str | None,
+    db: int = 0,
+    username: str | None = None,
+    password: str | None = None,
 ) -> aioredis.Redis:
     """A connection pool; redis-py retries nothing (resending is the reliable layer's job)."""
     options: dict[str, Any] = {}
@@ -191,7 +191,7 @@ class RedisTransportClient(base.TransportClient):
         self._layout = Layout(namespace)
         self._reply_stream = self._layout.reply_stream(self._signer.peer.name, uuid.uuid4().hex)
         self._where = str(url)
-        self._redis = _redis(url, tls, db=db, username=username, password=password)
+        self._redis = redis_connection(url, tls, db=db, username=username, password=password)
         self._max = frame_limit(limits)
         self._stream_maxlen = stream_maxlen
         self._key_ttl = key_ttl
@@ -395,7 +395,7 @@ class RedisTransportServer(base.TransportServer):
         self._verifier = RequestVerifier(
             CertificateChecker(ca), layout=self._layout, max_skew=max_clock_skew
         )
-        self._redis = _redis(url, tls, db=db, username=username, password=password)
+        self._redis = redis_connection(url, tls, db=db, username=username, password=password)
         self._max = frame_limit(limits)
         self._consumer = consumer or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._serve_ctl = serve_ctl

@@ -1,0 +1,343 @@
+"""``project.yml``: the federation an admin provisions, parsed and checked.
+
+Every mistake is reported with where it is (``sites[1].name``) and what would
+be valid, before anything is written. See ``provisioning/project.yml`` for a
+documented example.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..exceptions import ConfigError
+from ..identity import AdminRole
+
+SCHEMES = ("grpcs", "https", "tcps", "rediss", "redis")
+"""Transports a relay can offer: mutual TLS, or Redis with signed entries."""
+REDIS_SCHEMES = ("redis", "rediss")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+"""Participant names: a certificate CN and a directory name at once."""
+DEFAULT_VALIDITY_DAYS = 365
+DEFAULT_CA_VALIDITY_DAYS = 3650
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+@dataclass(frozen=True)
+class Transport:
+    """One way to reach the relay: a scheme, the port, the host sites dial."""
+
+    scheme: str
+    port: int
+    host: str
+    """What sites dial (a relay host name, or the Redis server for redis(s))."""
+    listen: str | None = None
+    """Where the relay binds, when not ``<listen_host>:<port>``."""
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{_url_host(self.host)}:{self.port}"
+
+    def listen_url(self, listen_host: str) -> str:
+        if self.listen:
+            return self.listen
+        if self.scheme in REDIS_SCHEMES:
+            return self.url  # a Redis transport meets at the Redis server; the relay dials it
+        return f"{self.scheme}://{_url_host(listen_host)}:{self.port}"
+
+
+@dataclass(frozen=True)
+class RelaySpec:
+    name: str
+    hosts: tuple[str, ...]
+    listen_host: str
+    transports: tuple[Transport, ...]
+
+    def transport(self, scheme: str | None) -> Transport:
+        """The transport ``scheme``, or the relay's first (preferred) one."""
+        if scheme is None:
+            return self.transports[0]
+        for transport in self.transports:
+            if transport.scheme == scheme:
+                return transport
+        offered = ", ".join(t.scheme for t in self.transports)
+        raise ConfigError(f"the relay offers no {scheme} transport (it offers: {offered})")
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    name: str
+    transport: str | None = None
+    """The scheme this site dials; ``None``: the relay's first transport."""
+
+
+@dataclass(frozen=True)
+class AdminSpec:
+    name: str
+    role: AdminRole
+
+
+@dataclass(frozen=True)
+class Project:
+    """A federation: its relay, sites and admins, and how long certificates last."""
+
+    name: str
+    relay: RelaySpec
+    sites: tuple[SiteSpec, ...] = ()
+    admins: tuple[AdminSpec, ...] = ()
+    validity_days: int = DEFAULT_VALIDITY_DAYS
+    ca_validity_days: int = DEFAULT_CA_VALIDITY_DAYS
+
+    @classmethod
+    def load(cls, path: Path) -> Project:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the project file {path}: {exc}") from exc
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        return cls.parse(data, source=str(path))
+
+    @classmethod
+    def parse(cls, data: object, *, source: str = "project.yml") -> Project:
+        """The project described by ``data`` (parsed YAML); ``ConfigError`` says what is wrong."""
+        return _Parser(source).project(data)
+
+    def participants(self) -> list[str]:
+        return [self.relay.name, *(s.name for s in self.sites), *(a.name for a in self.admins)]
+
+    def with_site(self, site: SiteSpec) -> Project:
+        self._check_new(site.name)
+        self.relay.transport(site.transport)
+        return replace(self, sites=(*self.sites, site))
+
+    def with_admin(self, admin: AdminSpec) -> Project:
+        self._check_new(admin.name)
+        return replace(self, admins=(*self.admins, admin))
+
+    def _check_new(self, name: str) -> None:
+        _check_name(name, "name")
+        if name in self.participants():
+            raise ConfigError(f"{name!r} is already a participant of project {self.name!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The project as ``project.yml`` data (what :meth:`parse` reads back)."""
+        transports: dict[str, Any] = {}
+        for t in self.relay.transports:
+            entry: dict[str, Any] = {"port": t.port}
+            if t.host != self.relay.hosts[0]:
+                entry["host"] = t.host
+            if t.listen:
+                entry["listen"] = t.listen
+            transports[t.scheme] = entry if len(entry) > 1 else t.port
+        return {
+            "name": self.name,
+            "validity_days": self.validity_days,
+            "ca_validity_days": self.ca_validity_days,
+            "relay": {
+                "name": self.relay.name,
+                "hosts": list(self.relay.hosts),
+                "listen_host": self.relay.listen_host,
+                "transports": transports,
+            },
+            "sites": [
+                {"name": s.name, **({"transport": s.transport} if s.transport else {})}
+                for s in self.sites
+            ],
+            "admins": [{"name": a.name, "role": a.role.value} for a in self.admins],
+        }
+
+
+def _check_name(value: object, where: str) -> str:
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+        raise ConfigError(
+            f"{where}: {value!r} is not a valid name (1-64 characters: letters, digits, "
+            "'.', '_', '@', '-'; starting with a letter or digit)"
+        )
+    return value
+
+
+class _Parser:
+    """Reads project data, naming the exact place of the first mistake."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def error(self, where: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {where}: {message}")
+
+    def mapping(
+        self, value: object, where: str, *, required: Sequence[str], optional: Sequence[str]
+    ) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.error(where, f"must be a mapping, not {type(value).__name__}")
+        unknown = sorted(str(k) for k in value if k not in (*required, *optional))
+        if unknown:
+            allowed = ", ".join((*required, *optional))
+            raise self.error(where, f"unknown key(s) {', '.join(unknown)} (allowed: {allowed})")
+        missing = [k for k in required if k not in value]
+        if missing:
+            raise self.error(where, f"missing {', '.join(missing)}")
+        return value
+
+    def name(self, value: object, where: str) -> str:
+        try:
+            return _check_name(value, where)
+        except ConfigError as exc:
+            raise ConfigError(f"{self.source}: {exc}") from None
+
+    def string(self, value: object, where: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(where, "must be a non-empty string")
+        return value.strip()
+
+    def integer(self, value: object, where: str, *, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.error(where, f"must be a whole number from {low} to {high}, not {value!r}")
+        return value
+
+    def items(self, value: object, where: str) -> list[Any]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.error(where, f"must be a list, not {type(value).__name__}")
+        return value
+
+    def project(self, data: object) -> Project:
+        top = self.mapping(
+            data,
+            "top level",
+            required=("name", "relay"),
+            optional=("validity_days", "ca_validity_days", "sites", "admins"),
+        )
+        name = self.name(top["name"], "name")
+        validity = self.integer(
+            top.get("validity_days", DEFAULT_VALIDITY_DAYS), "validity_days", low=1, high=36500
+        )
+        ca_validity = self.integer(
+            top.get("ca_validity_days", DEFAULT_CA_VALIDITY_DAYS),
+            "ca_validity_days",
+            low=1,
+            high=36500,
+        )
+        if ca_validity < validity:
+            raise self.error(
+                "ca_validity_days",
+                f"{ca_validity} is shorter than validity_days ({validity}): "
+                "no certificate may outlive the root CA",
+            )
+        relay = self.relay(top["relay"])
+        sites = tuple(
+            self.site(item, f"sites[{i}]", relay)
+            for i, item in enumerate(self.items(top.get("sites"), "sites"))
+        )
+        admins = tuple(
+            self.admin(item, f"admins[{i}]")
+            for i, item in enumerate(self.items(top.get("admins"), "admins"))
+        )
+        seen: dict[str, str] = {relay.name: "relay.name"}
+        for where, participant in [
+            *((f"sites[{i}].name", s.name) for i, s in enumerate(sites)),
+            *((f"admins[{i}].name", a.name) for i, a in enumerate(admins)),
+        ]:
+            if participant in seen:
+                raise self.error(
+                    where,
+                    f"{participant!r} is already used by {seen[participant]}; names are unique",
+                )
+            seen[participant] = where
+        return Project(
+            name=name,
+            relay=relay,
+            sites=sites,
+            admins=admins,
+            validity_days=validity,
+            ca_validity_days=ca_validity,
+        )
+
+    def relay(self, value: object) -> RelaySpec:
+        relay = self.mapping(
+            value,
+            "relay",
+            required=("hosts", "transports"),
+            optional=("name", "listen_host"),
+        )
+        name = self.name(relay.get("name", "relay"), "relay.name")
+        hosts_value = relay["hosts"]
+        if isinstance(hosts_value, str):
+            hosts_value = [hosts_value]
+        hosts = tuple(
+            self.string(h, f"relay.hosts[{i}]")
+            for i, h in enumerate(self.items(hosts_value, "relay.hosts"))
+        )
+        if not hosts:
+            raise self.error("relay.hosts", "name at least one host that sites dial")
+        listen_host = self.string(relay.get("listen_host", "0.0.0.0"), "relay.listen_host")
+        raw = relay["transports"]
+        if not isinstance(raw, dict) or not raw:
+            raise self.error(
+                "relay.transports",
+                f"must map a scheme ({', '.join(SCHEMES)}) to a port, e.g. {{grpcs: 8443}}",
+            )
+        transports = tuple(self.transport(scheme, spec, hosts[0]) for scheme, spec in raw.items())
+        return RelaySpec(name=name, hosts=hosts, listen_host=listen_host, transports=transports)
+
+    def transport(self, scheme: object, spec: object, default_host: str) -> Transport:
+        where = f"relay.transports.{scheme}"
+        if scheme not in SCHEMES:
+            raise self.error(
+                where,
+                f"unknown transport {scheme!r} (choose from {', '.join(SCHEMES)}; plain grpc, "
+                "http and tcp are not offered: without a client certificate a peer has no "
+                "identity)",
+            )
+        if isinstance(spec, dict):
+            entry = self.mapping(spec, where, required=("port",), optional=("host", "listen"))
+            port = self.integer(entry["port"], f"{where}.port", low=1, high=65535)
+            host = self.string(entry.get("host", default_host), f"{where}.host")
+            listen = entry.get("listen")
+            if listen is not None:
+                listen = self.string(listen, f"{where}.listen")
+                if not listen.startswith(f"{scheme}://"):
+                    raise self.error(
+                        f"{where}.listen", f"must be a {scheme}:// URL, not {listen!r}"
+                    )
+            return Transport(scheme=str(scheme), port=port, host=host, listen=listen)
+        port = self.integer(spec, where, low=1, high=65535)
+        return Transport(scheme=str(scheme), port=port, host=default_host)
+
+    def site(self, value: object, where: str, relay: RelaySpec) -> SiteSpec:
+        if isinstance(value, str):
+            value = {"name": value}
+        site = self.mapping(value, where, required=("name",), optional=("transport",))
+        name = self.name(site["name"], f"{where}.name")
+        scheme = site.get("transport")
+        if scheme is not None:
+            try:
+                relay.transport(str(scheme))
+            except ConfigError as exc:
+                raise self.error(f"{where}.transport", str(exc)) from None
+        return SiteSpec(name=name, transport=None if scheme is None else str(scheme))
+
+    def admin(self, value: object, where: str) -> AdminSpec:
+        admin = self.mapping(value, where, required=("name", "role"), optional=())
+        name = self.name(admin["name"], f"{where}.name")
+        try:
+            role = AdminRole(admin["role"])
+        except ValueError:
+            raise self.error(
+                f"{where}.role",
+                f"unknown role {admin['role']!r} (choose from "
+                f"{', '.join(r.value for r in AdminRole)})",
+            ) from None
+        return AdminSpec(name=name, role=role)
