@@ -23,6 +23,8 @@ from gateway.jobs.local_run import RunOutcome
 from gateway.proto.control_pb2 import JobInfo
 from gateway.provisioning.certs import write_participant
 from gateway.testing.redis_server import RedisServer
+from gateway.transport.base import parse_url
+from gateway.transport.redis_transport import redis_connection
 
 from .conftest import QUICKSTART
 from .federation import Federation
@@ -130,6 +132,32 @@ async def _wait_online(admin: AdminClient) -> None:
     raise AssertionError("the sites did not come online through Redis")
 
 
+async def _junk_into_redis(relays: TwoRelays) -> None:
+    """Entries no genuine site writes, on the streams both relays read; the relays
+    must drop or refuse them and go on to run the jobs below."""
+    assert relays.redis is not None
+    site = relays.fed.site_tls["site-1"]
+    raw = redis_connection(parse_url(f"rediss://localhost:{relays.redis.port}"), site)
+    junk: list[dict[bytes, bytes]] = [
+        {b"garbage": b"1"},
+        {b"v": b"1", b"env": b"", b"reply": b"\xff"},
+        {b"v": b"1", b"env": b"\x07" * 1024, b"cert": b"not a certificate", b"sig": b""},
+        {b"v": b"9", b"env": b"x" * (2 * 1024 * 1024)},
+    ]
+    try:
+        for stream in ("flgate:req:ctl", "flgate:req:no-such-job"):
+            for fields in junk:
+                await raw.xadd(stream, fields)  # type: ignore[arg-type]
+        await raw.zadd("flgate:keys", {"no-such-job": int(time.time() * 1000)})
+        await raw.set("flgate:share:forged", b'{"payload": "e30=", "cert": "x", "signature": ""}')
+        await raw.zadd("flgate:relays", {"forged": int(time.time() * 1000)})
+    finally:
+        await raw.aclose()
+    await asyncio.sleep(3)  # a discovery round and a board exchange or two
+    for name, process in relays.relays.items():
+        assert process.poll() is None, f"relay-{name} died of junk in Redis"
+
+
 async def test_two_relays_on_one_redis_each_run_a_job_to_the_direct_result(
     two_relays: TwoRelays, runs: dict[str, RunOutcome]
 ) -> None:
@@ -137,6 +165,7 @@ async def test_two_relays_on_one_redis_each_run_a_job_to_the_direct_result(
     try:
         # Each relay learns through the board that the sites polled some relay.
         await asyncio.gather(_wait_online(a), _wait_online(b))
+        await _junk_into_redis(two_relays)
         first = await a.submit(QUICKSTART, sites=SITES, name="on-relay-a")
         second = await b.submit(
             QUICKSTART, sites=SITES, name="on-relay-b", run_config="num-server-rounds=2"

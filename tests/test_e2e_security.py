@@ -25,6 +25,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from gateway.config import TLSConfig
 from gateway.control_client import control_call
@@ -43,6 +45,8 @@ from gateway.proto.envelope_pb2 import DIALECT_HTTP, KIND_ADMIN, KIND_AGENT
 from gateway.provisioning.certs import CertificateAuthority, write_participant
 from gateway.provisioning.kit import load_kit, write_kit
 from gateway.transport import TransportClient, connect
+from gateway.transport.framing import HEADER, MAGIC, FrameProtocol, FrameType, PeerError, Side
+from gateway.transport.http_transport import PATH
 
 from .conftest import QUICKSTART
 from .federation import Federation
@@ -53,6 +57,7 @@ ADMIN = "admin@example.org"
 ALICE = "alice@example.org"
 BOB = "bob@example.org"
 SCHEMES = ["grpcs", "https", "tcps"]
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 @pytest.fixture(scope="module")
@@ -136,13 +141,147 @@ def flgate(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]
     )
 
 
+# --- fuzzing every port, before the one Flower run -----------------------------------
+
+FUZZ_EXAMPLES = 40
+NOT_PROTOBUF = b"\x07"  # field 0, wire type 7: no protobuf message starts so
+ENVELOPE_LIMIT = 64 * 1024 * 1024  # the relay's default frame limit
+_HTTP_HEAD = f"POST {PATH} HTTP/1.1\r\nHost: localhost\r\ncontent-type: application/x-protobuf\r\n"
+
+
+def _tcps_frame(frame_type: int, length: int, payload: bytes) -> bytes:
+    return HEADER.pack(MAGIC, frame_type, 1, length) + payload
+
+
+def _garbage(scheme: str) -> st.SearchStrategy[tuple[str, bytes]]:
+    """(kind, bytes) that a peer with a valid certificate might send over TLS."""
+    junk = st.binary(min_size=1, max_size=300).map(lambda b: ("junk", b))
+    if scheme == "tcps":
+        return st.one_of(
+            junk,
+            st.integers(ENVELOPE_LIMIT + 1, 2**32 - 1).map(
+                lambda n: ("oversized", _tcps_frame(FrameType.REQUEST, n, b""))
+            ),
+            st.binary(min_size=1, max_size=64).map(
+                lambda b: (
+                    "malformed",
+                    _tcps_frame(FrameType.REQUEST, len(b) + 1, NOT_PROTOBUF + b),
+                )
+            ),
+            st.integers(5, 200).map(
+                lambda n: ("truncated", _tcps_frame(FrameType.REQUEST, n, b"\x0a" * (n // 2)))
+            ),
+        )
+    if scheme == "https":
+        return st.one_of(
+            junk,
+            st.integers(ENVELOPE_LIMIT + 1, 2**40).map(
+                lambda n: ("oversized", f"{_HTTP_HEAD}content-length: {n}\r\n\r\n".encode())
+            ),
+            st.binary(min_size=1, max_size=64).map(
+                lambda b: (
+                    "malformed",
+                    f"{_HTTP_HEAD}content-length: {len(b) + 1}\r\n\r\n".encode() + NOT_PROTOBUF + b,
+                )
+            ),
+        )
+    return st.one_of(  # grpcs: HTTP/2 framing is grpc's own; a preface then junk
+        junk, st.binary(max_size=200).map(lambda b: ("malformed", H2_PREFACE + b))
+    )
+
+
+def _exchange(port: int, data: bytes, context: ssl.SSLContext | None) -> bytes:
+    """Send ``data`` (over TLS with ``context``); what came back before the relay
+    closed or a second passed. A refused handshake counts as closed."""
+    received = b""
+    with contextlib.ExitStack() as stack:
+        conn = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5))
+        try:
+            if context is not None:
+                conn = stack.enter_context(context.wrap_socket(conn, server_hostname="localhost"))
+            conn.sendall(data)
+            conn.settimeout(1)
+            while chunk := conn.recv(65536):
+                received += chunk
+        except OSError:  # ssl.SSLError, resets and timeouts included
+            pass
+    return received
+
+
+def _check_refusal(scheme: str, kind: str, data: bytes, received: bytes) -> None:
+    """Oversized and malformed frames get a clear error; the rest at least no answer."""
+    if scheme == "tcps" and kind in ("oversized", "malformed"):
+        reader = FrameProtocol(Side.CLIENT, max_payload=None)
+        reader.receive_data(received)
+        errors = [e for e in reader.events() if isinstance(e, PeerError)]
+        assert errors, f"no error frame for {kind} {data[:40]!r}: {received[:80]!r}"
+        expected = "exceeds" if kind == "oversized" else "envelope"
+        assert expected in errors[0].message.lower(), errors[0]
+    elif scheme == "https" and kind in ("oversized", "malformed"):
+        status = received.split(b"\r\n", 1)[0]
+        assert status.startswith(b"HTTP/1.1 4"), f"{kind}: {received[:200]!r}"
+        if kind == "oversized":
+            assert b" 413 " in status, status
+    else:
+        assert b"echo" not in received  # never mistaken for a call
+
+
+@pytest.fixture(scope="module")
+def fuzzed(fed: Federation) -> int:
+    """Feed random, malformed, truncated and oversized frames to every port of the
+    relay, raw and after a genuine TLS handshake; each must be refused and the
+    relay must live on. Returns the number of examples sent."""
+    site = fed.site_tls["site-1"]
+    context = ssl.create_default_context(cafile=str(site.ca_cert))
+    context.load_cert_chain(str(site.cert), str(site.key))
+    ports = {scheme: int(url.rpartition(":")[2]) for scheme, url in relay_urls(fed).items()}
+    sent = 0
+
+    cases = st.sampled_from(sorted(ports)).flatmap(
+        lambda scheme: _garbage(scheme).map(lambda case: (scheme, *case))
+    )
+
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None)
+    @given(case=cases, tls=st.booleans())
+    @example(case=("tcps", "oversized", _tcps_frame(FrameType.REQUEST, 2**32 - 1, b"")), tls=True)
+    @example(case=("tcps", "malformed", _tcps_frame(FrameType.REQUEST, 1, NOT_PROTOBUF)), tls=True)
+    @example(case=("tcps", "truncated", _tcps_frame(FrameType.REQUEST, 99, b"x")), tls=True)
+    @example(
+        case=("https", "oversized", f"{_HTTP_HEAD}content-length: {2**40}\r\n\r\n".encode()),
+        tls=True,
+    )
+    @example(
+        case=(
+            "https",
+            "malformed",
+            f"{_HTTP_HEAD}content-length: 1\r\n\r\n".encode() + NOT_PROTOBUF,
+        ),
+        tls=True,
+    )
+    @example(case=("grpcs", "malformed", H2_PREFACE + b"\x00" * 64), tls=True)
+    def fuzz(case: tuple[str, str, bytes], tls: bool) -> None:
+        nonlocal sent
+        scheme, kind, junk = case
+        received = _exchange(ports[scheme], junk, context if tls else None)
+        if tls:
+            _check_refusal(scheme, kind, junk, received)
+        assert fed.relay is not None and fed.relay.poll() is None, "the relay died"
+        sent += 1
+
+    fuzz()
+    return sent
+
+
 # --- the one Flower run ------------------------------------------------------------
 
 
 JOB: dict[str, str] = {}
 
 
-def test_job_runs_from_kits_alone_and_members_manage_only_their_own(fed: Federation) -> None:
+def test_job_runs_from_kits_alone_and_members_manage_only_their_own(
+    fed: Federation, fuzzed: int
+) -> None:
+    """After the fuzz (``fuzzed``), the relay still runs a job to its end."""
     done = fed.run_cli(
         "job",
         "submit",
@@ -283,33 +422,8 @@ async def test_edited_kit_is_refused(fed: Federation, tmp_path: Path) -> None:
     await relay_serves_everyone(fed)
 
 
-async def test_garbage_on_every_port_leaves_the_relay_serving(fed: Federation) -> None:
-    site = fed.site_tls["site-1"]
-    context = ssl.create_default_context(cafile=str(site.ca_cert))
-    context.load_cert_chain(str(site.cert), str(site.key))
-    junk = [
-        b"\x00" * 64,
-        b"GET / HTTP/1.1\r\n\r\n",
-        b"\x16\x03\x01\x00\x05hello",
-        bytes(range(256)),
-    ]
-    for url in relay_urls(fed).values():
-        port = int(url.rpartition(":")[2])
-        for data in junk:
-            # Before TLS: bytes that are no handshake.
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-                raw.sendall(data)
-                with contextlib.suppress(OSError):
-                    raw.recv(1024)
-            # After a genuine handshake with a valid certificate: bytes that are no protocol.
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-                try:
-                    with context.wrap_socket(raw, server_hostname="localhost") as tls:
-                        tls.sendall(data * 4)
-                        tls.settimeout(2)
-                        tls.recv(1024)
-                except OSError:  # ssl.SSLError and timeouts included
-                    pass  # refused or closed: either is fine, the relay must live on
+async def test_garbage_on_every_port_leaves_the_relay_serving(fed: Federation, fuzzed: int) -> None:
+    assert fuzzed >= FUZZ_EXAMPLES
     await relay_serves_everyone(fed)
 
 

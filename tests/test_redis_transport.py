@@ -530,3 +530,13 @@ def test_entry_parser_survives_any_field_map(redis_pki: RedisPKI) -> None:  # no
             pass
 
     check()
+
+
+async def test_a_revoked_signer_is_refused_before_the_handler(plain: Env) -> None:
+    handler = Recorder()
+    server = await plain.server(handler)
+    server.refuse_revoked(lambda peer: f"{peer} was revoked" if peer.name == "site-1" else None)
+    with pytest.raises(AuthError, match="site:site-1 was revoked"):
+        await plain.client("site-1").send(ctl(), timeout=5)
+    assert handler.seen == []
+    assert (await plain.client("site-2").send(ctl(), timeout=5)).http_status == 200

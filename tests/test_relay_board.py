@@ -121,3 +121,12 @@ async def test_relays_see_each_other_through_redis(
         assert (await b.exchange(share("relay-b", job="job-2"))).shares == ()
     finally:
         await b.aclose()
+
+
+def test_a_share_of_a_revoked_relay_is_refused(redis_pki: RedisPKI) -> None:  # noqa: F811
+    revoking = CertificateChecker(
+        redis_pki.federation.relay.ca_cert.read_bytes(),
+        revoked=lambda peer: f"{peer} was revoked",
+    )
+    with pytest.raises(AuthError, match="was revoked"):
+        unseal(seal(share(), signer(redis_pki)), revoking, now=time.time())

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from cryptography import x509
 
-from ..config import TLSConfig
+from ..config import Limits, MiB, TLSConfig
 from ..exceptions import ConfigError
 from ..identity import Role
 from ..provisioning.kit import Kit, load_kit
@@ -32,6 +32,7 @@ EXIT_GATEWAY_ERROR = 4
 EXIT_INTERRUPTED = 130
 
 T = TypeVar("T")
+DEFAULT_FRAME_MIB = 64.0
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -81,6 +82,31 @@ def add_tls_options(parser: argparse.ArgumentParser, *, relay: bool = True) -> N
         default=_env_path("FLGATE_KEY"),
         help="this participant's private key, PEM (env FLGATE_KEY)",
     )
+
+
+def add_limit_options(parser: argparse.ArgumentParser) -> None:
+    """--max-frame-mib, defaulting to FLGATE_MAX_FRAME_MIB, else 64."""
+    parser.add_argument(
+        "--max-frame-mib",
+        type=float,
+        metavar="MIB",
+        help="largest envelope accepted or sent, in MiB; 0 for no limit; raise it for "
+        "flwr < 1.20, which sends whole models in one message "
+        f"(default {DEFAULT_FRAME_MIB:g}; env FLGATE_MAX_FRAME_MIB)",
+    )
+
+
+def limits_from(args: argparse.Namespace) -> Limits:
+    mib: float | None = args.max_frame_mib
+    if mib is None:
+        text = os.environ.get("FLGATE_MAX_FRAME_MIB", "")
+        try:
+            mib = float(text) if text else DEFAULT_FRAME_MIB
+        except ValueError:
+            raise ConfigError(f"FLGATE_MAX_FRAME_MIB={text!r} is not a number of MiB") from None
+    if mib < 0:
+        raise ConfigError(f"--max-frame-mib must be 0 (no limit) or positive, not {mib:g}")
+    return Limits(max_frame_bytes=int(mib * MiB) if mib else None)
 
 
 def _env_path(name: str) -> Path | None:

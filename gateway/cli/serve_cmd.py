@@ -15,7 +15,16 @@ from ..identity import Role
 from ..provisioning.kit import Kit
 from ..relay.app import RelayApp
 from ..site.agent import SiteAgent
-from .common import EXIT_OK, add_tls_options, kit_from, relay_from, run, tls_from
+from .common import (
+    EXIT_OK,
+    add_limit_options,
+    add_tls_options,
+    kit_from,
+    limits_from,
+    relay_from,
+    run,
+    tls_from,
+)
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -60,6 +69,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="bin directory of the Flower installation for SuperLinks",
     )
     add_tls_options(start, relay=False)
+    add_limit_options(start)
     start.set_defaults(func=_relay_start)
 
     site = commands.add_parser("site", help="a site's agent (one per site)")
@@ -86,6 +96,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="the site's Flower node key (OpenSSH, 0600), for jobs with node_auth",
     )  # fmt: skip
     add_tls_options(start)
+    add_limit_options(start)
     start.set_defaults(func=_site_start)
 
 
@@ -109,6 +120,7 @@ async def _serve_relay(args: argparse.Namespace) -> None:
         install=FlowerInstall.find(args.flower_bin),
         known_sites=frozenset(s.strip() for s in args.sites.split(",")) if args.sites else None,
         crl=args.crl or (kit.crl if kit else None),
+        limits=limits_from(args),
     )
     await app.start()
     for url, port in zip(app.relay.listen_urls, app.ports, strict=True):
@@ -145,6 +157,7 @@ async def _serve_site(args: argparse.Namespace) -> None:
         workspace=_workspace(args, kit),
         install=FlowerInstall.find(args.flower_bin),
         flower_node_key=args.flower_node_key or (kit.flower_node_key if kit else None),
+        limits=limits_from(args),
     )
     print(f"site {agent.name} dialing {relay_url}", flush=True)
     await agent.run_forever()

@@ -43,7 +43,12 @@ class RelayApp:
         )
         redis_urls = [u for u in listen_urls if parse_url(u).scheme in ("redis", "rediss")]
         board = (
-            RedisBoard(redis_urls[0], tls, relay=f"{socket.gethostname()}:{os.getpid()}")
+            RedisBoard(
+                redis_urls[0],
+                tls,
+                relay=f"{socket.gethostname()}:{os.getpid()}",
+                revoked=revocations.refusal if revocations is not None else None,
+            )
             if redis_urls
             else None
         )
@@ -58,7 +63,7 @@ class RelayApp:
         self.relay.serve_jobs(self.manager.owns)
         self.relay.dispatcher.control = ControlService(self.manager).handle
         if revocations is not None:
-            self.relay.dispatcher.revoked = revocations.refusal
+            self.relay.refuse_revoked(revocations.refusal)
 
     @property
     def ports(self) -> list[int]:

@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..config import TLSConfig
 from ..exceptions import AuthError, ProtocolError
-from ..identity import Role
+from ..identity import Peer, Role
 from ..proto.control_pb2 import JobInfo, SiteJob, SiteJobState
 from ..transport.base import parse_url
 from ..transport.redis_protocol import CertificateChecker, Signer
@@ -216,11 +216,13 @@ class RedisBoard:
         relay: str,
         namespace: str = "flgate",
         ttl: float = 15.0,
+        revoked: Callable[[Peer], str | None] | None = None,
     ) -> None:
+        """``revoked``: the federation's revocation check; a revoked relay's share is ignored."""
         ca, cert, key = tls.read()
         self.relay = relay
         self._signer = Signer(cert_pem=cert, key_pem=key)
-        self._checker = CertificateChecker(ca)
+        self._checker = CertificateChecker(ca, revoked=revoked)
         self._redis = redis_connection(parse_url(url), tls)
         self._index = f"{namespace}:relays"
         self._prefix = f"{namespace}:share:"

@@ -16,7 +16,7 @@ from ..proto.envelope_pb2 import Dialect
 from ..reliable import DedupStore, MemoryDedupStore, ReliableReceiver
 from ..transport import TransportServer, listen
 from ..transport.redis_transport import RedisTransportServer
-from .dispatcher import Dispatcher
+from .dispatcher import Dispatcher, RevocationCheck
 from .lgc import upstream_for
 
 
@@ -62,6 +62,13 @@ class Relay:
         for server in self._servers:
             if isinstance(server, RedisTransportServer):
                 server.serve_keys(owns)
+
+    def refuse_revoked(self, revoked: RevocationCheck) -> None:
+        """Refuse every call of a revoked certificate, on every listener."""
+        self.dispatcher.revoked = revoked
+        for server in self._servers:
+            if isinstance(server, RedisTransportServer):
+                server.refuse_revoked(revoked)
 
     async def start(self) -> None:
         for server in self._servers:

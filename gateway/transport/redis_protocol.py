@@ -326,7 +326,8 @@ class CertificateChecker:
         )
         self._cache: dict[bytes, _Known] = {}
         self._cache_size = cache_size
-        self._revoked = revoked
+        self.revoked = revoked
+        """Why a peer is revoked, or None; may be set once the revocation list is known."""
 
     def check(self, cert_pem: bytes, *, now: float) -> tuple[Peer, ec.EllipticCurvePublicKey]:
         """The peer and public key of a certificate valid at ``now``; else ``AuthError``."""
@@ -347,7 +348,7 @@ class CertificateChecker:
                 f"the certificate of {known.peer} is not valid before {_utc(known.not_before)}; "
                 "check the clocks"
             )
-        revocation = self._revoked(known.peer) if self._revoked is not None else None
+        revocation = self.revoked(known.peer) if self.revoked is not None else None
         if revocation is not None:
             raise AuthError(revocation)
         return known.peer, known.key

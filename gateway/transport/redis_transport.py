@@ -53,6 +53,7 @@ from ..exceptions import (
     ProtocolError,
     TransportError,
 )
+from ..identity import Peer
 from ..proto.envelope_pb2 import Envelope, Reply
 from . import base
 from .common import call_handler, certificate_refused, frame_limit
@@ -392,8 +393,9 @@ class RedisTransportServer(base.TransportServer):
         self._handler = handler
         self._signer = Signer(cert_pem=cert, key_pem=key)
         self._layout = Layout(namespace)
+        self._checker = CertificateChecker(ca)
         self._verifier = RequestVerifier(
-            CertificateChecker(ca), layout=self._layout, max_skew=max_clock_skew
+            self._checker, layout=self._layout, max_skew=max_clock_skew
         )
         self._redis = redis_connection(url, tls, db=db, username=username, password=password)
         self._max = frame_limit(limits)
@@ -434,6 +436,10 @@ class RedisTransportServer(base.TransportServer):
         """
         self._predicate = predicate
         self._next_discovery = 0.0
+
+    def refuse_revoked(self, revoked: Callable[[Peer], str | None]) -> None:
+        """Refuse entries signed by a revoked certificate (``revoked`` says why)."""
+        self._checker.revoked = revoked
 
     async def start(self) -> None:
         try:
