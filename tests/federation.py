@@ -10,6 +10,7 @@ process is stopped (with everything it started) by ``close()``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -25,12 +26,53 @@ from gateway.admin import AdminClient
 from gateway.config import TLSConfig
 from gateway.flower.process import free_port
 from gateway.identity import AdminRole
+from gateway.proto.control_pb2 import JobInfo
 from gateway.provisioning.certs import CertificateAuthority
 from gateway.provisioning.kit import load_kit
 from gateway.provisioning.project import Project
 from gateway.provisioning.workspace import ProvisioningWorkspace
 
 from .procs import processes_touching, wait_until_gone
+
+ENDED = ("finished", "failed", "aborted")
+
+
+def run_flgate(
+    *argv: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``flgate ARGV`` in a fresh process with ``env`` (default: this environment
+    without any FLGATE_* setting)."""
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLGATE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+async def wait_online(admin: AdminClient, count: int, timeout: float = 60) -> None:
+    """Until the relay that ``admin`` talks to counts ``count`` sites online."""
+    for _ in range(int(timeout * 2)):
+        if sum(s.online for s in await admin.list_sites()) >= count:
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"{count} sites did not come online within {timeout:g} s")
+
+
+async def until_state(
+    admin: AdminClient, job_id: str, states: tuple[str, ...] = ENDED, timeout: float = 300
+) -> JobInfo:
+    """The job's summary once it is in one of ``states`` (or has ended)."""
+    for _ in range(int(timeout * 2)):
+        info = await admin.get(job_id)
+        if info.state in states or info.state in ENDED:
+            return info
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not reach {states} within {timeout:g} s: {info}")
 
 
 @dataclass
@@ -184,14 +226,7 @@ class Federation:
         env.update(FLGATE_KIT=str(self.kit(kit or self.admin_name)))
         if self.relay_url and not from_kit:
             env.update(FLGATE_RELAY=self.relay_url)
-        return subprocess.run(
-            [sys.executable, "-m", "gateway.cli", *argv],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        return run_flgate(*argv, env=env, timeout=timeout)
 
     def cli(self, *argv: str) -> str:
         """Run ``flgate ARGV`` as the admin; return its output (it must exit 0)."""

@@ -21,6 +21,7 @@ from gateway.config import TLSConfig
 from gateway.identity import Role
 from gateway.provisioning.certs import CertificateAuthority, write_participant
 from gateway.testing.redis_server import RedisServer
+from gateway.testing.redis_server import running_redis as running_redis_server
 from gateway.testing.redis_server import start_redis as start_redis_server
 
 from .conftest import Federation
@@ -28,19 +29,21 @@ from .conftest import Federation
 REDIS_SERVER = shutil.which("redis-server")
 
 
-def start_redis(directory: Path, *, tls: TLSConfig | None = None) -> RedisServer:
+def _require_redis() -> None:
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
+
+
+def start_redis(directory: Path, *, tls: TLSConfig | None = None) -> RedisServer:
+    _require_redis()
     return start_redis_server(directory, tls=tls)
 
 
 @contextlib.contextmanager
 def running_redis(directory: Path, *, tls: TLSConfig | None = None) -> Iterator[RedisServer]:
-    server = start_redis(directory, tls=tls)
-    try:
+    _require_redis()
+    with running_redis_server(directory, tls=tls) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from gateway.proto.envelope_pb2 import DIALECT_HTTP
 from gateway.site.gateway import SiteGateway
 
 from .conftest import QUICKSTART
-from .federation import Federation, running_federation
+from .federation import Federation, running_federation, until_state, wait_online
 from .procs import processes_touching, wait_until_gone
 
 pytestmark = pytest.mark.e2e
@@ -60,24 +60,15 @@ def _split(address: str) -> tuple[str, int]:
 async def _wait_online(fed: Federation, count: int) -> None:
     admin = fed.admin()
     try:
-        for _ in range(120):
-            if sum(s.online for s in await admin.list_sites()) >= count:
-                return
-            await asyncio.sleep(0.5)
-        raise AssertionError("sites did not come online")
+        await wait_online(admin, count)
     finally:
         await admin.aclose()
 
 
-async def _until_ended(fed: Federation, job_id: str, timeout: float = 300) -> JobInfo:
+async def _until_ended(fed: Federation, job_id: str) -> JobInfo:
     admin = fed.admin()
     try:
-        for _ in range(int(timeout)):
-            info = await admin.get(job_id)
-            if info.state in ("finished", "failed", "aborted"):
-                return info
-            await asyncio.sleep(1)
-        raise AssertionError(f"job {job_id} did not end: {info}")
+        return await until_state(admin, job_id)
     finally:
         await admin.aclose()
 

@@ -17,7 +17,6 @@ import base64
 import json
 import shutil
 import ssl
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -37,7 +36,7 @@ from gateway.flower.runner import start_supernode
 from gateway.proto.control_pb2 import JobInfo
 
 from .conftest import QUICKSTART
-from .federation import Federation
+from .federation import Federation, until_state, wait_online
 
 pytestmark = pytest.mark.e2e
 
@@ -69,11 +68,7 @@ def _start_site(fed: Federation, name: str, node_key: Path | None) -> None:
 async def _wait_online(fed: Federation, count: int) -> None:
     admin = fed.admin()
     try:
-        for _ in range(120):
-            if sum(s.online for s in await admin.list_sites()) >= count:
-                return
-            await asyncio.sleep(0.5)
-        raise AssertionError("sites did not come online")
+        await wait_online(admin, count)
     finally:
         await admin.aclose()
 
@@ -81,17 +76,11 @@ async def _wait_online(fed: Federation, count: int) -> None:
 async def _until(fed: Federation, job_id: str, done: tuple[str, ...], timeout: float) -> JobInfo:
     admin = fed.admin()
     try:
-        for _ in range(int(timeout * 2)):
-            info = await admin.get(job_id)
-            if info.state in done or info.state in ("finished", "failed", "aborted"):
-                return info
-            await asyncio.sleep(0.5)
-        raise AssertionError(f"job {job_id} did not reach {done}: {info}")
+        return await until_state(admin, job_id, done, timeout)
     finally:
         await admin.aclose()
 
 
-@dataclass(frozen=True)
 class Lgs:
     """A site's LGS for the job: over TLS, as Flower requires with node auth."""
 

@@ -20,14 +20,13 @@ import pytest
 from gateway.admin import AdminClient
 from gateway.identity import Role
 from gateway.jobs.local_run import RunOutcome
-from gateway.proto.control_pb2 import JobInfo
 from gateway.provisioning.certs import write_participant
 from gateway.testing.redis_server import RedisServer
 from gateway.transport.base import parse_url
 from gateway.transport.redis_transport import redis_connection
 
 from .conftest import QUICKSTART
-from .federation import Federation
+from .federation import Federation, until_state, wait_online
 from .redis_server import start_redis
 
 pytestmark = pytest.mark.e2e
@@ -114,24 +113,6 @@ def two_relays(tmp_path: Path) -> Iterator[TwoRelays]:
         federation.close()
 
 
-async def _until_ended(admin: AdminClient, job_id: str, timeout: float = 300) -> JobInfo:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = await admin.get(job_id)
-        if info.state in ("finished", "failed", "aborted"):
-            return info
-        await asyncio.sleep(1)
-    raise AssertionError(f"job {job_id} did not end within {timeout} s")
-
-
-async def _wait_online(admin: AdminClient) -> None:
-    for _ in range(120):
-        if sum(s.online for s in await admin.list_sites()) == len(SITES):
-            return
-        await asyncio.sleep(0.5)
-    raise AssertionError("the sites did not come online through Redis")
-
-
 async def _junk_into_redis(relays: TwoRelays) -> None:
     """Entries no genuine site writes, on the streams both relays read; the relays
     must drop or refuse them and go on to run the jobs below."""
@@ -164,13 +145,13 @@ async def test_two_relays_on_one_redis_each_run_a_job_to_the_direct_result(
     a, b, shared = (two_relays.admin(v) for v in ("a", "b", "redis"))
     try:
         # Each relay learns through the board that the sites polled some relay.
-        await asyncio.gather(_wait_online(a), _wait_online(b))
+        await asyncio.gather(wait_online(a, len(SITES)), wait_online(b, len(SITES)))
         await _junk_into_redis(two_relays)
         first = await a.submit(QUICKSTART, sites=SITES, name="on-relay-a")
         second = await b.submit(
             QUICKSTART, sites=SITES, name="on-relay-b", run_config="num-server-rounds=2"
         )
-        done = await asyncio.gather(_until_ended(a, first.job_id), _until_ended(b, second.job_id))
+        done = await asyncio.gather(until_state(a, first.job_id), until_state(b, second.job_id))
         for info in done:
             assert info.state == "finished", info
         assert json.loads(done[0].result_json) == runs["direct-141"].result

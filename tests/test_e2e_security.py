@@ -13,13 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import os
 import re
 import shutil
 import socket
 import ssl
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -50,6 +47,7 @@ from gateway.transport.http_transport import PATH
 
 from .conftest import QUICKSTART
 from .federation import Federation
+from .federation import run_flgate as flgate
 
 pytestmark = pytest.mark.e2e
 
@@ -126,19 +124,6 @@ async def relay_serves_everyone(fed: Federation) -> None:
                 transport, KIND_ADMIN, "ListSites", ListSitesRequest(), ListSitesResponse
             )
         assert {"site-1", "site-2"} <= {s.name for s in sites.sites if s.online}
-
-
-def flgate(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """``flgate ARGV`` with no FLGATE_* settings from the environment."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLGATE_")}
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 # --- fuzzing every port, before the one Flower run -----------------------------------
