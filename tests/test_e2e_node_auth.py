@@ -17,6 +17,7 @@ import base64
 import json
 import shutil
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -81,6 +82,7 @@ async def _until(fed: Federation, job_id: str, done: tuple[str, ...], timeout: f
         await admin.aclose()
 
 
+@dataclass(frozen=True)
 class Lgs:
     """A site's LGS for the job: over TLS, as Flower requires with node auth."""
 

@@ -94,7 +94,8 @@ class TwoRelays:
         return AdminClient(relay_url=url, tls=self.fed.admin_tls)
 
     def close(self) -> None:
-        for process in self.relays.values():
+        # Sites first, while the relays still answer their SuperNodes' last calls.
+        for process in [*self.fed.sites.values(), *self.relays.values()]:
             self.fed.stop(process)
         try:
             self.fed.close()
