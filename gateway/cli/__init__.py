@@ -13,7 +13,7 @@ from ..demo import DemoOptions, default_job_dir, run_demo
 from ..exceptions import ConfigError, GatewayError
 from ..jobs.spec import parse_run_config
 from ..transport import schemes
-from . import compare_cmd, job_cmd, provision_cmd, serve_cmd
+from . import bench_cmd, compare_cmd, job_cmd, provision_cmd, serve_cmd
 from .common import (
     EXIT_CONFIG,
     EXIT_GATEWAY_ERROR,
@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare_cmd.add_commands(commands)
     job_cmd.add_commands(commands)
     provision_cmd.add_commands(commands)
+    bench_cmd.add_commands(commands)
     return parser
 
 

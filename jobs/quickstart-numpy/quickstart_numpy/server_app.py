@@ -70,7 +70,7 @@ def main(grid: Grid, context: Context) -> None:
     )
     result = strategy.start(
         grid=grid,
-        initial_arrays=ArrayRecord(task.initial_params()),
+        initial_arrays=ArrayRecord(task.initial_params(float(cfg.get("model-mib", 0)))),
         num_rounds=num_rounds,
         train_config=ConfigRecord({"lr": float(cfg["learning-rate"])}),
     )

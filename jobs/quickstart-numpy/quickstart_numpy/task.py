@@ -17,9 +17,17 @@ NOISE_STD = 0.1
 Params = list[NDArray[np.float64]]
 
 
-def initial_params() -> Params:
-    """Return the initial model: [weights (NUM_FEATURES,), bias (1,)], all zeros."""
-    return [np.zeros(NUM_FEATURES, dtype=np.float64), np.zeros(1, dtype=np.float64)]
+def initial_params(model_mib: float = 0) -> Params:
+    """Return the initial model: [weights (NUM_FEATURES,), bias (1,)], all zeros.
+
+    With ``model_mib`` > 0 a third, zero-valued ballast array of that size
+    follows; training leaves it unchanged, so it only makes the model large.
+    """
+    params = [np.zeros(NUM_FEATURES, dtype=np.float64), np.zeros(1, dtype=np.float64)]
+    ballast = int(model_mib * 1024 * 1024) // 8
+    if ballast > 0:
+        params.append(np.zeros(ballast, dtype=np.float64))
+    return params
 
 
 def load_data(
@@ -41,8 +49,8 @@ def load_data(
 
 
 def predict(params: Params, x: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Linear model prediction."""
-    weights, bias = params
+    """Linear model prediction (a ballast array, if any, takes no part)."""
+    weights, bias = params[0], params[1]
     return x @ weights + bias[0]
 
 
@@ -64,7 +72,10 @@ def train(
     epochs: int,
     lr: float,
 ) -> tuple[Params, float]:
-    """Full-batch gradient descent on the MSE; return (new params, final train loss)."""
+    """Full-batch gradient descent on the MSE; return (new params, final train loss).
+
+    A ballast array (``params[2:]``) is returned as received.
+    """
     weights = np.array(params[0], dtype=np.float64, copy=True)
     bias = np.array(params[1], dtype=np.float64, copy=True)
     n = x.shape[0]
@@ -74,5 +85,5 @@ def train(
         grad_b = (2.0 / n) * np.sum(err)
         weights = weights - lr * grad_w
         bias = bias - lr * grad_b
-    new_params = [weights, bias]
+    new_params = [weights, bias, *params[2:]]
     return new_params, mse(new_params, x, y)

@@ -1,0 +1,241 @@
+"""The bench's results: rows of direct and gateway figures, a table and a JSON file.
+
+A row is one figure (e.g. "SendNodeHeartbeat p50") measured for each
+transport, directly and through the gateway. Targets are goals printed beside
+the results, never assertions: a missed target does not change the exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .stats import ratio
+
+TargetKind = Literal["added_max", "ratio_min", "ratio_max", "gateway_min", "gateway_max"]
+SCHEMA = "flgate-bench/1"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal for a row: on the added value, the ratio, or the gateway figure."""
+
+    kind: TargetKind
+    value: float
+    text: str
+
+    def met(self, figure: Figure) -> bool | None:
+        subject = {
+            "added_max": figure.added,
+            "ratio_min": figure.ratio,
+            "ratio_max": figure.ratio,
+            "gateway_min": figure.gateway,
+            "gateway_max": figure.gateway,
+        }[self.kind]
+        if subject is None:
+            return None
+        return subject >= self.value if self.kind.endswith("_min") else subject <= self.value
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One transport's values of a row; ``direct`` is None where no direct path exists."""
+
+    direct: float | None
+    gateway: float
+
+    @property
+    def ratio(self) -> float | None:
+        return ratio(self.gateway, self.direct)
+
+    @property
+    def added(self) -> float | None:
+        return None if self.direct is None else self.gateway - self.direct
+
+
+@dataclass
+class Row:
+    key: str
+    """Stable id in the JSON, e.g. ``latency.heartbeat.p50``."""
+    step: str
+    label: str
+    unit: str
+    figures: dict[str, Figure] = field(default_factory=dict)
+    target: Target | None = None
+    note: str = ""
+    show_added: bool = False
+
+
+@dataclass
+class BenchReport:
+    """Everything one ``flgate bench`` measured."""
+
+    quick: bool
+    flower_version: str
+    transports: list[str]
+    skipped: dict[str, str] = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    """Raw material behind the rows (sample counts, exchanges, errors)."""
+    seconds: float = 0.0
+    cpus: int = 0
+
+    def row(self, key: str, step: str, label: str, unit: str, **options: Any) -> Row:
+        found = Row(key=key, step=step, label=label, unit=unit, **options)
+        self.rows.append(found)
+        return found
+
+    def missing(self) -> list[str]:
+        """``row/transport`` for every figure not measured, or not finite and positive."""
+        out = []
+        for row in self.rows:
+            for scheme in self.transports:
+                figure = row.figures.get(scheme)
+                values = [] if figure is None else [figure.gateway, figure.direct]
+                if figure is None or not all(
+                    v is None or (math.isfinite(v) and v > 0) for v in values
+                ):
+                    out.append(f"{row.key}/{scheme}")
+        return out
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value == 0 or abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _added(value: float | None) -> str:
+    return "" if value is None else f"{value:+.2f}"
+
+
+TABLE_HEADER = (
+    "step",
+    "figure",
+    "unit",
+    "transport",
+    "direct",
+    "gateway",
+    "ratio",
+    "added",
+    "target",
+)
+_RIGHT = {4, 5, 6, 7}
+
+
+def table_rows(report: BenchReport) -> list[tuple[str, ...]]:
+    """The printed table's cells, one line per row and transport."""
+    lines: list[tuple[str, ...]] = []
+    for row in report.rows:
+        for index, scheme in enumerate(report.transports):
+            figure = row.figures.get(scheme)
+            target = ""
+            if row.target is not None and figure is not None:
+                met = row.target.met(figure)
+                verdict = {True: "met", False: "MISSED", None: "?"}[met]
+                target = f"{row.target.text}: {verdict}"
+            label = row.label + (f" ({row.note})" if row.note else "")
+            lines.append(
+                (
+                    row.step if index == 0 else "",
+                    label if index == 0 else "",
+                    row.unit if index == 0 else "",
+                    scheme,
+                    _number(figure.direct) if figure else "n/a",
+                    _number(figure.gateway) if figure else "n/a",
+                    _ratio(figure.ratio) if figure else "-",
+                    _added(figure.added) if figure and row.show_added else "",
+                    target,
+                )
+            )
+    return lines
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell; numbers right-aligned."""
+    widths = [max(len(cells[i]) for cells in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            cell.rjust(w) if i in _RIGHT else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def render(report: BenchReport) -> str:
+    """The whole printed report: the table, then what was skipped."""
+    text = format_table(TABLE_HEADER, table_rows(report))
+    notes = [f"{scheme}: skipped, {reason}" for scheme, reason in report.skipped.items()]
+    return text + ("\n" + "\n".join(notes) if notes else "")
+
+
+def _finite(value: float | None) -> float | None:
+    """JSON has no NaN: a figure that could not be taken is null."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def to_json(report: BenchReport) -> dict[str, Any]:
+    rows = []
+    for row in report.rows:
+        results = {}
+        for scheme, figure in row.figures.items():
+            met = row.target.met(figure) if row.target else None
+            results[scheme] = {
+                "direct": _finite(figure.direct),
+                "gateway": _finite(figure.gateway),
+                "ratio": _finite(figure.ratio),
+                "added": _finite(figure.added),
+                "target_met": met,
+            }
+        rows.append(
+            {
+                "key": row.key,
+                "step": row.step,
+                "figure": row.label,
+                "unit": row.unit,
+                "note": row.note,
+                "target": asdict(row.target) if row.target else None,
+                "results": results,
+            }
+        )
+    return {
+        "schema": SCHEMA,
+        "quick": report.quick,
+        "flower_version": report.flower_version,
+        "cpus": report.cpus,
+        "seconds": report.seconds,
+        "transports": report.transports,
+        "skipped": report.skipped,
+        "rows": rows,
+        "details": _json_safe(report.details),
+    }
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by null, all the way down."""
+    if isinstance(value, float):
+        return _finite(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def write_json(report: BenchReport, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(to_json(report), indent=2, allow_nan=False) + "\n")

@@ -1,0 +1,565 @@
+"""The whole bench: each step in turn, direct and gateway alternating, into one report.
+
+Latency, capacity, objects and memory share one SuperLink, the bench's Flower
+run, and one relay and one site-gateway process per transport. The whole runs
+come last with processes of their own, once those are stopped, so that no idle
+process of the earlier steps shares the CPU with them. The report lists the
+figures in the brief's order: latency, objects, whole run, capacity, memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from statistics import median
+
+from ..exceptions import ConfigError
+from ..flower.install import FlowerInstall
+from ..flower.runner import flwr_run, launch_superlink, write_flwr_home
+from ..proto.envelope_pb2 import DIALECT_HTTP
+from . import proc
+from .capacity import Capacity, join_nodes, measure_capacity
+from .fleet_client import Endpoint, FleetCallError, FleetClient, SyntheticNode, fleet_client
+from .flower_app import CHUNK_BYTES, Control, write_app
+from .latency import measure_latency
+from .objects import Exchange, exchange
+from .paths import GatewayPath, Paths, gateway_paths
+from .report import BenchReport, Figure, Target
+from .stats import percentile
+from .wholerun import measure_runs
+
+MB = 1e6
+OBJECT_CONCURRENCY = (1, 8)
+MEMORY_CONCURRENCY = 2
+"""Flower pushes and pulls two objects at a time."""
+HEARTBEAT_EVERY = 10.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many samples each step takes (full bench or --quick)."""
+
+    latency_rounds: int
+    latency_warmup: int
+    capacity_nodes: int
+    capacity_seconds: float
+    capacity_warmup: float
+    stub_seconds: float
+    stub_warmup: float
+    object_chunks: int
+    object_repeats: int
+    memory_chunks: int
+    run_rounds: int
+    run_model_mib: int
+    runs_concurrent: bool
+
+
+FULL = Plan(
+    latency_rounds=150,
+    latency_warmup=10,
+    capacity_nodes=200,
+    capacity_seconds=4.0,
+    capacity_warmup=3.0,
+    stub_seconds=3.0,
+    stub_warmup=1.0,
+    object_chunks=12,
+    object_repeats=1,
+    memory_chunks=200,
+    run_rounds=3,
+    run_model_mib=100,
+    runs_concurrent=False,
+)
+QUICK = Plan(
+    latency_rounds=30,
+    latency_warmup=5,
+    capacity_nodes=200,
+    capacity_seconds=1.5,
+    capacity_warmup=1.5,
+    stub_seconds=1.0,
+    stub_warmup=0.5,
+    object_chunks=3,
+    object_repeats=1,
+    memory_chunks=10,
+    run_rounds=1,
+    run_model_mib=1,
+    # All at once would be quicker, but five runs picking free ports at the same
+    # time sometimes collide (a SuperNode then dies with "address already in use").
+    runs_concurrent=False,
+)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    transports: list[str]
+    skipped: dict[str, str] = field(default_factory=dict)
+    quick: bool = False
+    job_dir: Path = Path("jobs/quickstart-numpy")
+    flower_bin: Path | None = None
+    workdir: Path | None = None
+    profile_dir: Path | None = None
+
+
+def _ms(seconds: float) -> float:
+    return seconds * 1000
+
+
+def _busy_note(result: Exchange) -> str:
+    if not result.busy_retries:
+        return ""
+    return f"; {result.busy_retries} calls repeated, the SuperLink was busy"
+
+
+@contextlib.asynccontextmanager
+async def _workdir(given: Path | None, notify: Callable[[str], None]) -> AsyncIterator[Path]:
+    """``given``, or a temporary directory removed on success (kept, with its logs, on failure)."""
+    if given is not None:
+        given.mkdir(parents=True, exist_ok=True)
+        yield given
+        return
+    directory = Path(tempfile.mkdtemp(prefix="flgate-bench-"))
+    try:
+        yield directory
+    except BaseException:
+        notify(f"work directory kept, with every process's log: {directory}")
+        raise
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+async def _keep_alive(
+    client: FleetClient, endpoint: Endpoint, nodes: Sequence[SyntheticNode]
+) -> None:
+    """Heartbeats, as a SuperNode sends them, so nodes stay online during long steps."""
+    while True:
+        await asyncio.sleep(HEARTBEAT_EVERY)
+        for node in nodes:
+            with contextlib.suppress(FleetCallError):
+                await client.heartbeat(endpoint, node)
+
+
+@contextlib.asynccontextmanager
+async def _bench_run(
+    install: FlowerInstall, control_address: str, workdir: Path
+) -> AsyncIterator[Control]:
+    """The bench's Flower run (see :mod:`.flower_app`), from submission to its end."""
+    control = Control(workdir / "bench-control.json")
+    app = write_app(workdir / "bench-app")
+    flwr_home = write_flwr_home(workdir / "bench-flwr-home", control_address)
+    with (workdir / "bench-run.log").open("w") as log:
+        run = asyncio.create_task(
+            flwr_run(
+                install,
+                app,
+                flwr_home,
+                run_config={"control-file": str(control.path)},
+                on_line=lambda line: print(line, file=log, flush=True),
+            )
+        )
+        try:
+            yield control
+            control.stop()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(run), 30)
+        finally:
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await run  # its outcome is no figure; a failure showed in the exchanges
+
+
+class _Bench:
+    def __init__(
+        self, options: BenchOptions, plan: Plan, report: BenchReport, notify: Callable[[str], None]
+    ) -> None:
+        self.options = options
+        self.plan = plan
+        self.report = report
+        self.notify = notify
+
+    def rss_snapshot(self, after: str, paths: Sequence[GatewayPath]) -> None:
+        """Each relay's and site's RSS now (MB), to see which step leaves memory behind."""
+        snapshots = self.report.details.setdefault("rss_mb_after", {})
+        snapshots[after] = {
+            p.scheme: {
+                "relay": proc.current_rss(p.relay.pid) / MB,
+                "site": proc.current_rss(p.site.pid) / MB,
+            }
+            for p in paths
+        }
+
+    # --- step 1 ---------------------------------------------------------------
+    async def latency(
+        self, client: FleetClient, direct: Endpoint, paths: Sequence[GatewayPath]
+    ) -> None:
+        plan = self.plan
+        self.notify(
+            f"latency: small Fleet calls, {plan.latency_rounds} rounds over "
+            f"direct + {len(paths)} gateway paths"
+        )
+        node = SyntheticNode()
+        await client.join(direct, node)
+        try:
+            samples = await measure_latency(
+                client,
+                node,
+                [direct, *(p.endpoint for p in paths)],
+                rounds=plan.latency_rounds,
+                warmup=plan.latency_warmup,
+                notify=self.notify,
+            )
+        finally:
+            await client.leave(direct, node)
+        for method, short in (("SendNodeHeartbeat", "heartbeat"), ("PullMessages", "empty-pull")):
+            for p, label in ((50, "p50"), (99, "p99")):
+                row = self.report.row(
+                    f"latency.{short}.{label}",
+                    "1 latency",
+                    f"{method}{' (empty)' if short == 'empty-pull' else ''} {label}",
+                    "ms",
+                    show_added=True,
+                    target=Target("added_max", 1.0, "added <= 1 ms") if p == 50 else None,
+                )
+                direct_value = _ms(percentile(samples.samples["direct"][method], p))
+                for path in paths:
+                    gateway_value = _ms(percentile(samples.samples[path.scheme][method], p))
+                    row.figures[path.scheme] = Figure(direct_value, gateway_value)
+        self.report.details["latency"] = {
+            "rounds": plan.latency_rounds,
+            "warmup_rounds": plan.latency_warmup,
+            "samples_per_figure": plan.latency_rounds,
+        }
+
+    # --- step 4 (run second: it needs no Flower run) ---------------------------
+    async def capacity(self, client: FleetClient, direct: Endpoint, paths: Paths) -> None:
+        plan = self.plan
+        self.notify(f"capacity: registering {plan.capacity_nodes} nodes")
+        # They stay registered: the ServerApp sends only to nodes it is told about, and
+        # the SuperLink is thrown away at the end.
+        nodes = await join_nodes(client, direct, plan.capacity_nodes)
+        real = await self._load(
+            client,
+            nodes,
+            [(direct, None), *((g.endpoint, g) for g in paths.gateways)],
+            plan.capacity_seconds,
+            plan.capacity_warmup,
+            "SuperLink",
+        )
+        stub = await self._load(
+            client,
+            nodes,
+            [(paths.stub, None), *((g.stub_endpoint, g) for g in paths.gateways)],
+            plan.stub_seconds,
+            plan.stub_warmup,
+            "constant answers",
+        )
+        for key, results, label in (
+            ("capacity", real, f"{plan.capacity_nodes} nodes, real SuperLink"),
+            ("capacity.relay_only", stub, f"{plan.capacity_nodes} nodes, constant answers"),
+        ):
+            rate = self.report.row(
+                f"{key}.calls_per_second",
+                "4 capacity",
+                f"calls/s, {label}",
+                "calls/s",
+                target=Target("gateway_min", 3000, ">= 3000/s"),
+            )
+            p99 = self.report.row(f"{key}.p99", "4 capacity", f"p99, {label}", "ms")
+            base = results["direct"]
+            for g in paths.gateways:
+                result = results[g.scheme]
+                rate.figures[g.scheme] = Figure(base.calls_per_second, result.calls_per_second)
+                p99.figures[g.scheme] = Figure(_ms(base.p99), _ms(result.p99))
+            self.report.details[key] = {name: vars(r) for name, r in results.items()}
+        for role in ("relay", "site"):
+            row = self.report.row(
+                f"capacity.{role}_cpu_per_call",
+                "4 capacity",
+                f"{role} CPU per call, constant answers",
+                "us",
+            )
+            for g in paths.gateways:
+                result = stub[g.scheme]
+                per_call = result.cpu_seconds[role] / max(1, result.calls)
+                row.figures[g.scheme] = Figure(None, per_call * 1e6)
+
+    async def _load(
+        self,
+        client: FleetClient,
+        nodes: Sequence[SyntheticNode],
+        targets: Sequence[tuple[Endpoint, GatewayPath | None]],
+        seconds: float,
+        warmup: float,
+        behind: str,
+    ) -> dict[str, Capacity]:
+        """One load window per target; with a gateway, also its processes' CPU time."""
+        results = {}
+        for endpoint, gateway in targets:
+            pids = {} if gateway is None else {"relay": gateway.relay.pid, "site": gateway.site.pid}
+
+            def cpu(pids: dict[str, int] = pids) -> dict[str, float]:
+                return {role: proc.cpu_seconds(pid) for role, pid in pids.items()}
+
+            result = await measure_capacity(
+                client, endpoint, nodes, seconds=seconds, warmup=warmup, cpu=cpu
+            )
+            self.notify(
+                f"capacity over {endpoint.name} ({behind}): {result.calls_per_second:.0f} "
+                f"calls/s, p99 {_ms(result.p99):.0f} ms, {result.errors} errors"
+            )
+            results[endpoint.name] = result
+        return results
+
+    # --- step 2 ------------------------------------------------------------------
+    async def objects(
+        self,
+        client: FleetClient,
+        direct: Endpoint,
+        paths: Sequence[GatewayPath],
+        control: Control,
+    ) -> None:
+        plan = self.plan
+        endpoints = [direct, *(p.endpoint for p in paths)]
+        plan_size = plan.object_repeats * len(OBJECT_CONCURRENCY) * len(endpoints)
+        self.notify(
+            f"objects: {plan_size} exchanges of {plan.object_chunks} x 5 MiB, "
+            "waiting for the bench's Flower run"
+        )
+        node = SyntheticNode()
+        await client.join(direct, node)
+        keep_alive = asyncio.create_task(_keep_alive(client, direct, [node]))
+        exchanges: list[Exchange] = []
+        try:
+            control.send(node.node_id, plan.object_chunks)
+            # The first message waits for the run to start: a warm-up, not measured.
+            await exchange(client, direct, node, concurrency=8, message_timeout=180.0)
+            for repeat in range(plan.object_repeats):
+                for concurrency in OBJECT_CONCURRENCY:
+                    for endpoint in endpoints:
+                        last = len(exchanges) == plan_size - 1
+                        result = await exchange(
+                            client,
+                            endpoint,
+                            node,
+                            concurrency=concurrency,
+                            # No message after the last one.
+                            on_message=partial(control.send, node.node_id, 0) if last else None,
+                        )
+                        exchanges.append(result)
+                        self.notify(
+                            f"objects over {endpoint.name}, {concurrency} at a time "
+                            f"(repeat {repeat + 1}): pull {result.pull_mb_s:.0f} MB/s, "
+                            f"push {result.push_mb_s:.0f} MB/s{_busy_note(result)}"
+                        )
+        finally:
+            keep_alive.cancel()
+            control.send(node.node_id, 0)
+            with contextlib.suppress(FleetCallError):  # never hide the step's own error
+                await client.leave(direct, node)
+        self._object_rows(exchanges, paths)
+
+    def _object_rows(self, exchanges: Sequence[Exchange], paths: Sequence[GatewayPath]) -> None:
+        for direction in ("pull", "push"):
+            for concurrency in OBJECT_CONCURRENCY:
+                method = "PullObject" if direction == "pull" else "PushObject"
+                row = self.report.row(
+                    f"objects.{direction}.c{concurrency}",
+                    "2 objects",
+                    f"{method} 5 MiB, {concurrency} at a time",
+                    "MB/s",
+                    target=Target("ratio_min", 0.9, ">= 0.9x direct"),
+                )
+
+                def rate(e: Exchange, d: str = direction) -> float:
+                    return e.pull_mb_s if d == "pull" else e.push_mb_s
+
+                of = [e for e in exchanges if e.concurrency == concurrency]
+                direct_value = median([rate(e) for e in of if e.path == "direct"])
+                for path in paths:
+                    gateway_value = median([rate(e) for e in of if e.path == path.scheme])
+                    row.figures[path.scheme] = Figure(direct_value, gateway_value)
+        self.report.details["objects"] = {
+            "chunk_bytes": CHUNK_BYTES,
+            "chunks_per_message": self.plan.object_chunks,
+            "megabyte": MB,
+            "exchanges": [vars(e) for e in exchanges],
+        }
+
+    # --- step 5 ------------------------------------------------------------------
+    async def memory(
+        self,
+        client: FleetClient,
+        direct: Endpoint,
+        paths: Sequence[GatewayPath],
+        control: Control,
+    ) -> None:
+        """Each gateway's relay and site peak RSS while one large model goes through.
+
+        One transport at a time, and the ServerApp builds the next large message
+        only once the last one is done with: a flwr 1.41 SuperLink that writes
+        gigabytes into its SQLite store for two messages at once fails calls with
+        "database is locked", the ServerApp's own task heartbeat among them,
+        which ends the run (with or without a gateway).
+        """
+        plan = self.plan
+        size_mb = plan.memory_chunks * CHUNK_BYTES / MB
+        self.notify(
+            f"memory: a {size_mb:.0f} MB model ({plan.memory_chunks} x 5 MiB) "
+            "through each gateway and back"
+        )
+        relay_row = self.report.row(
+            "memory.relay_peak_rss",
+            "5 memory",
+            f"relay peak RSS, {size_mb:.0f} MB model in flight",
+            "MB",
+            target=Target("gateway_max", 250, "<= 250 MB"),
+        )
+        site_row = self.report.row(
+            "memory.site_peak_rss",
+            "5 memory",
+            f"site gateway peak RSS, {size_mb:.0f} MB model in flight",
+            "MB",
+        )
+        details: dict[str, object] = {"model_bytes": plan.memory_chunks * CHUNK_BYTES}
+        all_reset = True
+        node = SyntheticNode()
+        await client.join(direct, node)
+        keep_alive = asyncio.create_task(_keep_alive(client, direct, [node]))
+        try:
+            for path in paths:
+                pids = {"relay": path.relay.pid, "site": path.site.pid}
+                before = {role: proc.current_rss(pid) for role, pid in pids.items()}
+                reset = all(proc.reset_peak(pid) for pid in pids.values())
+                all_reset = all_reset and reset
+                control.send(node.node_id, plan.memory_chunks)
+                result = await exchange(
+                    client,
+                    path.endpoint,
+                    node,
+                    concurrency=MEMORY_CONCURRENCY,
+                    message_timeout=300.0,
+                    # One large message per transport: none until the next is asked for.
+                    on_message=partial(control.send, node.node_id, 0),
+                )
+                peak = {role: proc.peak_rss(pid) for role, pid in pids.items()}
+                self.notify(
+                    f"memory over {path.scheme}: relay peak {peak['relay'] / MB:.0f} MB, "
+                    f"site peak {peak['site'] / MB:.0f} MB (pull {result.pull_mb_s:.0f} MB/s, "
+                    f"push {result.push_mb_s:.0f} MB/s{_busy_note(result)})"
+                )
+                relay_row.figures[path.scheme] = Figure(None, peak["relay"] / MB)
+                site_row.figures[path.scheme] = Figure(None, peak["site"] / MB)
+                details[path.scheme] = {
+                    "rss_before": before,
+                    "peak_rss": peak,
+                    "peak_reset_at_start": reset,
+                    "exchange": vars(result),
+                }
+        finally:
+            keep_alive.cancel()
+            control.send(node.node_id, 0)
+            with contextlib.suppress(FleetCallError):  # never hide the step's own error
+                await client.leave(direct, node)
+        if not all_reset:
+            relay_row.note = site_row.note = "peak since start: /proc clear_refs refused"
+        self.report.details["memory"] = details
+
+    # --- step 3 ---------------------------------------------------------------
+    async def whole_runs(self, install: FlowerInstall, workdir: Path) -> None:
+        plan = self.plan
+        schemes = self.report.transports
+        how = "at the same time" if plan.runs_concurrent else "one after another"
+        self.notify(
+            f"whole runs: {self.options.job_dir.name} (2 sites, {plan.run_rounds} "
+            f"rounds, {plan.run_model_mib} MiB model), direct and over {len(schemes)} "
+            f"transports, {how}"
+        )
+        runs = await measure_runs(
+            self.options.job_dir,
+            install,
+            workdir / "runs",
+            ["direct", *schemes],
+            rounds=plan.run_rounds,
+            model_mib=plan.run_model_mib,
+            concurrent=plan.runs_concurrent,
+            notify=self.notify,
+        )
+        by_path = {r.path: r.seconds for r in runs}
+        row = self.report.row(
+            "run.seconds",
+            "3 whole run",
+            f"{plan.run_rounds} rounds, 2 sites, {plan.run_model_mib} MiB model",
+            "s",
+            show_added=True,
+            target=Target("ratio_max", 1.05, "<= 1.05x direct"),
+            note="all runs at once, indicative" if plan.runs_concurrent else "",
+        )
+        for scheme in schemes:
+            row.figures[scheme] = Figure(by_path["direct"], by_path[scheme])
+        self.report.details["runs"] = [vars(r) for r in runs]
+
+
+_STEP_ORDER = {"1 latency": 0, "2 objects": 1, "3 whole run": 2, "4 capacity": 3, "5 memory": 4}
+
+
+async def run_bench(options: BenchOptions, notify: Callable[[str], None]) -> BenchReport:
+    """Run every step; the report's rows come back in the brief's order (1..5)."""
+    if not options.transports:
+        raise ConfigError("no transport to measure (see --transport)")
+    install = FlowerInstall.find(options.flower_bin)
+    if install.dialect != DIALECT_HTTP:
+        raise ConfigError(
+            f"flgate bench speaks Flower's HTTP Fleet API (flwr >= 1.40); "
+            f"{install.bin_dir} has flwr {install.version_text}"
+        )
+    if not (options.job_dir / "pyproject.toml").is_file():
+        raise ConfigError(f"{options.job_dir} is not a Flower app (no pyproject.toml)")
+    plan = QUICK if options.quick else FULL
+    report = BenchReport(
+        quick=options.quick,
+        flower_version=install.version_text,
+        transports=list(options.transports),
+        skipped=dict(options.skipped),
+        cpus=os.cpu_count() or 0,
+    )
+    bench = _Bench(options, plan, report, notify)
+    started = time.monotonic()
+    async with _workdir(options.workdir, notify) as workdir:
+        notify(f"flwr {install.version_text}; work directory {workdir}")
+        superlink, addresses = await launch_superlink(install, workdir / "superlink")
+        try:
+            notify(f"SuperLink at {addresses.fleet}")
+            async with (
+                gateway_paths(
+                    workdir / "gateway",
+                    options.transports,
+                    addresses.fleet,
+                    notify=notify,
+                    profile_dir=options.profile_dir,
+                ) as paths,
+                fleet_client(install.version_text) as client,
+            ):
+                direct = Endpoint("direct", addresses.fleet)
+                # Submitted first: the run starts while latency and capacity are measured
+                # (its ServerApp sends nothing until the objects step names a node).
+                async with _bench_run(install, addresses.control, workdir) as control:
+                    bench.rss_snapshot("start", paths.gateways)
+                    await bench.latency(client, direct, paths.gateways)
+                    bench.rss_snapshot("latency", paths.gateways)
+                    await bench.capacity(client, direct, paths)
+                    bench.rss_snapshot("capacity", paths.gateways)
+                    await bench.objects(client, direct, paths.gateways, control)
+                    bench.rss_snapshot("objects", paths.gateways)
+                    await bench.memory(client, direct, paths.gateways, control)
+                    bench.rss_snapshot("memory", paths.gateways)
+        finally:
+            await asyncio.to_thread(superlink.stop)
+        await bench.whole_runs(install, workdir)
+    report.rows.sort(key=lambda r: _STEP_ORDER.get(r.step, 99))
+    report.seconds = time.monotonic() - started
+    return report

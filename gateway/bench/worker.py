@@ -1,0 +1,152 @@
+"""The gateway's halves as processes of their own, so each has its own RSS and CPU.
+
+``python -m gateway.bench.worker relay ...`` runs a relay as ``flgate relay
+start`` builds it (SQLite dedup store in its workspace) with the bench's job
+routes; ``... site ...`` runs a site gateway with one LGS per job; ``... stub``
+answers every Fleet call at once with an empty success (the relay-only ceiling
+of the capacity step: the same path, with the SuperLink's own cost taken out).
+Each writes a JSON ready file once it serves and runs until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from .. import fleet, logs
+from ..config import TLSConfig
+from ..proto.envelope_pb2 import DIALECT_HTTP
+from ..relay.server import Relay
+from ..reliable import SqliteDedupStore
+from ..site.gateway import SiteGateway
+
+# SendNodeHeartbeatResponse{success: true}; every other empty Fleet answer is b"".
+_HEARTBEAT_OK = b"\x08\x01"
+
+
+def _tls(args: argparse.Namespace) -> TLSConfig:
+    return TLSConfig(ca_cert=args.ca, cert=args.cert, key=args.key)
+
+
+def _write_ready(path: Path, payload: dict[str, object]) -> None:
+    """Write atomically, so the bench never reads half a file."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(payload))
+    os.replace(temporary, path)
+
+
+async def _until_terminated() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def _relay(args: argparse.Namespace) -> None:
+    args.workspace.mkdir(parents=True, exist_ok=True)
+    relay = Relay(
+        listen_urls=[args.listen],
+        tls=_tls(args),
+        dedup_store=SqliteDedupStore(args.workspace / "dedup.db"),
+    )
+    await relay.start()
+    try:
+        for route in args.route:
+            job, _, superlink = route.partition("=")
+            relay.add_job(
+                job, sites=frozenset([args.site]), dialect=DIALECT_HTTP, superlink=superlink
+            )
+        _write_ready(args.ready, {"port": relay.port})
+        await _until_terminated()
+    finally:
+        await relay.aclose()
+
+
+async def _site(args: argparse.Namespace) -> None:
+    gateway = SiteGateway(name=args.name, relay_url=args.relay, tls=_tls(args))
+    try:
+        addresses = {}
+        for job in args.job:
+            lgs = await gateway.open_job(job, DIALECT_HTTP)
+            addresses[job] = lgs.address
+        _write_ready(args.ready, {"lgs": addresses})
+        await _until_terminated()
+    finally:
+        await gateway.aclose()
+
+
+async def _stub_answer(request: web.Request) -> web.Response:
+    await request.read()
+    body = _HEARTBEAT_OK if request.path.endswith("/send-node-heartbeat") else b""
+    return web.Response(body=body, content_type=fleet.PROTOBUF_MEDIA_TYPE)
+
+
+async def _stub(args: argparse.Namespace) -> None:
+    app = web.Application()
+    app.router.add_post("/v1/fleet/{name}", _stub_answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    site = web.SockSite(runner, sock)
+    await site.start()
+    try:
+        _write_ready(args.ready, {"address": f"127.0.0.1:{sock.getsockname()[1]}"})
+        await _until_terminated()
+    finally:
+        await runner.cleanup()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gateway.bench.worker")
+    sub = parser.add_subparsers(dest="role", required=True)
+    for role in ("relay", "site", "stub"):
+        p = sub.add_parser(role)
+        p.add_argument("--ready", type=Path, required=True)
+        p.add_argument("--profile", type=Path, help="write cProfile stats here at exit")
+        if role != "stub":
+            p.add_argument("--ca", type=Path, required=True)
+            p.add_argument("--cert", type=Path, required=True)
+            p.add_argument("--key", type=Path, required=True)
+    relay = sub.choices["relay"]
+    relay.add_argument("--listen", required=True)
+    relay.add_argument("--workspace", type=Path, required=True)
+    relay.add_argument("--site", required=True, help="the one site allowed on every route")
+    relay.add_argument("--route", action="append", required=True, metavar="JOB=HOST:PORT")
+    site = sub.choices["site"]
+    site.add_argument("--relay", required=True)
+    site.add_argument("--name", required=True)
+    site.add_argument("--job", action="append", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logs.configure(0)  # warnings, with their key=value details, into the worker's log
+    serve = {"relay": _relay, "site": _site, "stub": _stub}[args.role]
+    if args.profile is None:
+        asyncio.run(serve(args))
+        return 0
+    import cProfile
+
+    profiler = cProfile.Profile()
+    with contextlib.ExitStack() as stack:
+        stack.callback(profiler.dump_stats, str(args.profile))
+        profiler.enable()
+        asyncio.run(serve(args))
+        profiler.disable()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
