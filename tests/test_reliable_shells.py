@@ -24,6 +24,7 @@ from gateway.exceptions import (
     TransportError,
 )
 from gateway.proto.envelope_pb2 import DIALECT_HTTP, ORIGIN_GATEWAY, Envelope, Reply
+from gateway.relay.server import Relay
 from gateway.reliable import (
     GiveUp,
     GiveUpError,
@@ -35,6 +36,8 @@ from gateway.reliable import (
     SqliteDedupStore,
 )
 from gateway.transport import TransportClient
+
+from .conftest import Federation
 
 UNIT = 1.0  # the one time unit real waits in this file are multiples of
 POLICY = RetryPolicy(initial_backoff=0.1, max_backoff=1.0, jitter=0.0, deadline=5.0)
@@ -418,3 +421,14 @@ async def test_aclose_before_the_execution_started_still_answers_the_caller() ->
     await relay.aclose()
     reply = await asyncio.wait_for(call, UNIT)
     assert reply.http_status == 502 and superlink.calls == 0
+
+
+async def test_the_relay_keeps_a_durable_dedup_store_even_when_it_is_empty(
+    federation: Federation, tmp_path: Path
+) -> None:
+    """An empty store has len 0; it must not be swapped for a memory store."""
+    store = SqliteDedupStore(tmp_path / "dedup.db")
+    assert len(store) == 0
+    relay = Relay(listen_urls=["grpcs://127.0.0.1:0"], tls=federation.relay, dedup_store=store)
+    assert relay.dispatcher.receiver.protocol._store is store
+    store.close()

@@ -55,7 +55,7 @@ class Dispatcher:
     def __init__(self, receiver: ReliableReceiver | None = None, *, ledger: bool = False) -> None:
         self._jobs: dict[str, JobRoute] = {}
         self.stats = DispatchStats(ledger=Counter() if ledger else None)
-        self.receiver = receiver or ReliableReceiver(MemoryDedupStore())
+        self.receiver = receiver if receiver is not None else ReliableReceiver(MemoryDedupStore())
         """Executes each message id at most once; its store may be durable."""
         self.control: ControlHandler | None = None
         """Handles AGENT and ADMIN envelopes (the job manager's service), if any."""

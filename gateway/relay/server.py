@@ -35,7 +35,8 @@ class Relay:
         """``dedup_store``: where executed message ids are remembered (memory by
         default; a :class:`SqliteDedupStore` survives a relay restart). ``ledger``
         keeps a count of executions per message id, for audits and tests."""
-        self._dedup_store = dedup_store or MemoryDedupStore()
+        # Not `dedup_store or ...`: an empty store has len 0 and would be replaced.
+        self._dedup_store = dedup_store if dedup_store is not None else MemoryDedupStore()
         self.dispatcher = Dispatcher(ReliableReceiver(self._dedup_store), ledger=ledger)
         self._limits = limits
         if not listen_urls:
