@@ -46,7 +46,7 @@ from gateway.transport.framing import HEADER, MAGIC, FrameProtocol, FrameType, P
 from gateway.transport.http_transport import PATH
 
 from .conftest import QUICKSTART
-from .federation import Federation
+from .federation import Federation, until_state
 from .federation import run_flgate as flgate
 
 pytestmark = pytest.mark.e2e
@@ -435,6 +435,17 @@ async def test_added_site_is_accepted_and_then_revoked_without_a_restart(
 
     fed.start_site("site-3", from_kit=True)  # dials tcps, as its kit says
     await _wait_online(fed, {"site-1", "site-2", "site-3"})
+
+    # The new site joins a job: the run starts only once its SuperNode runs too.
+    admin = fed.admin()
+    try:
+        info = await admin.submit(QUICKSTART, sites=["site-1", "site-2", "site-3"], name="site-3")
+        running = await until_state(admin, info.job_id, ("running",), timeout=240)
+        assert running.state == "running", running
+        await admin.abort(info.job_id)
+        assert (await until_state(admin, info.job_id, timeout=120)).state == "aborted"
+    finally:
+        await admin.aclose()
 
     done = flgate(
         "provision", "revoke", "site-3", "-w", str(fed.workspace.root), "--reason", "key_compromise"
