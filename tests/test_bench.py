@@ -38,13 +38,13 @@ from gateway.bench.stats import percentile, ratio
 from gateway.bench.wire import (
     NodeKey,
     ObjectFormatError,
-    auth_headers,
     echo_reply,
     make_object,
     object_head,
     object_id,
     tree_ids,
 )
+from gateway.flower.node_auth import fleet_auth_headers
 from gateway.proto import bench_fleet_pb2 as pb
 
 from .conftest import REPO
@@ -159,7 +159,7 @@ def test_auth_headers_verify_as_the_superlink_checks_them() -> None:
 
     key = NodeKey()
     at = dt.datetime.now(dt.timezone.utc)
-    headers = auth_headers(key.private_key, key.public_key_pem, at)
+    headers = fleet_auth_headers(key.private_key, now=at)
     public = base64.b64decode(headers["flwr-public-key"], validate=True)
     assert public == key.public_key_pem
     timestamp = headers["flwr-timestamp"]

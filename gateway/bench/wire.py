@@ -18,16 +18,14 @@ rests on, read from flwr 1.41 (``flwr/supernode/fleet_http_connection.py``,
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
 import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ..flower.node_auth import fleet_auth_headers, flower_public_key
 from ..proto.bench_fleet_pb2 import Message, Metadata, ObjectTree, RecordDict
 
 PUBLIC_KEY_HEADER = "flwr-public-key"
@@ -65,32 +63,15 @@ class NodeKey:
     @property
     def public_key_pem(self) -> bytes:
         """The public key as Flower sends it in RegisterNode/ActivateNode bodies."""
-        return self.private_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        return flower_public_key(self.private_key.public_key())
 
     def headers(self) -> dict[str, str]:
         """The three node-auth headers, signed now (or within ``max_age``)."""
         now = time.monotonic()
         if not self._headers or now - self._signed_at > self.max_age:
-            self._headers = auth_headers(self.private_key, self.public_key_pem)
+            self._headers = fleet_auth_headers(self.private_key)
             self._signed_at = now
         return self._headers
-
-
-def auth_headers(
-    private_key: ec.EllipticCurvePrivateKey,
-    public_key_pem: bytes,
-    at: dt.datetime | None = None,
-) -> dict[str, str]:
-    """Flower's HTTP node-auth headers for one call."""
-    timestamp = (at or dt.datetime.now(dt.timezone.utc)).isoformat()
-    signature = private_key.sign(timestamp.encode("ascii"), ec.ECDSA(hashes.SHA256()))
-    return {
-        PUBLIC_KEY_HEADER: base64.b64encode(public_key_pem).decode("ascii"),
-        TIMESTAMP_HEADER: timestamp,
-        SIGNATURE_HEADER: base64.b64encode(signature).decode("ascii"),
-    }
 
 
 def runtime_headers(flower_version: str) -> dict[str, str]:
