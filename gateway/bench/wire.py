@@ -28,9 +28,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ..flower.node_auth import fleet_auth_headers, flower_public_key
 from ..proto.bench_fleet_pb2 import Message, Metadata, ObjectTree, RecordDict
 
-PUBLIC_KEY_HEADER = "flwr-public-key"
-TIMESTAMP_HEADER = "flwr-timestamp"
-SIGNATURE_HEADER = "flwr-signature"
 SUPERLINK_NODE_ID = 1
 """The node id Flower gives the SuperLink (ServerApp) side of every message."""
 HEARTBEAT_INTERVAL = 30.0
