@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import Iterable
 
 from . import fleet
@@ -22,7 +22,8 @@ _RETRYABLE_HTTP = frozenset({502, 503, 504})
 
 
 def new_message_id() -> str:
-    return uuid.uuid4().hex
+    """128 random bits in hex, as ``uuid4().hex`` but without building a UUID on every call."""
+    return os.urandom(16).hex()
 
 
 def now_ms() -> int:

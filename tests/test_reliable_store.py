@@ -7,8 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.exceptions import ConfigError
+from gateway.reliable import dedup_key
 from gateway.reliable.protocol import Cached, Execute, ReceiverProtocol, Refuse, RetryPolicy
 from gateway.reliable.store import (
     DedupStore,
@@ -125,3 +128,16 @@ def test_sqlite_errors_after_open_are_dedup_store_errors(tmp_path: Path) -> None
     store.close()
     with pytest.raises(DedupStoreError):
         store.get("a")
+
+
+@given(st.text(), st.text(), st.text(), st.text())
+def test_dedup_keys_of_different_scopes_and_ids_never_collide(
+    scope_a: str, id_a: str, scope_b: str, id_b: str
+) -> None:
+    assert (dedup_key(scope_a, id_a) == dedup_key(scope_b, id_b)) == (
+        (scope_a, id_a) == (scope_b, id_b)
+    )
+    # Nested, as the relay scopes by site and job.
+    assert dedup_key(dedup_key("site-1", "job/a"), "m") != dedup_key(
+        dedup_key("site-1/job", "a"), "m"
+    )

@@ -85,6 +85,12 @@ def test_identity_comes_from_cn_and_ou(tmp_path: Path) -> None:
     # A CA certificate has no role (OU): it identifies no participant.
     with pytest.raises(AuthError, match="organizational unit"):
         peer_from_pem(cert_pem(ca.cert))
+    # Parsed peers are cached by certificate bytes; refusals are not cached.
+    assert peer_from_pem(cert_pem(cert)) is peer
+    with pytest.raises(AuthError, match="organizational unit"):
+        peer_from_pem(cert_pem(ca.cert))
+    other, _ = ca.issue("site-8", Role.SITE)
+    assert peer_from_pem(cert_pem(other)).name == "site-8"
 
 
 def test_private_keys_are_owner_only(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import aiohttp
 import grpc
 import grpc.aio
+from yarl import URL
 
 from .. import fleet
 from ..envelope import gateway_reply, header_pairs, upstream_reply
@@ -65,6 +66,14 @@ class HttpUpstream(Upstream):
             ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
         )
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, URL] = {}
+        """Parsed once per Fleet method (the dispatcher lets only those through)."""
+
+    def _url(self, method: str) -> URL:
+        url = self._urls.get(method)
+        if url is None:
+            url = self._urls[method] = URL(self._base + fleet.http_path_for(method), encoded=True)
+        return url
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -79,10 +88,9 @@ class HttpUpstream(Upstream):
             headers = fleet.grpc_headers_to_http(headers)
         request_headers = [(n, v.decode("latin-1")) for n, v in headers if n != "content-type"]
         request_headers.append(("content-type", fleet.PROTOBUF_MEDIA_TYPE))
-        url = self._base + fleet.http_path_for(envelope.method)
         try:
             async with self._client().post(
-                url,
+                self._url(envelope.method),
                 data=envelope.body,
                 headers=request_headers,
                 timeout=aiohttp.ClientTimeout(total=timeout),
