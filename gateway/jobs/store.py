@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from ..exceptions import JobError
+from ..proto.control_pb2 import JobInfo
 
 SUBMITTED = "submitted"
 DISPATCHED = "dispatched"
@@ -58,6 +59,25 @@ class JobRecord:
     @property
     def ended(self) -> bool:
         return self.state in FINAL_STATES
+
+
+def job_info(record: JobRecord) -> JobInfo:
+    """The record as the summary that the admin API and the other relays see."""
+    return JobInfo(
+        job_id=record.job_id,
+        name=record.name,
+        state=record.state,
+        reason=record.reason,
+        sites=list(record.sites),
+        submitted_by=record.submitted_by,
+        created=record.created,
+        updated=record.updated,
+        run_id=record.run_id,
+        round=record.round,
+        rounds=record.rounds,
+        result_json=record.result_json,
+        run_config=record.run_config,
+    )
 
 
 _SCHEMA = """
@@ -123,6 +143,13 @@ class JobStore:
                 f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE job_id = ?", (job_id,)
             ).fetchone()
         return None if row is None else self._record(row)
+
+    def require(self, job_id: str) -> JobRecord:
+        """The job's record; the error tells the operator how to find the right id."""
+        record = self.get(job_id)
+        if record is None:
+            raise JobError(f"no job {job_id!r}; `flgate job list` shows the jobs")
+        return record
 
     def list(self) -> list[JobRecord]:
         with self._lock:
