@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
@@ -47,7 +48,11 @@ from gateway.transport.redis_protocol import (
     parse_reply,
     parse_request,
 )
-from gateway.transport.redis_transport import RedisTransportClient, RedisTransportServer
+from gateway.transport.redis_transport import (
+    RedisTransportClient,
+    RedisTransportServer,
+    redis_connection,
+)
 
 from .redis_server import RedisPKI, RedisServers, redis_pki, redis_servers  # noqa: F401
 
@@ -496,6 +501,28 @@ async def test_transport_errors_are_translated(plain: Env, redis_servers: RedisS
 
     with pytest.raises(DeadlineError):  # no relay reads the stream
         await plain.client().send(ctl(), timeout=0.3)
+
+
+async def test_rediss_pool_shares_one_context_that_trusts_the_federation_only(
+    redis_servers: RedisServers,  # noqa: F811
+    redis_pki: RedisPKI,  # noqa: F811
+) -> None:
+    site = redis_pki.federation.sites["site-1"]
+    client = redis_connection(parse_url(redis_servers.tls.url), site)
+    try:
+        # More connections than one: each concurrent command takes its own.
+        await asyncio.gather(*(client.ping() for _ in range(8)))
+        pool = client.connection_pool
+        contexts = {id(c.ssl_context.get()) for c in pool._available_connections}  # type: ignore[attr-defined]
+        assert len(pool._available_connections) > 1 and len(contexts) == 1
+        context = pool._available_connections[0].ssl_context.get()  # type: ignore[attr-defined]
+        # Only the federation's root: no system CA could vouch for a Redis server.
+        assert [ca["subject"] for ca in context.get_ca_certs()] == [
+            ca["subject"]
+            for ca in ssl.create_default_context(cafile=str(site.ca_cert)).get_ca_certs()
+        ]
+    finally:
+        await client.aclose()
 
 
 # -- the entry parser, fuzzed ---------------------------------------------------
