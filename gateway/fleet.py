@@ -36,6 +36,17 @@ DEFAULT_CALL_BUDGET = 25.0
 _SHORT_CALL_BUDGETS = {"SendNodeHeartbeat": 4.0}
 
 
+REPLAYED_NOT_CACHED = frozenset({"PullObject"})
+"""Fleet methods the relay runs again on a retry instead of keeping their reply.
+
+A PullObject reads a content-addressed object, so running it twice returns
+the same bytes (only Flower's traffic counter sees the second read, as when a
+SuperNode retries directly). Keeping these replies would write every model
+that crosses the relay into its dedup store: 5 MiB per call, about 20 ms of
+the relay's event loop each, and gigabytes of disk while replies live.
+"""
+
+
 def call_budget(method: str) -> float:
     """Seconds the gateway may spend on ``method``, retries included."""
     return _SHORT_CALL_BUDGETS.get(method, DEFAULT_CALL_BUDGET)

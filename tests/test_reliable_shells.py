@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.envelope import gateway_reply, make_envelope, upstream_reply
+from gateway.envelope import gateway_reply, make_envelope, now_ms, upstream_reply
 from gateway.exceptions import (
     AuthError,
     ConnectError,
@@ -23,7 +23,10 @@ from gateway.exceptions import (
     GatewayError,
     TransportError,
 )
+from gateway.identity import Peer, Role
 from gateway.proto.envelope_pb2 import DIALECT_HTTP, ORIGIN_GATEWAY, Envelope, Reply
+from gateway.relay.dispatcher import Dispatcher
+from gateway.relay.lgc import Upstream
 from gateway.relay.server import Relay
 from gateway.reliable import (
     GiveUp,
@@ -431,4 +434,47 @@ async def test_the_relay_keeps_a_durable_dedup_store_even_when_it_is_empty(
     assert len(store) == 0
     relay = Relay(listen_urls=["grpcs://127.0.0.1:0"], tls=federation.relay, dedup_store=store)
     assert relay.dispatcher.receiver.protocol._store is store
+    store.close()
+
+
+class _CountingUpstream(Upstream):
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def call(self, envelope: Envelope, *, timeout: float) -> Reply:
+        self.calls.append(envelope.method)
+        return upstream_reply(envelope.message_id, http_status=200, grpc_code=0, body=b"x" * 64)
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_object_reads_are_run_again_on_a_retry_and_never_kept(tmp_path: Path) -> None:
+    """A PullObject's reply (a 5 MiB object) is not written to the dedup store: a
+    retry reads the object again. Every other Fleet call still runs at most once."""
+    store = SqliteDedupStore(tmp_path / "dedup.db")
+    dispatcher = Dispatcher(ReliableReceiver(store), ledger=True)
+    upstream = _CountingUpstream()
+    dispatcher.add_job("job", frozenset({"site-1"}), upstream)
+    site = Peer("site-1", Role.SITE)
+
+    def envelope(method: str, message_id: str) -> Envelope:
+        return make_envelope(
+            job_id="job",
+            site="site-1",
+            method=method,
+            dialect=DIALECT_HTTP,
+            headers=[],
+            body=b"",
+            deadline_unix_ms=now_ms() + 10_000,
+            message_id=message_id,
+        )
+
+    for _ in range(2):
+        assert (await dispatcher.handle(site, envelope("PullObject", "m-1"))).http_status == 200
+        assert (await dispatcher.handle(site, envelope("PushMessages", "m-2"))).http_status == 200
+    assert upstream.calls == ["PullObject", "PushMessages", "PullObject"]
+    assert len(store) == 1  # PushMessages' reply only
+    assert dispatcher.stats.ledger == {"m-2": 1}
+    assert dispatcher.stats.forwarded["job"] == 3 and dispatcher.stats.replayable == 2
     store.close()

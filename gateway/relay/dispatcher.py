@@ -44,7 +44,10 @@ class DispatchStats:
 
     forwarded: Counter[str] = field(default_factory=Counter)
     ledger: Counter[str] | None = None
-    """Executions per message id, kept only when asked for (tests, audits)."""
+    """Executions per message id of calls run at most once, kept only when asked
+    for (tests, audits); calls in ``fleet.REPLAYED_NOT_CACHED`` are not in it."""
+    replayable: int = 0
+    """Forwarded calls that a retry runs again (``fleet.REPLAYED_NOT_CACHED``)."""
     refused: Counter[str] = field(default_factory=Counter)
     received: int = 0
 
@@ -131,11 +134,17 @@ class Dispatcher:
                 envelope.message_id, 504, "the call's deadline passed before it reached the relay"
             )
 
+        timeout = min(remaining, fleet.DEFAULT_CALL_BUDGET)
+        if envelope.method in fleet.REPLAYED_NOT_CACHED:
+            self.stats.forwarded[envelope.job_id] += 1
+            self.stats.replayable += 1
+            return await route.upstream.call(envelope, timeout=timeout)
+
         def execute() -> Awaitable[Reply]:
             self.stats.forwarded[envelope.job_id] += 1
             if self.stats.ledger is not None:
                 self.stats.ledger[envelope.message_id] += 1
-            return route.upstream.call(envelope, timeout=min(remaining, fleet.DEFAULT_CALL_BUDGET))
+            return route.upstream.call(envelope, timeout=timeout)
 
         return await self.receiver.handle(
             envelope.message_id, execute, scope=dedup_key(peer.name, envelope.job_id)
