@@ -30,6 +30,7 @@ from .capacity import Capacity, join_nodes, measure_capacity
 from .fleet_client import Endpoint, FleetCallError, FleetClient, SyntheticNode, fleet_client
 from .flower_app import CHUNK_BYTES, Control, write_app
 from .latency import measure_latency
+from .memory import stream_model
 from .objects import Exchange, exchange
 from .paths import GatewayPath, Paths, gateway_paths
 from .report import BenchReport, Figure, Target
@@ -80,19 +81,19 @@ FULL = Plan(
 QUICK = Plan(
     latency_rounds=30,
     latency_warmup=5,
-    capacity_nodes=200,
-    capacity_seconds=1.5,
-    capacity_warmup=1.5,
+    capacity_nodes=50,
+    capacity_seconds=1.0,
+    capacity_warmup=1.0,
     stub_seconds=1.0,
     stub_warmup=0.5,
     object_chunks=3,
     object_repeats=1,
-    memory_chunks=10,
+    memory_chunks=20,
     run_rounds=1,
     run_model_mib=1,
-    # All at once would be quicker, but five runs picking free ports at the same
-    # time sometimes collide (a SuperNode then dies with "address already in use").
-    runs_concurrent=False,
+    # All at once: about a minute instead of five half-minute runs. A port that
+    # another run took first is picked again (see gateway.flower.runner).
+    runs_concurrent=True,
 )
 
 
@@ -391,20 +392,11 @@ class _Bench:
         }
 
     # --- step 5 ------------------------------------------------------------------
-    async def memory(
-        self,
-        client: FleetClient,
-        direct: Endpoint,
-        paths: Sequence[GatewayPath],
-        control: Control,
-    ) -> None:
+    async def memory(self, client: FleetClient, paths: Sequence[GatewayPath]) -> None:
         """Each gateway's relay and site peak RSS while one large model goes through.
 
-        One transport at a time, and the ServerApp builds the next large message
-        only once the last one is done with: a flwr 1.41 SuperLink that writes
-        gigabytes into its SQLite store for two messages at once fails calls with
-        "database is locked", the ServerApp's own task heartbeat among them,
-        which ends the run (with or without a gateway).
+        One transport at a time, against the constant-answer stub (see
+        :mod:`.memory`): the peak is reset just before the model's first byte.
         """
         plan = self.plan
         size_mb = plan.memory_chunks * CHUNK_BYTES / MB
@@ -425,46 +417,38 @@ class _Bench:
             f"site gateway peak RSS, {size_mb:.0f} MB model in flight",
             "MB",
         )
-        details: dict[str, object] = {"model_bytes": plan.memory_chunks * CHUNK_BYTES}
+        details: dict[str, object] = {
+            "model_bytes": plan.memory_chunks * CHUNK_BYTES,
+            "far_end": "constant-answer stub",
+        }
         all_reset = True
         node = SyntheticNode()
-        await client.join(direct, node)
-        keep_alive = asyncio.create_task(_keep_alive(client, direct, [node]))
-        try:
-            for path in paths:
-                pids = {"relay": path.relay.pid, "site": path.site.pid}
-                before = {role: proc.current_rss(pid) for role, pid in pids.items()}
-                reset = all(proc.reset_peak(pid) for pid in pids.values())
-                all_reset = all_reset and reset
-                control.send(node.node_id, plan.memory_chunks)
-                result = await exchange(
-                    client,
-                    path.endpoint,
-                    node,
-                    concurrency=MEMORY_CONCURRENCY,
-                    message_timeout=300.0,
-                    # One large message per transport: none until the next is asked for.
-                    on_message=partial(control.send, node.node_id, 0),
-                )
-                peak = {role: proc.peak_rss(pid) for role, pid in pids.items()}
-                self.notify(
-                    f"memory over {path.scheme}: relay peak {peak['relay'] / MB:.0f} MB, "
-                    f"site peak {peak['site'] / MB:.0f} MB (pull {result.pull_mb_s:.0f} MB/s, "
-                    f"push {result.push_mb_s:.0f} MB/s{_busy_note(result)})"
-                )
-                relay_row.figures[path.scheme] = Figure(None, peak["relay"] / MB)
-                site_row.figures[path.scheme] = Figure(None, peak["site"] / MB)
-                details[path.scheme] = {
-                    "rss_before": before,
-                    "peak_rss": peak,
-                    "peak_reset_at_start": reset,
-                    "exchange": vars(result),
-                }
-        finally:
-            keep_alive.cancel()
-            control.send(node.node_id, 0)
-            with contextlib.suppress(FleetCallError):  # never hide the step's own error
-                await client.leave(direct, node)
+        for path in paths:
+            pids = {"relay": path.relay.pid, "site": path.site.pid}
+            before = {role: proc.current_rss(pid) for role, pid in pids.items()}
+            reset = all(proc.reset_peak(pid) for pid in pids.values())
+            all_reset = all_reset and reset
+            result = await stream_model(
+                client,
+                path.stub_endpoint,
+                node,
+                objects=plan.memory_chunks,
+                concurrency=MEMORY_CONCURRENCY,
+            )
+            peak = {role: proc.peak_rss(pid) for role, pid in pids.items()}
+            self.notify(
+                f"memory over {path.scheme}: relay peak {peak['relay'] / MB:.0f} MB, "
+                f"site peak {peak['site'] / MB:.0f} MB (pull {result.pull_mb_s:.0f} MB/s, "
+                f"push {result.push_mb_s:.0f} MB/s)"
+            )
+            relay_row.figures[path.scheme] = Figure(None, peak["relay"] / MB)
+            site_row.figures[path.scheme] = Figure(None, peak["site"] / MB)
+            details[path.scheme] = {
+                "rss_before": before,
+                "peak_rss": peak,
+                "peak_reset_at_start": reset,
+                "streamed": vars(result),
+            }
         if not all_reset:
             relay_row.note = site_row.note = "peak since start: /proc clear_refs refused"
         self.report.details["memory"] = details
@@ -554,9 +538,9 @@ async def run_bench(options: BenchOptions, notify: Callable[[str], None]) -> Ben
                     await bench.capacity(client, direct, paths)
                     bench.rss_snapshot("capacity", paths.gateways)
                     await bench.objects(client, direct, paths.gateways, control)
-                    bench.rss_snapshot("objects", paths.gateways)
-                    await bench.memory(client, direct, paths.gateways, control)
-                    bench.rss_snapshot("memory", paths.gateways)
+                bench.rss_snapshot("objects", paths.gateways)
+                await bench.memory(client, paths.gateways)
+                bench.rss_snapshot("memory", paths.gateways)
         finally:
             await asyncio.to_thread(superlink.stop)
         await bench.whole_runs(install, workdir)

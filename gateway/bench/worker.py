@@ -24,13 +24,16 @@ from aiohttp import web
 
 from .. import fleet, logs
 from ..config import TLSConfig
+from ..proto.bench_fleet_pb2 import PullObjectResponse, PushObjectResponse
 from ..proto.envelope_pb2 import DIALECT_HTTP
 from ..relay.server import Relay
 from ..reliable import SqliteDedupStore
 from ..site.gateway import SiteGateway
+from .flower_app import CHUNK_BYTES
 
 # SendNodeHeartbeatResponse{success: true}; every other empty Fleet answer is b"".
 _HEARTBEAT_OK = b"\x08\x01"
+_STORED = PushObjectResponse(stored=True).SerializeToString()
 
 
 def _tls(args: argparse.Namespace) -> TLSConfig:
@@ -85,15 +88,28 @@ async def _site(args: argparse.Namespace) -> None:
         await gateway.aclose()
 
 
-async def _stub_answer(request: web.Request) -> web.Response:
-    await request.read()
-    body = _HEARTBEAT_OK if request.path.endswith("/send-node-heartbeat") else b""
-    return web.Response(body=body, content_type=fleet.PROTOBUF_MEDIA_TYPE)
+def _stub_answers() -> dict[str, bytes]:
+    """Fleet answer bodies by path name; a random object, so nothing on the way compresses it."""
+    an_object = PullObjectResponse(
+        object_found=True, object_available=True, object_content=os.urandom(CHUNK_BYTES)
+    )
+    return {
+        "send-node-heartbeat": _HEARTBEAT_OK,
+        "pull-object": an_object.SerializeToString(),
+        "push-object": _STORED,
+    }
 
 
 async def _stub(args: argparse.Namespace) -> None:
-    app = web.Application()
-    app.router.add_post("/v1/fleet/{name}", _stub_answer)
+    answers = _stub_answers()
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        body = answers.get(request.match_info["name"], b"")
+        return web.Response(body=body, content_type=fleet.PROTOBUF_MEDIA_TYPE)
+
+    app = web.Application(client_max_size=2 * CHUNK_BYTES)
+    app.router.add_post("/v1/fleet/{name}", answer)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     sock = socket.socket()

@@ -278,9 +278,10 @@ async def run_app(
                 flwr_run(install, spec.app_dir, flwr_home, run_config=config, on_line=on_line)
             )
             exit_code, output = await _watch(run_task, running, spec.time_limit)
+            # Up to the run's end, without the `flwr ls` that reads its status.
+            seconds = time.monotonic() - started
             run_id = run_id_from_output(output)
             status = await final_status(install, flwr_home, run_id) if run_id else None
-            seconds = time.monotonic() - started
             # Stop the Flower processes before counting, so no call is still in flight.
             await running.stop_all()
             outcome = RunOutcome(
