@@ -60,6 +60,8 @@ class Plan:
     memory_chunks: int
     run_rounds: int
     run_model_mib: int
+    run_fraction_evaluate: float
+    """0 leaves out each round's evaluation (one ClientApp start less per site and round)."""
     runs_concurrent: bool
 
 
@@ -76,21 +78,23 @@ FULL = Plan(
     memory_chunks=200,
     run_rounds=3,
     run_model_mib=100,
+    run_fraction_evaluate=1.0,
     runs_concurrent=False,
 )
 QUICK = Plan(
-    latency_rounds=30,
-    latency_warmup=5,
+    latency_rounds=20,
+    latency_warmup=3,
     capacity_nodes=50,
     capacity_seconds=1.0,
-    capacity_warmup=1.0,
+    capacity_warmup=0.75,
     stub_seconds=1.0,
     stub_warmup=0.5,
     object_chunks=3,
     object_repeats=1,
-    memory_chunks=20,
+    memory_chunks=10,
     run_rounds=1,
     run_model_mib=1,
+    run_fraction_evaluate=0.0,
     # All at once: about a minute instead of five half-minute runs. A port that
     # another run took first is picked again (see gateway.flower.runner).
     runs_concurrent=True,
@@ -470,6 +474,7 @@ class _Bench:
             ["direct", *schemes],
             rounds=plan.run_rounds,
             model_mib=plan.run_model_mib,
+            fraction_evaluate=plan.run_fraction_evaluate,
             concurrent=plan.runs_concurrent,
             notify=self.notify,
         )
@@ -477,7 +482,8 @@ class _Bench:
         row = self.report.row(
             "run.seconds",
             "3 whole run",
-            f"{plan.run_rounds} rounds, 2 sites, {plan.run_model_mib} MiB model",
+            f"{plan.run_rounds} rounds, 2 sites, {plan.run_model_mib} MiB model"
+            + ("" if plan.run_fraction_evaluate else ", no evaluation"),
             "s",
             show_added=True,
             target=Target("ratio_max", 1.05, "<= 1.05x direct"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from ..exceptions import JobError
@@ -37,6 +38,7 @@ async def _one(
     *,
     rounds: int,
     model_mib: int,
+    fraction_evaluate: float,
 ) -> WholeRun:
     mode: Mode = "direct" if path == "direct" else "gateway"
     outcome: RunOutcome = await run_app(
@@ -45,7 +47,11 @@ async def _one(
         workdir=workdir / f"run-{path}",
         install=install,
         sites=SITES,
-        run_config={"num-server-rounds": rounds, "model-mib": model_mib},
+        run_config={
+            "num-server-rounds": rounds,
+            "model-mib": model_mib,
+            "fraction-evaluate": fraction_evaluate,
+        },
         transport="grpcs" if path == "direct" else path,
     )
     if not outcome.ok:
@@ -64,25 +70,28 @@ async def measure_runs(
     *,
     rounds: int,
     model_mib: int,
+    fraction_evaluate: float,
     concurrent: bool,
     notify: Callable[[str], None],
 ) -> list[WholeRun]:
     """One run per path (``direct`` or a scheme), one after another or all at once."""
     spec = JobSpec.load(job_dir)
+    one = partial(
+        _one,
+        spec,
+        install,
+        workdir,
+        rounds=rounds,
+        model_mib=model_mib,
+        fraction_evaluate=fraction_evaluate,
+    )
     if concurrent:
         notify(f"whole runs: {', '.join(paths)} at the same time")
-        return list(
-            await asyncio.gather(
-                *(
-                    _one(spec, install, workdir, p, rounds=rounds, model_mib=model_mib)
-                    for p in paths
-                )
-            )
-        )
+        return list(await asyncio.gather(*(one(p) for p in paths)))
     results = []
     for path in paths:
         notify(f"whole run: {path} ({rounds} rounds, {model_mib} MiB model)")
-        result = await _one(spec, install, workdir, path, rounds=rounds, model_mib=model_mib)
+        result = await one(path)
         notify(f"whole run: {path} took {result.seconds:.1f} s")
         results.append(result)
     return results

@@ -63,7 +63,7 @@ def main(grid: Grid, context: Context) -> None:
 
     strategy = OrderedFedAvg(
         fraction_train=float(cfg["fraction-train"]),
-        fraction_evaluate=1.0,
+        fraction_evaluate=float(cfg.get("fraction-evaluate", 1.0)),
         min_train_nodes=min_nodes,
         min_evaluate_nodes=min_nodes,
         min_available_nodes=min_nodes,
