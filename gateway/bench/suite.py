@@ -2,8 +2,8 @@
 
 Latency, capacity, objects and memory share one SuperLink, the bench's Flower
 run, and one relay and one site-gateway process per transport. The whole runs
-come last with processes of their own, once those are stopped, so that no idle
-process of the earlier steps shares the CPU with them. The report lists the
+come last with processes of their own, once those are stopped: one after
+another in the full bench, all at once with ``--quick``. The report lists the
 figures in the brief's order: latency, objects, whole run, capacity, memory.
 """
 
@@ -35,7 +35,7 @@ from .objects import Exchange, exchange
 from .paths import GatewayPath, Paths, gateway_paths
 from .report import BenchReport, Figure, Target
 from .stats import percentile
-from .wholerun import measure_runs
+from .wholerun import RunKnobs, WholeRun, measure_runs
 
 MB = 1e6
 OBJECT_CONCURRENCY = (1, 8)
@@ -62,11 +62,12 @@ class Plan:
     run_model_mib: int
     run_fraction_evaluate: float
     """0 leaves out each round's evaluation (one ClientApp start less per site and round)."""
-    runs_concurrent: bool
+    runs_together: bool
+    """Whole runs all at once (quicker, indicative) instead of one after another."""
 
 
 FULL = Plan(
-    latency_rounds=150,
+    latency_rounds=100,
     latency_warmup=10,
     capacity_nodes=200,
     capacity_seconds=4.0,
@@ -79,7 +80,7 @@ FULL = Plan(
     run_rounds=3,
     run_model_mib=100,
     run_fraction_evaluate=1.0,
-    runs_concurrent=False,
+    runs_together=False,
 )
 QUICK = Plan(
     latency_rounds=20,
@@ -95,9 +96,9 @@ QUICK = Plan(
     run_rounds=1,
     run_model_mib=1,
     run_fraction_evaluate=0.0,
-    # All at once: about a minute instead of five half-minute runs. A port that
-    # another run took first is picked again (see gateway.flower.runner).
-    runs_concurrent=True,
+    # All at once (see wholerun.measure_runs). A port that another run took
+    # first is picked again (see gateway.flower.runner).
+    runs_together=True,
 )
 
 
@@ -460,41 +461,79 @@ class _Bench:
     # --- step 3 ---------------------------------------------------------------
     async def whole_runs(self, install: FlowerInstall, workdir: Path) -> None:
         plan = self.plan
-        schemes = self.report.transports
-        how = "at the same time" if plan.runs_concurrent else "one after another"
+        paths = ["direct", *self.report.transports]
+        how = "at the same time" if plan.runs_together else "one after another"
         self.notify(
             f"whole runs: {self.options.job_dir.name} (2 sites, {plan.run_rounds} "
-            f"rounds, {plan.run_model_mib} MiB model), direct and over {len(schemes)} "
-            f"transports, {how}"
+            f"rounds, {plan.run_model_mib} MiB model), direct and over "
+            f"{len(paths) - 1} transports, {how}"
         )
         runs = await measure_runs(
             self.options.job_dir,
             install,
             workdir / "runs",
-            ["direct", *schemes],
-            rounds=plan.run_rounds,
-            model_mib=plan.run_model_mib,
-            fraction_evaluate=plan.run_fraction_evaluate,
-            concurrent=plan.runs_concurrent,
+            paths,
+            RunKnobs(plan.run_rounds, plan.run_model_mib, plan.run_fraction_evaluate),
+            together=plan.runs_together,
             notify=self.notify,
         )
+        self._run_rows(runs)
+
+    def _run_rows(self, runs: Sequence[WholeRun]) -> None:
+        plan = self.plan
         by_path = {r.path: r.seconds for r in runs}
         row = self.report.row(
             "run.seconds",
             "3 whole run",
             f"{plan.run_rounds} rounds, 2 sites, {plan.run_model_mib} MiB model"
-            + ("" if plan.run_fraction_evaluate else ", no evaluation"),
+            + ("" if plan.run_fraction_evaluate else ", no evaluation")
+            + ", submission to end",
             "s",
             show_added=True,
             target=Target("ratio_max", 1.05, "<= 1.05x direct"),
-            note="all runs at once, indicative" if plan.runs_concurrent else "",
+            note="all runs at once, indicative" if plan.runs_together else "",
         )
-        for scheme in schemes:
+        for scheme in self.report.transports:
             row.figures[scheme] = Figure(by_path["direct"], by_path[scheme])
         self.report.details["runs"] = [vars(r) for r in runs]
 
 
 _STEP_ORDER = {"1 latency": 0, "2 objects": 1, "3 whole run": 2, "4 capacity": 3, "5 memory": 4}
+
+
+async def _steps(
+    bench: _Bench, options: BenchOptions, install: FlowerInstall, workdir: Path
+) -> None:
+    """Latency, capacity, objects and memory: one SuperLink, one gateway per transport."""
+    notify = bench.notify
+    superlink, addresses = await launch_superlink(install, workdir / "superlink")
+    try:
+        notify(f"SuperLink at {addresses.fleet}")
+        async with (
+            gateway_paths(
+                workdir / "gateway",
+                options.transports,
+                addresses.fleet,
+                notify=notify,
+                profile_dir=options.profile_dir,
+            ) as paths,
+            fleet_client(install.version_text) as client,
+        ):
+            direct = Endpoint("direct", addresses.fleet)
+            # Submitted first: the run starts while latency and capacity are measured
+            # (its ServerApp sends nothing until the objects step names a node).
+            async with _bench_run(install, addresses.control, workdir) as control:
+                bench.rss_snapshot("start", paths.gateways)
+                await bench.latency(client, direct, paths.gateways)
+                bench.rss_snapshot("latency", paths.gateways)
+                await bench.capacity(client, direct, paths)
+                bench.rss_snapshot("capacity", paths.gateways)
+                await bench.objects(client, direct, paths.gateways, control)
+            bench.rss_snapshot("objects", paths.gateways)
+            await bench.memory(client, paths.gateways)
+            bench.rss_snapshot("memory", paths.gateways)
+    finally:
+        await asyncio.to_thread(superlink.stop)
 
 
 async def run_bench(options: BenchOptions, notify: Callable[[str], None]) -> BenchReport:
@@ -521,34 +560,8 @@ async def run_bench(options: BenchOptions, notify: Callable[[str], None]) -> Ben
     started = time.monotonic()
     async with _workdir(options.workdir, notify) as workdir:
         notify(f"flwr {install.version_text}; work directory {workdir}")
-        superlink, addresses = await launch_superlink(install, workdir / "superlink")
-        try:
-            notify(f"SuperLink at {addresses.fleet}")
-            async with (
-                gateway_paths(
-                    workdir / "gateway",
-                    options.transports,
-                    addresses.fleet,
-                    notify=notify,
-                    profile_dir=options.profile_dir,
-                ) as paths,
-                fleet_client(install.version_text) as client,
-            ):
-                direct = Endpoint("direct", addresses.fleet)
-                # Submitted first: the run starts while latency and capacity are measured
-                # (its ServerApp sends nothing until the objects step names a node).
-                async with _bench_run(install, addresses.control, workdir) as control:
-                    bench.rss_snapshot("start", paths.gateways)
-                    await bench.latency(client, direct, paths.gateways)
-                    bench.rss_snapshot("latency", paths.gateways)
-                    await bench.capacity(client, direct, paths)
-                    bench.rss_snapshot("capacity", paths.gateways)
-                    await bench.objects(client, direct, paths.gateways, control)
-                bench.rss_snapshot("objects", paths.gateways)
-                await bench.memory(client, paths.gateways)
-                bench.rss_snapshot("memory", paths.gateways)
-        finally:
-            await asyncio.to_thread(superlink.stop)
+        await _steps(bench, options, install, workdir)
+        # Last, once the steps' processes are stopped: nothing else shares the CPU.
         await bench.whole_runs(install, workdir)
     report.rows.sort(key=lambda r: _STEP_ORDER.get(r.step, 99))
     report.seconds = time.monotonic() - started

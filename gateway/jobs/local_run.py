@@ -70,7 +70,10 @@ class RunOutcome:
     exit_code: int
     output: str
     seconds: float
+    """From the SuperLink's start to the run's end."""
     workdir: Path
+    run_seconds: float = 0.0
+    """From the run's submission (``flwr run``) to its end."""
     rounds_seen: int = 0
     run_id: str | None = None
     status: str | None = None
@@ -274,12 +277,13 @@ async def run_app(
             notify(Progress("start", f"{len(names)} SuperNodes started ({mode})"))
 
             flwr_home = write_flwr_home(workdir / "flwr-home", addresses.control)
+            submitted = time.monotonic()
             run_task = asyncio.create_task(
                 flwr_run(install, spec.app_dir, flwr_home, run_config=config, on_line=on_line)
             )
             exit_code, output = await _watch(run_task, running, spec.time_limit)
             # Up to the run's end, without the `flwr ls` that reads its status.
-            seconds = time.monotonic() - started
+            ended = time.monotonic()
             run_id = run_id_from_output(output)
             status = await final_status(install, flwr_home, run_id) if run_id else None
             # Stop the Flower processes before counting, so no call is still in flight.
@@ -289,7 +293,8 @@ async def run_app(
                 job_id=job_id,
                 exit_code=exit_code,
                 output=output,
-                seconds=seconds,
+                seconds=ended - started,
+                run_seconds=ended - submitted,
                 workdir=workdir,
                 rounds_seen=rounds_seen,
                 run_id=run_id,
