@@ -15,14 +15,14 @@ import time
 from dataclasses import dataclass
 
 from .fleet_client import Endpoint, FleetClient, SyntheticNode
-from .objects import run_limited
+from .objects import TransferRates, run_limited
 
 RUN_ID = 1
 """Any run id: the stub does not look."""
 
 
 @dataclass(frozen=True)
-class Streamed:
+class Streamed(TransferRates):
     """What one pass moved and how long each direction took."""
 
     objects: int
@@ -30,14 +30,6 @@ class Streamed:
     pull_seconds: float
     push_bytes: int
     push_seconds: float
-
-    @property
-    def pull_mb_s(self) -> float:
-        return self.pull_bytes / self.pull_seconds / 1e6
-
-    @property
-    def push_mb_s(self) -> float:
-        return self.push_bytes / self.push_seconds / 1e6
 
 
 async def stream_model(

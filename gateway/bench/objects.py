@@ -32,8 +32,25 @@ _BUSY_ATTEMPTS = 30
 _BUSY_PAUSE = 1.0
 
 
+class TransferRates:
+    """MB/s of both directions, for the records of a transfer."""
+
+    pull_bytes: int
+    pull_seconds: float
+    push_bytes: int
+    push_seconds: float
+
+    @property
+    def pull_mb_s(self) -> float:
+        return self.pull_bytes / self.pull_seconds / 1e6
+
+    @property
+    def push_mb_s(self) -> float:
+        return self.push_bytes / self.push_seconds / 1e6
+
+
 @dataclass(frozen=True)
-class Exchange:
+class Exchange(TransferRates):
     """What one exchange moved and how long each direction took."""
 
     path: str
@@ -48,14 +65,6 @@ class Exchange:
     """PullObject answers 'not yet available' (the ServerApp still uploading)."""
     busy_retries: int = 0
     """Calls repeated because the SuperLink failed them while busy (see ``_Busy``)."""
-
-    @property
-    def pull_mb_s(self) -> float:
-        return self.pull_bytes / self.pull_seconds / 1e6
-
-    @property
-    def push_mb_s(self) -> float:
-        return self.push_bytes / self.push_seconds / 1e6
 
 
 async def run_limited(
