@@ -36,10 +36,9 @@ from ..proto.control_pb2 import (
     ShipLogsRequest,
     ShipLogsResponse,
     SiteInfo,
-    SiteJob,
     SubmitJobRequest,
 )
-from ..relay.board import Board, Report
+from ..relay.board import Board
 from .archive import unpack_app
 from .board_exchange import BoardExchange
 from .execution import JobRunner, RouteTable
@@ -155,7 +154,7 @@ class JobManager:
 
     def sites(self) -> list[SiteInfo]:
         """Every known site: online or not, and the active jobs it is in."""
-        seen = self._last_seen()
+        seen = self._sites.last_seen()
         names = set(seen) | set(self._known_sites or ())
         active = [j for j in self.job_list() if j.state in ACTIVE_STATES]
         now = time.time()
@@ -201,7 +200,7 @@ class JobManager:
             shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
             raise
         sites = sorted(set(request.sites))
-        known = self._known_sites if self._known_sites is not None else set(self._last_seen())
+        known = self._known_sites if self._known_sites is not None else set(self._sites.last_seen())
         if sites:
             unknown = [s for s in sites if s not in known]
             if unknown:
@@ -316,16 +315,6 @@ class JobManager:
         return self._sites.ship_logs(site, request)
 
     # --- internals that tests reach for ------------------------------------------
-
-    def _last_seen(self) -> dict[str, float]:
-        return self._sites.last_seen()
-
-    def _my_tasks(self, site: str) -> list[SiteJob]:
-        return self._sites.my_tasks(site)
-
-    @property
-    def _reported(self) -> dict[str, dict[str, Report]]:
-        return self._sites.reported
 
     @property
     def _node_keys(self) -> dict[str, str]:
