@@ -134,17 +134,18 @@ class Dispatcher:
                 envelope.message_id, 504, "the call's deadline passed before it reached the relay"
             )
 
-        timeout = min(remaining, fleet.DEFAULT_CALL_BUDGET)
-        if envelope.method in fleet.REPLAYED_NOT_CACHED:
+        def forward() -> Awaitable[Reply]:
             self.stats.forwarded[envelope.job_id] += 1
+            return route.upstream.call(envelope, timeout=min(remaining, fleet.DEFAULT_CALL_BUDGET))
+
+        if envelope.method in fleet.REPLAYED_NOT_CACHED:
             self.stats.replayable += 1
-            return await route.upstream.call(envelope, timeout=timeout)
+            return await forward()
 
         def execute() -> Awaitable[Reply]:
-            self.stats.forwarded[envelope.job_id] += 1
             if self.stats.ledger is not None:
                 self.stats.ledger[envelope.message_id] += 1
-            return route.upstream.call(envelope, timeout=timeout)
+            return forward()
 
         return await self.receiver.handle(
             envelope.message_id, execute, scope=dedup_key(peer.name, envelope.job_id)
