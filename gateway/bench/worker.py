@@ -89,14 +89,14 @@ async def _site(args: argparse.Namespace) -> None:
 
 
 def _stub_answers() -> dict[str, bytes]:
-    """Fleet answer bodies by path name; a random object, so nothing on the way compresses it."""
+    """Fleet answer bodies by HTTP path; a random object, so nothing on the way compresses it."""
     an_object = PullObjectResponse(
         object_found=True, object_available=True, object_content=os.urandom(CHUNK_BYTES)
     )
     return {
-        "send-node-heartbeat": _HEARTBEAT_OK,
-        "pull-object": an_object.SerializeToString(),
-        "push-object": _STORED,
+        fleet.http_path_for("SendNodeHeartbeat"): _HEARTBEAT_OK,
+        fleet.http_path_for("PullObject"): an_object.SerializeToString(),
+        fleet.http_path_for("PushObject"): _STORED,
     }
 
 
@@ -105,7 +105,7 @@ async def _stub(args: argparse.Namespace) -> None:
 
     async def answer(request: web.Request) -> web.Response:
         await request.read()
-        body = answers.get(request.match_info["name"], b"")
+        body = answers.get(request.path, b"")
         return web.Response(body=body, content_type=fleet.PROTOBUF_MEDIA_TYPE)
 
     app = web.Application(client_max_size=2 * CHUNK_BYTES)
