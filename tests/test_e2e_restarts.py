@@ -34,6 +34,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
 async def _poll(fed: Federation, job_id: str, until: str, timeout: float = 300) -> JobInfo:
     """Poll the job until ``until`` holds ("round1" or "ended"), riding out relay outages."""
     deadline = time.monotonic() + timeout
+    last = None
     while time.monotonic() < deadline:
         admin = fed.admin()
         try:
@@ -43,12 +44,18 @@ async def _poll(fed: Federation, job_id: str, until: str, timeout: float = 300) 
         finally:
             await admin.aclose()
         if info is not None:
+            last = info
             if until == "round1" and info.round >= 1:
                 return info
             if until == "ended" and info.state in ("finished", "failed", "aborted"):
                 return info
         await asyncio.sleep(0.5)
-    raise AssertionError(f"job {job_id} never reached {until}")
+    logs = "\n".join(
+        f"--- {path.relative_to(fed.root)}:\n" + "\n".join(path.read_text().splitlines()[-15:])
+        for path in [fed.root / "relay.out", *sorted(fed.root.glob(f"site-*/jobs/{job_id}/*.log"))]
+        if path.is_file()
+    )
+    raise AssertionError(f"job {job_id} never reached {until}; last seen: {last}\n{logs}")
 
 
 async def _submit(fed: Federation) -> str:

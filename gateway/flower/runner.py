@@ -9,8 +9,11 @@ over HTTP on ``--host/--port``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import re
+import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -379,8 +382,17 @@ async def run_logs(
     )
 
 
+FLWR_COMMAND_TIMEOUT = 120.0
+"""Seconds a short ``flwr`` command (ls, log, register) may take; a SuperLink that
+hangs must not stall the job that polls it."""
+
+
 async def _flwr_output(install: FlowerInstall, flwr_home: Path, args: list[str]) -> str:
-    """What ``flwr ARGS`` prints (stdout and stderr) with a private ``FLWR_HOME``."""
+    """What ``flwr ARGS`` prints (stdout and stderr) with a private ``FLWR_HOME``.
+
+    A command that does not finish within ``FLWR_COMMAND_TIMEOUT`` is killed and
+    its output is a line saying so, which no caller parses as an answer.
+    """
     process = await asyncio.create_subprocess_exec(
         str(install.program("flwr")),
         *args,
@@ -388,6 +400,15 @@ async def _flwr_output(install: FlowerInstall, flwr_home: Path, args: list[str])
         stderr=asyncio.subprocess.STDOUT,
         stdin=asyncio.subprocess.DEVNULL,
         env=install.env(flwr_home),
+        start_new_session=True,
     )
-    out, _ = await process.communicate()
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), FLWR_COMMAND_TIMEOUT)
+    except asyncio.TimeoutError:
+        return f"flwr {args[0]}: no answer within {FLWR_COMMAND_TIMEOUT:.0f} s"
+    finally:
+        if process.returncode is None:  # timed out, or the job was cancelled meanwhile
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # and whatever it started
+            await process.wait()
     return out.decode(errors="replace")

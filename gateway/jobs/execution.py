@@ -133,7 +133,12 @@ class JobRunner:
             else None
         )
         control = record.runtime.get("control", "")
-        if superlink is None or not control or not await port_open(*_host_port(control)):
+        fleet = record.runtime.get("fleet", "")
+        if (
+            superlink is None
+            or not (control and fleet)
+            or not await port_open(*_host_port(control))
+        ):
             if superlink is not None:  # ours, but no longer serving: end it
                 await asyncio.to_thread(superlink.stop)
             self._store.update(
@@ -143,6 +148,9 @@ class JobRunner:
                 "and the job's SuperLink did not survive",
             )
             return
+        # Routed here, before the relay listens again: the sites' retries arrive
+        # the moment it does, and a 404 for this job would make Flower give up.
+        self._route(record, fleet)
         live = _LiveJob(superlink=superlink)
         self._live[record.job_id] = live
         live.task = asyncio.create_task(
@@ -183,7 +191,7 @@ class JobRunner:
         logs = job_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         flwr_home = write_flwr_home(job_dir / "flwr-home", "0.0.0.0:0")
-        routed = False
+        routed = adopted  # adopt() routed it already
         try:
             spec = JobSpec.load(job_dir / "app")
             if adopted:
@@ -201,21 +209,16 @@ class JobRunner:
                     self._install, job_dir / "superlink", tls=tls, node_auth=spec.node_auth
                 )
                 live.superlink = superlink
-            ca = self.superlink_ca(job_id)
-            self._routes.add_job(
-                job_id,
-                sites=frozenset(record.sites),
-                dialect=self._install.dialect,
-                superlink=addresses.fleet,
-                superlink_ca=ca,
-            )
-            routed = True
+                self._route(record, addresses.fleet)
+                routed = True
             if adopted and record.run_id:
                 await self._follow_adopted_run(record, addresses.control)
                 return
             assert live.superlink is not None
             flwr_home = write_flwr_home(
-                job_dir / "flwr-home", addresses.control, root_certificates=ca
+                job_dir / "flwr-home",
+                addresses.control,
+                root_certificates=self.superlink_ca(job_id),
             )
             if spec.node_auth and not adopted:  # an adopted SuperLink keeps its registrations
                 await self.register_node_keys(record, flwr_home)
@@ -303,6 +306,16 @@ class JobRunner:
         output = await run_logs(self._install, flwr_home, run_id)
         self._paths.log_path(job_id, SERVER_LOG).write_text(output + "\n")
         self._record_outcome(job_id, 0, status, output)
+
+    def _route(self, record: JobRecord, fleet: str) -> None:
+        """Send the job's Fleet calls from its sites to its SuperLink's ``fleet`` address."""
+        self._routes.add_job(
+            record.job_id,
+            sites=frozenset(record.sites),
+            dialect=self._install.dialect,
+            superlink=fleet,
+            superlink_ca=self.superlink_ca(record.job_id),
+        )
 
     def superlink_ca(self, job_id: str) -> Path | None:
         """The CA of the job's SuperLink when it serves TLS (jobs with node auth), else None."""

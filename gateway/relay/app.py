@@ -70,8 +70,10 @@ class RelayApp:
         return self.relay.ports
 
     async def start(self) -> None:
-        await self.relay.start()
+        # Jobs that outlived a restart are routed before the relay listens: the
+        # sites' retries arrive at once, and a 404 would make Flower drop a call.
         await self.manager.start()
+        await self.relay.start()
 
     async def aclose(self) -> None:
         await self.manager.aclose()

@@ -1,0 +1,122 @@
+"""A relay restarted mid-job takes its running jobs over safely.
+
+It routes a job it adopts before it listens again: the sites retry the moment
+the relay is back, and a call refused in between with 404 ("job not running on
+this relay") makes Flower drop the call, so its SuperNode gives up the round's
+reply and the job hangs until its time limit. And it follows the adopted run
+with ``flwr`` commands that cannot hang it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.flower import runner
+from gateway.flower.install import FlowerInstall
+from gateway.jobs.layout import JobPaths
+from gateway.jobs.store import FAILED, RUNNING, JobRecord, JobStore
+from gateway.relay.app import RelayApp
+
+from .conftest import Federation
+
+JOB = "job-adopted"
+
+# Stands in for the job's SuperLink: its command line names the job directory
+# (how the relay recognises its own process) and it serves the Control API port.
+_SUPERLINK = """
+import socket, sys, time
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen()
+print(s.getsockname()[1], flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def surviving_superlink(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    job_dir = JobPaths(tmp_path / "relay").job_dir(JOB)
+    (job_dir / "superlink").mkdir(parents=True)  # where its log goes
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SUPERLINK, str(job_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # as the relay starts a SuperLink: it outlives the relay
+    )
+    assert process.stdout is not None
+    with process, process.stdout:
+        port = int(process.stdout.readline())
+        yield process, port
+        process.kill()
+
+
+async def test_an_adopted_job_is_routed_before_the_relay_listens(
+    tmp_path: Path,
+    federation: Federation,
+    surviving_superlink: tuple[subprocess.Popen[str], int],
+) -> None:
+    process, control_port = surviving_superlink
+    install = FlowerInstall(tmp_path / "no-flower-here")
+    install.__dict__["version"] = (1, 41, 0)  # no `flwr --version` needed
+    app = RelayApp(
+        listen_urls=["grpcs://127.0.0.1:0"],
+        tls=federation.relay,
+        workspace=tmp_path / "relay",
+        install=install,
+    )
+    app.manager.store.add(
+        JobRecord(
+            job_id=JOB,
+            name="n",
+            state=RUNNING,
+            sites=("site-1",),
+            submitted_by="admin",
+            run_id="1",
+            runtime={
+                "superlink_pid": str(process.pid),
+                "control": f"127.0.0.1:{control_port}",
+                "fleet": "127.0.0.1:9",
+            },
+        )
+    )
+    routed_when_listening: list[str] = []
+    listen = app.relay.start
+
+    async def start_listening() -> None:
+        routed_when_listening.extend(route.job_id for route in app.relay.dispatcher.jobs())
+        await listen()
+
+    app.relay.start = start_listening  # type: ignore[method-assign]
+    try:
+        await app.start()
+    finally:
+        await app.aclose()
+    assert routed_when_listening == [JOB]
+    # Without Flower here the run cannot be followed: the job failed and was unrouted.
+    assert not list(app.relay.dispatcher.jobs())
+    store = JobStore(tmp_path / "relay" / "jobs.db")
+    try:
+        assert store.require(JOB).state == FAILED
+    finally:
+        store.close()
+
+
+async def test_a_flwr_command_that_hangs_is_killed_and_reads_as_no_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flwr = tmp_path / "bin" / "flwr"
+    flwr.parent.mkdir()
+    flwr.write_text("#!/bin/sh\nsleep 600\n")
+    flwr.chmod(0o755)
+    monkeypatch.setattr(runner, "FLWR_COMMAND_TIMEOUT", 0.5)
+    started = time.monotonic()
+    status = await runner.run_status(FlowerInstall(flwr.parent), tmp_path / "home", "1")
+    assert status is None
+    assert time.monotonic() - started < 30  # not the 600 s of the hung command
+    # (the autouse fixture checks that the hung command was killed)
