@@ -3,19 +3,23 @@
 The relay keeps its job store and its dedup store on disk and finds the job's
 SuperLink (which runs in a session of its own) again; a site's agent adopts its
 surviving SuperNode and reopens the LGS on the same port. Either way the job
-completes with the results of a run that was never interrupted.
+completes with the results of a run that was never interrupted. A SuperNode
+that dies instead fails its job at once, with the site's reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from gateway.flower.process import descendants
 from gateway.jobs.local_run import RunOutcome
 from gateway.proto.control_pb2 import JobInfo
 
@@ -103,3 +107,26 @@ async def test_site_agent_killed_mid_job_and_restarted(
     assert info.state == "finished", info
     assert json.loads(info.result_json) == runs["direct-141"].result
     assert "adopted a running SuperNode" in (federation.root / "site-1.out").read_text()
+
+
+def _supernode_of(fed: Federation, site: str) -> int:
+    """The pid of the (one) SuperNode that ``site``'s agent runs."""
+    agent = fed.sites[site]
+    found = [
+        pid
+        for pid in descendants(agent.pid)
+        if b"flower-supernode" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert len(found) == 1, found
+    return found[0]
+
+
+async def test_supernode_killed_mid_job_fails_the_job_at_once(federation: Federation) -> None:
+    job_id = await _submit(federation)
+    await _poll(federation, job_id, "round1")
+    os.kill(_supernode_of(federation, "site-1"), signal.SIGKILL)
+    killed = time.monotonic()
+    info = await _poll(federation, job_id, "ended", timeout=120)
+    print(f"job {info.state} {time.monotonic() - killed:.1f} s after its SuperNode was killed")
+    assert info.state == "failed", info
+    assert info.reason.startswith("a site failed during the run: site-1: supernode exited"), info

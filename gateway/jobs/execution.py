@@ -4,7 +4,9 @@ For each job the runner starts a SuperLink on a free loopback port with its own
 database, routes the job's Fleet calls to it, waits until every site of the job runs
 its SuperNode, submits the app with ``flwr run`` (with a private ``FLWR_HOME``),
 follows it to the end and stops everything. A SuperLink that outlived a relay restart
-is adopted and its run followed to the end.
+is adopted and its run followed to the end. A site that reports a failure while the
+run goes on (its SuperNode exited) fails the job at once: Flower would wait for that
+node's replies until the job's time limit.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from ..exceptions import ConfigError, JobError
 from ..flower.install import FlowerInstall
@@ -43,6 +45,8 @@ from .spec import JobSpec, parse_run_config
 from .store import ABORTED, DISPATCHED, FAILED, FINISHED, RUNNING, JobRecord, JobStore
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class RouteTable(Protocol):
@@ -212,7 +216,10 @@ class JobRunner:
                 self._route(record, addresses.fleet)
                 routed = True
             if adopted and record.run_id:
-                await self._follow_adopted_run(record, addresses.control)
+                await unless_raised(
+                    self._until_a_site_fails(record),
+                    self._follow_adopted_run(record, addresses.control),
+                )
                 return
             assert live.superlink is not None
             flwr_home = write_flwr_home(
@@ -252,8 +259,15 @@ class JobRunner:
 
             try:
                 exit_code, output = await asyncio.wait_for(
-                    flwr_run(
-                        self._install, spec.app_dir, flwr_home, run_config=config, on_line=on_line
+                    unless_raised(
+                        self._until_a_site_fails(record),
+                        flwr_run(
+                            self._install,
+                            spec.app_dir,
+                            flwr_home,
+                            run_config=config,
+                            on_line=on_line,
+                        ),
                     ),
                     timeout=record.time_limit,
                 )
@@ -357,11 +371,9 @@ class JobRunner:
         """Return once every site of the job runs its SuperNode; raise if one cannot."""
         deadline = time.monotonic() + self._site_start_timeout
         while True:
+            if failed := self._failed_sites(record):
+                raise JobError(f"a site could not start the job: {failed}")
             states = {s: self._sites.state(record.job_id, s) for s in record.sites}
-            failed = {s: st for s, st in states.items() if st is not None and st.state == "failed"}
-            if failed:
-                detail = "; ".join(f"{s}: {st.detail}" for s, st in failed.items())
-                raise JobError(f"a site could not start the job: {detail}")
             if all(st is not None and st.state == "running" for st in states.values()):
                 return
             if time.monotonic() > deadline:
@@ -373,6 +385,41 @@ class JobRunner:
             self._changed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), 1.0)
+
+    async def _until_a_site_fails(self, record: JobRecord) -> None:
+        """Return never; raise once a site of the running job reports a failure."""
+        while True:
+            if failed := self._failed_sites(record):
+                raise JobError(f"a site failed during the run: {failed}")
+            self._changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), 1.0)
+
+    def _failed_sites(self, record: JobRecord) -> str:
+        """What the job's sites that report a failure said ("" when none does)."""
+        states = {s: self._sites.state(record.job_id, s) for s in record.sites}
+        return "; ".join(
+            f"{site}: {state.detail}"
+            for site, state in states.items()
+            if state is not None and state.state == "failed"
+        )
+
+
+async def unless_raised(watch: Awaitable[None], work: Awaitable[T]) -> T:
+    """``work``'s result, unless ``watch`` raises first: then ``work`` is cancelled
+    and ``watch``'s error raised. Neither outlives the call."""
+    work_task = asyncio.ensure_future(work)
+    watch_task = asyncio.ensure_future(watch)
+    try:
+        await asyncio.wait({work_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
+        if work_task.done():
+            return work_task.result()
+        watch_task.result()
+        raise RuntimeError("the watch ended without an error")
+    finally:
+        for task in (work_task, watch_task):
+            task.cancel()
+        await asyncio.gather(work_task, watch_task, return_exceptions=True)
 
 
 _EXCEPTION_RE = re.compile(r"^\s*[\w.]+(?:Error|Exception): ")

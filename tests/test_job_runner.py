@@ -1,14 +1,15 @@
-"""A relay restarted mid-job takes its running jobs over safely.
+"""The job runner's guards against jobs that hang until their time limit.
 
-It routes a job it adopts before it listens again: the sites retry the moment
-the relay is back, and a call refused in between with 404 ("job not running on
-this relay") makes Flower drop the call, so its SuperNode gives up the round's
-reply and the job hangs until its time limit. And it follows the adopted run
-with ``flwr`` commands that cannot hang it.
+A relay restarted mid-job routes a job it adopts before it listens again: the
+sites retry the moment the relay is back, and a call refused in between with
+404 ("job not running on this relay") makes Flower drop the call, so its
+SuperNode gives up the round's reply. It follows the adopted run with ``flwr``
+commands that cannot hang it. And a run stops at once when a site fails.
 """
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -17,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway.exceptions import JobError
 from gateway.flower import runner
 from gateway.flower.install import FlowerInstall
+from gateway.jobs.execution import unless_raised
 from gateway.jobs.layout import JobPaths
 from gateway.jobs.store import FAILED, RUNNING, JobRecord, JobStore
 from gateway.relay.app import RelayApp
@@ -120,3 +123,41 @@ async def test_a_flwr_command_that_hangs_is_killed_and_reads_as_no_answer(
     assert status is None
     assert time.monotonic() - started < 30  # not the 600 s of the hung command
     # (the autouse fixture checks that the hung command was killed)
+
+
+async def _fail_after(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+    raise JobError("site-2: supernode exited")
+
+
+async def _answer_after(seconds: float, cancelled: list[bool]) -> str:
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        cancelled.append(True)
+        raise
+    return "done"
+
+
+async def test_a_run_ends_with_the_watch_error_and_is_cancelled_when_a_site_fails() -> None:
+    cancelled: list[bool] = []
+    with pytest.raises(JobError, match="site-2"):
+        await unless_raised(_fail_after(0.01), _answer_after(60, cancelled))
+    assert cancelled == [True]
+
+
+async def test_a_run_that_ends_first_gives_its_result_and_stops_the_watch() -> None:
+    watch = asyncio.ensure_future(_fail_after(60))
+    assert await unless_raised(watch, _answer_after(0.01, [])) == "done"
+    assert watch.cancelled()
+
+
+async def test_cancelling_the_caller_cancels_the_run_and_the_watch() -> None:
+    cancelled: list[bool] = []
+    watch = asyncio.ensure_future(_fail_after(60))
+    caller = asyncio.ensure_future(unless_raised(watch, _answer_after(60, cancelled)))
+    await asyncio.sleep(0.01)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert cancelled == [True] and watch.cancelled()
