@@ -17,6 +17,8 @@ from gateway.flower.install import FlowerInstall
 
 REPO = Path(__file__).resolve().parent.parent
 FLWR_GRPC_VERSION = "1.39.0"
+FLWR_GRPC_LOCK = REPO / "requirements" / "flwr139.txt"
+"""Its dependencies, locked as for the dev extra (``scripts/refresh-locks`` refreshes both)."""
 
 
 def flwr141() -> FlowerInstall:
@@ -32,7 +34,8 @@ def flwr139() -> FlowerInstall:
         if not (venv / "bin" / "flower-superlink").exists():
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
             subprocess.run(
-                [str(venv / "bin" / "pip"), "install", "-q", f"flwr=={FLWR_GRPC_VERSION}"],
+                [str(venv / "bin" / "pip"), "install", "-q", "-c", str(FLWR_GRPC_LOCK)]
+                + [f"flwr=={FLWR_GRPC_VERSION}"],
                 check=True,
             )
     return FlowerInstall.find(venv / "bin")
