@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from gateway.config import TLSConfig
-from gateway.identity import Role
-from gateway.jobs.local_run import RunOutcome, run_app
-from gateway.jobs.spec import JobSpec
+from gateway.control.jobs.spec import JobSpec
+from gateway.core.config import TLSConfig
+from gateway.core.identity import Role
+from gateway.harness.local_run import RunOutcome, run_app
 from gateway.provisioning.certs import CertificateAuthority, write_participant
 from gateway.provisioning.kit import load_kit
 from gateway.provisioning.project import Project

@@ -22,10 +22,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.admin import AdminClient
-from gateway.config import TLSConfig
+from gateway.control.admin import AdminClient
+from gateway.core.config import TLSConfig
+from gateway.core.identity import AdminRole
 from gateway.flower.process import free_port
-from gateway.identity import AdminRole
 from gateway.proto.control_pb2 import JobInfo
 from gateway.provisioning.certs import CertificateAuthority
 from gateway.provisioning.kit import load_kit

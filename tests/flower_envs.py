@@ -34,8 +34,14 @@ def flwr139() -> FlowerInstall:
         if not (venv / "bin" / "flower-superlink").exists():
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
             subprocess.run(
-                [str(venv / "bin" / "pip"), "install", "-q", "-c", str(FLWR_GRPC_LOCK)]
-                + [f"flwr=={FLWR_GRPC_VERSION}"],
+                [
+                    str(venv / "bin" / "pip"),
+                    "install",
+                    "-q",
+                    "-c",
+                    str(FLWR_GRPC_LOCK),
+                    f"flwr=={FLWR_GRPC_VERSION}",
+                ],
                 check=True,
             )
     return FlowerInstall.find(venv / "bin")

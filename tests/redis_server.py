@@ -1,6 +1,6 @@
 """Redis fixtures for tests: a plain and a TLS redis-server, and a PKI for them.
 
-The servers come from :mod:`gateway.testing.redis_server`; a test is skipped
+The servers come from :mod:`gateway.harness.redis_server`; a test is skipped
 when redis-server is not installed. Other test modules
 reuse the fixtures by importing them::
 
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import TLSConfig
-from gateway.identity import Role
+from gateway.core.config import TLSConfig
+from gateway.core.identity import Role
+from gateway.harness.redis_server import RedisServer
+from gateway.harness.redis_server import running_redis as running_redis_server
+from gateway.harness.redis_server import start_redis as start_redis_server
 from gateway.provisioning.certs import CertificateAuthority, write_participant
-from gateway.testing.redis_server import RedisServer
-from gateway.testing.redis_server import running_redis as running_redis_server
-from gateway.testing.redis_server import start_redis as start_redis_server
 
 from .conftest import Federation
 

@@ -10,23 +10,24 @@ from typing import Any
 import pytest
 
 from gateway.cli import main
-from gateway.compare import (
-    CompareReport,
-    compare_summaries,
-    report_dict,
-    validate_transport,
-    write_reports,
-)
-from gateway.exceptions import ConfigError
-from gateway.jobs.local_run import COMPLETED, RunOutcome
-from gateway.jobs.results import (
+from gateway.control.jobs.results import (
+    COMPLETED,
     SOURCE_FLOWER_LOG,
     WHAT_TO_PRINT,
     RunSummary,
-    summarize,
     summary_from_log,
     summary_from_result,
 )
+from gateway.core.exceptions import ConfigError
+from gateway.harness.compare import (
+    CompareReport,
+    compare_summaries,
+    report_dict,
+    summarize,
+    validate_transport,
+    write_reports,
+)
+from gateway.harness.local_run import RunOutcome
 
 from .conftest import QUICKSTART
 

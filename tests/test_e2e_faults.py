@@ -12,9 +12,10 @@ import asyncio
 
 import pytest
 
-from gateway.jobs.local_run import COMPLETED, RunOutcome, run_app
-from gateway.jobs.spec import JobSpec
-from gateway.testing.faultproxy import FaultConfig
+from gateway.control.jobs.results import COMPLETED
+from gateway.control.jobs.spec import JobSpec
+from gateway.harness.faultproxy import FaultConfig
+from gateway.harness.local_run import RunOutcome, run_app
 
 from .conftest import QUICKSTART
 from .flower_envs import flwr141

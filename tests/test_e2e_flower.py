@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.jobs.local_run import COMPLETED, RunOutcome
+from gateway.control.jobs.results import COMPLETED
+from gateway.harness.local_run import RunOutcome
 
 from .conftest import GATEWAY_TRANSPORTS, gateway_run
 from .procs import processes_touching, wait_until_gone

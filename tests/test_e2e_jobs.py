@@ -19,10 +19,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.exceptions import ConfigError, JobError
+from gateway.control.jobs.store import JobStore
+from gateway.core.exceptions import ConfigError, JobError
 from gateway.flower.process import port_open
-from gateway.jobs.local_run import RunOutcome
-from gateway.jobs.store import JobStore
+from gateway.harness.local_run import RunOutcome
 from gateway.proto.control_pb2 import JobInfo
 from gateway.proto.envelope_pb2 import DIALECT_HTTP
 from gateway.site.gateway import SiteGateway

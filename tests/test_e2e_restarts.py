@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from gateway.flower.process import descendants
-from gateway.jobs.local_run import RunOutcome
+from gateway.harness.local_run import RunOutcome
 from gateway.proto.control_pb2 import JobInfo
 
 from .conftest import QUICKSTART

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.admin import AdminClient
-from gateway.identity import Role
-from gateway.jobs.local_run import RunOutcome
+from gateway.control.admin import AdminClient
+from gateway.core.identity import Role
+from gateway.harness.local_run import RunOutcome
+from gateway.harness.redis_server import RedisServer
 from gateway.provisioning.certs import write_participant
-from gateway.testing.redis_server import RedisServer
 from gateway.transport.base import parse_url
-from gateway.transport.redis_transport import redis_connection
+from gateway.transport.redis.transport import redis_connection
 
 from .conftest import QUICKSTART
 from .federation import Federation, until_state, wait_online

@@ -25,11 +25,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import TLSConfig
-from gateway.control_client import control_call
-from gateway.envelope import make_envelope, now_ms
-from gateway.exceptions import AuthError, ConnectError
-from gateway.identity import AdminRole, Role
+from gateway.control.client import control_call
+from gateway.core.config import TLSConfig
+from gateway.core.envelope import make_envelope, now_ms
+from gateway.core.exceptions import AuthError, ConnectError
+from gateway.core.identity import AdminRole, Role
 from gateway.proto.control_pb2 import (
     ListJobsRequest,
     ListJobsResponse,

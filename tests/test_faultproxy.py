@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 
-from gateway.identity import Role
-from gateway.provisioning.certs import CertificateAuthority, cert_pem, key_pem
-from gateway.testing.faultproxy import (
+from gateway.core.identity import Role
+from gateway.harness.faultproxy import (
     ChunkDecision,
     Direction,
     Fault,
@@ -24,6 +23,7 @@ from gateway.testing.faultproxy import (
     FaultProxy,
     FaultSchedule,
 )
+from gateway.provisioning.certs import CertificateAuthority, cert_pem, key_pem
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from gateway import fleet
+from gateway.core import fleet
 
 
 @pytest.mark.parametrize(

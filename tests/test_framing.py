@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.exceptions import FrameTooLargeError
+from gateway.core.exceptions import FrameTooLargeError
 from gateway.transport.framing import (
     HEADER,
     MAGIC,

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.exceptions import JobError
+from gateway.control.jobs.execution import unless_raised
+from gateway.control.jobs.layout import JobPaths
+from gateway.control.jobs.store import FAILED, RUNNING, JobRecord, JobStore
+from gateway.control.relay_app import RelayApp
+from gateway.core.exceptions import JobError
 from gateway.flower import runner
 from gateway.flower.install import FlowerInstall
-from gateway.jobs.execution import unless_raised
-from gateway.jobs.layout import JobPaths
-from gateway.jobs.store import FAILED, RUNNING, JobRecord, JobStore
-from gateway.relay.app import RelayApp
 
 from .conftest import Federation
 

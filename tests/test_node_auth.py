@@ -23,14 +23,17 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from gateway.envelope import make_envelope, now_ms, upstream_reply
-from gateway.exceptions import ConfigError, JobError
+from gateway.control.jobs.manager import JobManager
+from gateway.control.jobs.spec import JobSpec
+from gateway.control.jobs.store import DISPATCHED, JobRecord
+from gateway.core.config import LoopbackTLS
+from gateway.core.envelope import make_envelope, now_ms, upstream_reply
+from gateway.core.exceptions import ConfigError, JobError
 from gateway.flower.install import FlowerInstall
 from gateway.flower.node_auth import (
     PUBLIC_KEY_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
-    LoopbackTLS,
     fingerprint,
     fleet_auth_headers,
     flower_public_key,
@@ -42,9 +45,6 @@ from gateway.flower.node_auth import (
     write_loopback_tls,
 )
 from gateway.flower.runner import write_flwr_home
-from gateway.jobs.manager import JobManager
-from gateway.jobs.spec import JobSpec
-from gateway.jobs.store import DISPATCHED, JobRecord
 from gateway.proto.control_pb2 import PollTasksRequest
 from gateway.proto.envelope_pb2 import (
     DIALECT_GRPC,
@@ -56,7 +56,7 @@ from gateway.proto.envelope_pb2 import (
     Reply,
 )
 from gateway.relay.lgc import upstream_for
-from gateway.site.lgs import create_lgs
+from gateway.site.gateway import create_lgs
 
 
 @pytest.fixture

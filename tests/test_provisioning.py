@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.cli import main
-from gateway.envelope import make_envelope, now_ms
-from gateway.exceptions import AuthError, ConfigError
-from gateway.identity import AdminRole, Peer, Role, peer_from_certificate
+from gateway.core.envelope import make_envelope, now_ms
+from gateway.core.exceptions import AuthError, ConfigError
+from gateway.core.identity import AdminRole, Peer, Role, peer_from_certificate
 from gateway.proto.envelope_pb2 import DIALECT_HTTP, KIND_AGENT, Envelope
 from gateway.provisioning import manifest
 from gateway.provisioning.certs import CertificateAuthority, cert_pem, key_pem
@@ -37,7 +37,7 @@ from gateway.provisioning.revocation import (
 )
 from gateway.provisioning.workspace import ProvisioningWorkspace, provision_local
 from gateway.relay.dispatcher import Dispatcher
-from gateway.transport.redis_protocol import CertificateChecker
+from gateway.transport.redis.protocol import CertificateChecker
 
 from .flower_envs import REPO
 

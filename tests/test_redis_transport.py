@@ -24,19 +24,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.exceptions import ResponseError
 
-from gateway.config import Limits, TLSConfig
-from gateway.exceptions import (
+from gateway.core.config import Limits, TLSConfig
+from gateway.core.exceptions import (
     AuthError,
     ConfigError,
     ConnectError,
     DeadlineError,
     FrameTooLargeError,
 )
-from gateway.identity import Peer, Role
+from gateway.core.identity import Peer, Role
 from gateway.proto.envelope_pb2 import KIND_AGENT, ORIGIN_UPSTREAM, Envelope, Reply
 from gateway.provisioning.certs import cert_pem
 from gateway.transport import connect, parse_url
-from gateway.transport.redis_protocol import (
+from gateway.transport.redis.protocol import (
     CertificateChecker,
     EntryError,
     Layout,
@@ -48,7 +48,7 @@ from gateway.transport.redis_protocol import (
     parse_reply,
     parse_request,
 )
-from gateway.transport.redis_transport import (
+from gateway.transport.redis.transport import (
     RedisTransportClient,
     RedisTransportServer,
     redis_connection,

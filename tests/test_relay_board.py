@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.exceptions import AuthError, ProtocolError
-from gateway.identity import Role
+from gateway.control.board import BoardView, RedisBoard, Share, newest, seal, unseal
+from gateway.core.exceptions import AuthError, ProtocolError
+from gateway.core.identity import Role
 from gateway.proto.control_pb2 import JobInfo, SiteJob, SiteJobState
 from gateway.provisioning.certs import CertificateAuthority, write_participant
-from gateway.relay.board import BoardView, RedisBoard, Share, newest, seal, unseal
-from gateway.transport.redis_protocol import CertificateChecker, Signer
+from gateway.transport.redis.protocol import CertificateChecker, Signer
 
 from .redis_server import RedisPKI, RedisServers, redis_pki, redis_servers  # noqa: F401
 

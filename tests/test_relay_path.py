@@ -16,8 +16,8 @@ import grpc.aio
 import pytest
 from aiohttp import web
 
-from gateway.config import TLSConfig
-from gateway.envelope import make_envelope, now_ms
+from gateway.core.config import TLSConfig
+from gateway.core.envelope import make_envelope, now_ms
 from gateway.proto.envelope_pb2 import DIALECT_GRPC, DIALECT_HTTP, ORIGIN_GATEWAY
 from gateway.proto.grpc_adapter_pb2 import AdapterContainer
 from gateway.relay.server import Relay
@@ -265,7 +265,7 @@ async def test_grpc_dialect_rere_and_adapter(path: Path_) -> None:
 async def test_oversized_request_gets_a_clear_error_and_the_lgs_keeps_serving(
     federation: Federation,
 ) -> None:
-    from gateway.config import Limits
+    from gateway.core.config import Limits
 
     site = SiteGateway(
         name="site-1",

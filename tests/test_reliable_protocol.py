@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.exceptions import ConfigError
+from gateway.core.exceptions import ConfigError
 from gateway.reliable.protocol import (
     Cached,
     Execute,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.envelope import gateway_reply, make_envelope, now_ms, upstream_reply
-from gateway.exceptions import (
+from gateway.core.envelope import gateway_reply, make_envelope, now_ms, upstream_reply
+from gateway.core.exceptions import (
     AuthError,
     ConnectError,
     DeadlineError,
@@ -23,7 +23,7 @@ from gateway.exceptions import (
     GatewayError,
     TransportError,
 )
-from gateway.identity import Peer, Role
+from gateway.core.identity import Peer, Role
 from gateway.proto.envelope_pb2 import DIALECT_HTTP, ORIGIN_GATEWAY, Envelope, Reply
 from gateway.relay.dispatcher import Dispatcher
 from gateway.relay.lgc import Upstream

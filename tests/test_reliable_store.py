@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.exceptions import ConfigError
+from gateway.core.exceptions import ConfigError
 from gateway.reliable import dedup_key
 from gateway.reliable.protocol import Cached, Execute, ReceiverProtocol, Refuse, RetryPolicy
 from gateway.reliable.store import (

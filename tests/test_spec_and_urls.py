@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import TLSConfig
-from gateway.exceptions import AuthError, ConfigError
-from gateway.identity import Role, peer_from_pem
-from gateway.jobs.spec import JobSpec, parse_run_config
+from gateway.control.jobs.spec import JobSpec, parse_run_config
+from gateway.core.config import TLSConfig
+from gateway.core.exceptions import AuthError, ConfigError
+from gateway.core.identity import Role, peer_from_pem
 from gateway.provisioning.certs import CertificateAuthority, cert_pem
 from gateway.transport import parse_url, schemes
 from gateway.transport.base import connect

@@ -19,15 +19,15 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import Limits, TLSConfig
-from gateway.exceptions import (
+from gateway.core.config import Limits, TLSConfig
+from gateway.core.exceptions import (
     AuthError,
     ConfigError,
     ConnectError,
     DeadlineError,
     FrameTooLargeError,
 )
-from gateway.identity import Peer, Role
+from gateway.core.identity import Peer, Role
 from gateway.proto.envelope_pb2 import ORIGIN_GATEWAY, ORIGIN_UPSTREAM, Envelope, Reply
 from gateway.transport import TransportClient, TransportServer, connect, listen, parse_url
 from gateway.transport.common import client_ssl_context, frame_limit, server_ssl_context

@@ -20,8 +20,8 @@ from typing import TypeVar
 import aiohttp
 from google.protobuf.message import Message as ProtoMessage
 
-from .. import fleet
-from ..exceptions import GatewayError
+from ..core import fleet
+from ..core.exceptions import GatewayError
 from ..proto.bench_fleet_pb2 import (
     ActivateNodeRequest,
     ActivateNodeResponse,

@@ -21,12 +21,12 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import TLSConfig
-from ..exceptions import ConfigError, ProcessError
+from ..core.config import TLSConfig
+from ..core.exceptions import ConfigError, ProcessError
+from ..core.identity import Role
 from ..flower.process import ManagedProcess
-from ..identity import Role
+from ..harness.redis_server import RedisServer, start_redis
 from ..provisioning.certs import CertificateAuthority, write_participant
-from ..testing.redis_server import RedisServer, start_redis
 from ..transport import schemes
 from .fleet_client import Endpoint
 

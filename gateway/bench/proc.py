@@ -11,7 +11,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from ..exceptions import GatewayError
+from ..core.exceptions import GatewayError
 
 
 def _status_kib(pid: int, field: str) -> int:

@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from statistics import median
 
-from ..exceptions import ConfigError
+from ..core.exceptions import ConfigError
 from ..flower.install import FlowerInstall
 from ..flower.runner import flwr_run, launch_superlink, write_flwr_home
 from ..proto.envelope_pb2 import DIALECT_HTTP

@@ -1,7 +1,7 @@
 """Whole Flower runs, directly and through the gateway: what an operator waits for.
 
 The bundled ``jobs/quickstart-numpy`` app (2 sites) with its ``model-mib``
-knob, run with :func:`gateway.jobs.local_run.run_app`; the gateway runs keep
+knob, run with :func:`gateway.harness.local_run.run_app`; the gateway runs keep
 the relay and site gateways in the bench's process, as ``flgate demo`` does.
 The time is from the run's submission (``flwr run``) to its end: SuperLinks
 and SuperNodes are long-lived in production, a run is what an operator waits
@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..exceptions import JobError
+from ..control.jobs.spec import JobSpec
+from ..core.exceptions import JobError
 from ..flower.install import FlowerInstall
-from ..jobs.local_run import Mode, RunOutcome, run_app
-from ..jobs.spec import JobSpec
+from ..harness.local_run import Mode, RunOutcome, run_app
 
 SITES = 2
 

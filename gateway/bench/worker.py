@@ -22,8 +22,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .. import fleet, logs
-from ..config import TLSConfig
+from ..core import fleet, logs
+from ..core.config import TLSConfig
 from ..proto.bench_fleet_pb2 import PullObjectResponse, PushObjectResponse
 from ..proto.envelope_pb2 import DIALECT_HTTP
 from ..relay.server import Relay

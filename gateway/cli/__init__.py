@@ -8,10 +8,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .. import __version__, logs
-from ..demo import DemoOptions, default_job_dir, run_demo
-from ..exceptions import ConfigError, GatewayError
-from ..jobs.spec import parse_run_config
+from .. import __version__
+from ..control.jobs.spec import parse_run_config
+from ..core import logs
+from ..core.exceptions import ConfigError, GatewayError
+from ..harness.demo import DemoOptions, default_job_dir, run_demo
 from ..transport import schemes
 from . import bench_cmd, compare_cmd, job_cmd, provision_cmd, serve_cmd
 from .common import (

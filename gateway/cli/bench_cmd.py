@@ -12,7 +12,7 @@ from typing import TextIO
 from ..bench.paths import check_schemes, default_schemes
 from ..bench.report import BenchReport, render, write_json
 from ..bench.suite import BenchOptions, run_bench
-from ..demo import default_job_dir
+from ..harness.demo import default_job_dir
 from ..transport import schemes
 from .common import EXIT_GATEWAY_ERROR, EXIT_OK, run
 

@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 
 from cryptography import x509
 
-from ..config import Limits, MiB, TLSConfig
-from ..exceptions import ConfigError
-from ..identity import Role
+from ..core.config import Limits, MiB, TLSConfig
+from ..core.exceptions import ConfigError
+from ..core.identity import Role
 from ..provisioning.kit import Kit, load_kit
 
 EXIT_OK = 0

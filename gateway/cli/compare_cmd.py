@@ -8,7 +8,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from ..compare import (
+from ..control.jobs.spec import parse_run_config
+from ..core.exceptions import ConfigError
+from ..harness.compare import (
     TABLE_HEADER,
     CompareOptions,
     CompareReport,
@@ -16,9 +18,7 @@ from ..compare import (
     table_rows,
     write_reports,
 )
-from ..exceptions import ConfigError
-from ..jobs.local_run import Progress
-from ..jobs.spec import parse_run_config
+from ..harness.local_run import Progress
 from ..transport import schemes
 from .common import EXIT_JOB_FAILED, EXIT_OK, run
 

@@ -15,9 +15,9 @@ from typing import TypeVar
 
 from google.protobuf.json_format import MessageToDict
 
-from ..admin import AdminClient
-from ..identity import Role
-from ..jobs.store import FINAL_STATES, FINISHED
+from ..control.admin import AdminClient
+from ..control.jobs.store import FINAL_STATES, FINISHED
+from ..core.identity import Role
 from ..proto.control_pb2 import JobInfo
 from .common import EXIT_JOB_FAILED, EXIT_OK, add_tls_options, relay_from, run, tls_from
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from cryptography import x509
 
-from ..exceptions import ConfigError
-from ..identity import AdminRole
+from ..core.exceptions import ConfigError
+from ..core.identity import AdminRole
 from ..provisioning.kit import KitError, load_kit
 from ..provisioning.project import Project
 from ..provisioning.revocation import REASONS, parse_crl

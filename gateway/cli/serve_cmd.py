@@ -9,12 +9,12 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from ..exceptions import ConfigError
+from ..control.relay_app import RelayApp
+from ..control.site_agent import SiteAgent
+from ..core.exceptions import ConfigError
+from ..core.identity import Role
 from ..flower.install import FlowerInstall
-from ..identity import Role
 from ..provisioning.kit import Kit
-from ..relay.app import RelayApp
-from ..site.agent import SiteAgent
 from .common import (
     EXIT_OK,
     add_limit_options,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from ..exceptions import ConfigError
+from ..core.exceptions import ConfigError
 from ..proto.envelope_pb2 import DIALECT_GRPC, DIALECT_HTTP, Dialect
 
 # flwr 1.40 moved the Fleet API from gRPC to protobuf over HTTP.

@@ -25,15 +25,15 @@ import datetime as dt
 import hashlib
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..exceptions import ConfigError
-from ..identity import Role
+from ..core.config import LoopbackTLS
+from ..core.exceptions import ConfigError
+from ..core.identity import Role
 from ..provisioning.certs import CertificateAuthority, cert_pem, key_pem, write_private
 
 PRIVATE_KEY_FILE = "flower-node.key"
@@ -158,26 +158,6 @@ def fleet_auth_headers(
         TIMESTAMP_HEADER: timestamp,
         SIGNATURE_HEADER: base64.b64encode(sign_timestamp(key, timestamp)).decode("ascii"),
     }
-
-
-@dataclass(frozen=True)
-class LoopbackTLS:
-    """Certificate files of a server that Flower reaches over TLS on loopback."""
-
-    ca_cert: Path
-    cert: Path
-    key: Path
-
-    @classmethod
-    def in_directory(cls, directory: Path) -> LoopbackTLS:
-        return cls(
-            ca_cert=directory / "ca.pem",
-            cert=directory / "server.crt",
-            key=directory / "server.key",
-        )
-
-    def exists(self) -> bool:
-        return all(p.is_file() for p in (self.ca_cert, self.cert, self.key))
 
 
 def write_loopback_tls(directory: Path, *, name: str) -> LoopbackTLS:

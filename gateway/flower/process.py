@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from ..exceptions import ProcessError
+from ..core.exceptions import ProcessError
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from ..exceptions import ProcessError
+from ..core.config import LoopbackTLS
+from ..core.exceptions import ProcessError
 from ..proto.envelope_pb2 import DIALECT_GRPC
 from .install import FlowerInstall
-from .node_auth import LoopbackTLS
 from .process import ManagedProcess, free_port
 
 LOOPBACK = "127.0.0.1"

@@ -1,7 +1,7 @@
 """Issue X.509 certificates from a federation root CA (ECDSA P-256).
 
 Every participant's certificate carries its name as CN and its role as OU (see
-:mod:`gateway.identity`); an admin's also carries its admin role as ``title``.
+:mod:`gateway.core.identity`); an admin's also carries its admin role as ``title``.
 Server certificates (the relay) also carry the DNS names and IP addresses that
 sites dial, as subject alternative names.
 """
@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ..config import TLSConfig
-from ..exceptions import ConfigError
-from ..identity import AdminRole, Role
+from ..core.config import TLSConfig
+from ..core.exceptions import ConfigError
+from ..core.identity import AdminRole, Role
 
 DEFAULT_VALIDITY = dt.timedelta(days=365)
 

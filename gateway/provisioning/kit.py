@@ -27,9 +27,9 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..config import TLSConfig
-from ..exceptions import AuthError, ConfigError
-from ..identity import AdminRole, Role, peer_from_certificate
+from ..core.config import TLSConfig
+from ..core.exceptions import AuthError, ConfigError
+from ..core.identity import AdminRole, Role, peer_from_certificate
 from . import manifest
 from .certs import CertificateAuthority, cert_pem, key_pem, write_private
 from .project import Project

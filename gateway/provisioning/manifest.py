@@ -24,7 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..exceptions import ConfigError
+from ..core.exceptions import ConfigError
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"

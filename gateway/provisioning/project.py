@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from ..exceptions import ConfigError
-from ..identity import AdminRole
+from ..core.exceptions import ConfigError
+from ..core.identity import AdminRole
 
 SCHEMES = ("grpcs", "https", "tcps", "rediss", "redis")
 """Transports a relay can offer: mutual TLS, or Redis with signed entries."""

@@ -22,9 +22,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..config import TLSConfig
-from ..exceptions import ConfigError
-from ..identity import Peer
+from ..core.config import TLSConfig
+from ..core.exceptions import ConfigError
+from ..core.identity import Peer
 from .certs import CertificateAuthority
 
 log = logging.getLogger(__name__)

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import yaml
 
-from ..exceptions import ConfigError
-from ..identity import AdminRole, Role
+from ..core.exceptions import ConfigError
+from ..core.identity import AdminRole, Role
 from .certs import CertificateAuthority, cert_pem, key_pem, write_private
 from .kit import CRL_FILE, write_crl, write_kit
 from .project import SCHEMES, AdminSpec, Project, SiteSpec

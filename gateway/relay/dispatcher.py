@@ -15,9 +15,9 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from .. import fleet
-from ..envelope import gateway_reply, now_ms
-from ..identity import Peer, Role
+from ..core import fleet
+from ..core.envelope import gateway_reply, now_ms
+from ..core.identity import Peer, Role
 from ..proto.envelope_pb2 import KIND_FLEET, Envelope, Reply
 from ..reliable import MemoryDedupStore, ReliableReceiver, dedup_key
 from .lgc import Upstream

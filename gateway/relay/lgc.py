@@ -24,8 +24,8 @@ import grpc
 import grpc.aio
 from yarl import URL
 
-from .. import fleet
-from ..envelope import gateway_reply, header_pairs, upstream_reply
+from ..core import fleet
+from ..core.envelope import gateway_reply, header_pairs, upstream_reply
 from ..proto.envelope_pb2 import DIALECT_GRPC, DIALECT_HTTP, Envelope, Reply
 
 log = logging.getLogger(__name__)

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..config import Limits, TLSConfig
-from ..exceptions import ConfigError
+from ..core.config import Limits, TLSConfig
+from ..core.exceptions import ConfigError
 from ..proto.envelope_pb2 import Dialect
 from ..reliable import DedupStore, MemoryDedupStore, ReliableReceiver
 from ..transport import TransportServer, listen
-from ..transport.redis_transport import RedisTransportServer
+from ..transport.redis.transport import RedisTransportServer
 from .dispatcher import Dispatcher, RevocationCheck
 from .lgc import upstream_for
 

@@ -22,14 +22,7 @@ from .protocol import (
 )
 from .receiver import ReliableReceiver, dedup_key, reached_upstream
 from .sender import GiveUpError, ReliableSender
-from .store import (
-    DedupStore,
-    DedupStoreError,
-    MemoryDedupStore,
-    Record,
-    SqliteDedupStore,
-    State,
-)
+from .store import DedupStore, DedupStoreError, MemoryDedupStore, Record, SqliteDedupStore, State
 
 __all__ = [
     "DEFAULT_POLICY",

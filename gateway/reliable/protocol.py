@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal, overload
 
-from ..exceptions import ConfigError
+from ..core.exceptions import ConfigError
 from .store import DedupStore, State
 
 

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 
 from google.protobuf.message import DecodeError
 
-from ..envelope import gateway_reply
+from ..core.envelope import gateway_reply
 from ..proto.envelope_pb2 import ORIGIN_GATEWAY, Reply
 from .protocol import DEFAULT_POLICY, Cached, Execute, ReceiverProtocol, Refuse, RetryPolicy
 from .store import DedupStore, DedupStoreError

@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-from ..exceptions import AuthError, DeadlineError, FrameTooLargeError, TransportError
+from ..core.exceptions import AuthError, DeadlineError, FrameTooLargeError, TransportError
 from ..proto.envelope_pb2 import Envelope, Reply
 from ..transport import TransportClient
 from .protocol import DEFAULT_POLICY, GiveUp, Retry, RetryPolicy, SenderProtocol
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 class GiveUpError(TransportError):
     """Every attempt to deliver one request failed and the sender stopped retrying.
 
-    A :class:`~gateway.exceptions.TransportError` but not a ``DeadlineError``:
+    A :class:`~gateway.core.exceptions.TransportError` but not a ``DeadlineError``:
     the LGS answers it with 503, which the SuperNode retries with a new call.
     Chained (``from``) to the last attempt's error.
     """

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal, TypeVar
 
-from ..exceptions import ConfigError, GatewayError
+from ..core.exceptions import ConfigError, GatewayError
 
 _S = TypeVar("_S", bound="DedupStore")
 
@@ -29,7 +29,7 @@ _S = TypeVar("_S", bound="DedupStore")
 class DedupStoreError(GatewayError):
     """The dedup store could not read or write a record (disk full, file gone...).
 
-    Not part of ``gateway.exceptions`` yet; it belongs under ``GatewayError``
+    Not part of ``gateway.core.exceptions`` yet; it belongs under ``GatewayError``
     beside ``TransportError`` in that tree.
     """
 

@@ -12,9 +12,9 @@ import logging
 import time
 from collections.abc import Iterable
 
-from .. import fleet
-from ..envelope import gateway_reply, make_envelope
-from ..exceptions import AuthError, DeadlineError, FrameTooLargeError, TransportError
+from ..core import fleet
+from ..core.envelope import gateway_reply, make_envelope
+from ..core.exceptions import AuthError, DeadlineError, FrameTooLargeError, TransportError
 from ..proto.envelope_pb2 import Dialect, Reply
 from ..reliable import DEFAULT_POLICY, ReliableSender, RetryPolicy
 from ..transport import TransportClient

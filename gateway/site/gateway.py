@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from ..config import Limits, TLSConfig
-from ..flower.node_auth import LoopbackTLS
-from ..proto.envelope_pb2 import Dialect
+from ..core.config import Limits, LoopbackTLS, TLSConfig
+from ..proto.envelope_pb2 import DIALECT_GRPC, Dialect
 from ..transport import TransportClient, connect
 from .forwarder import JobForwarder
-from .lgs import LocalGatewayServer, create_lgs
+from .lgs import Forward, LocalGatewayServer
+from .lgs_grpc import GrpcLGS
+from .lgs_http import HttpLGS
 
 
 class SiteGateway:
@@ -56,3 +57,17 @@ class SiteGateway:
         for job_id in list(self._jobs):
             await self.close_job(job_id)
         await self._client.aclose()
+
+
+def create_lgs(
+    dialect: Dialect,
+    forward: Forward,
+    limits: Limits = Limits(),
+    *,
+    tls: LoopbackTLS | None = None,
+) -> LocalGatewayServer:
+    """An LGS that speaks ``dialect`` (HTTP for flwr >= 1.40, gRPC for <= 1.39), over
+    TLS with ``tls``'s certificate when given."""
+    if dialect == DIALECT_GRPC:
+        return GrpcLGS(forward, limits, tls=tls)
+    return HttpLGS(forward, limits, tls=tls)

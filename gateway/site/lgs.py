@@ -15,9 +15,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Awaitable, Callable
 
-from ..config import Limits
-from ..flower.node_auth import LoopbackTLS
-from ..proto.envelope_pb2 import DIALECT_GRPC, Dialect, Reply
+from ..proto.envelope_pb2 import Dialect, Reply
 
 Forward = Callable[[str, Dialect, list[tuple[str, bytes]], bytes], Awaitable[Reply]]
 """forward(method, dialect, headers, body) -> reply; see JobForwarder.forward."""
@@ -51,21 +49,3 @@ class LocalGatewayServer(abc.ABC):
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Stop serving."""
-
-
-def create_lgs(
-    dialect: Dialect,
-    forward: Forward,
-    limits: Limits = Limits(),
-    *,
-    tls: LoopbackTLS | None = None,
-) -> LocalGatewayServer:
-    """An LGS that speaks ``dialect`` (HTTP for flwr >= 1.40, gRPC for <= 1.39), over
-    TLS with ``tls``'s certificate when given."""
-    if dialect == DIALECT_GRPC:
-        from .lgs_grpc import GrpcLGS
-
-        return GrpcLGS(forward, limits, tls=tls)
-    from .lgs_http import HttpLGS
-
-    return HttpLGS(forward, limits, tls=tls)

@@ -15,10 +15,9 @@ import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 
-from .. import fleet
-from ..config import Limits
-from ..envelope import header_pairs
-from ..flower.node_auth import LoopbackTLS
+from ..core import fleet
+from ..core.config import Limits, LoopbackTLS
+from ..core.envelope import header_pairs
 from ..proto.envelope_pb2 import DIALECT_GRPC, Reply
 from ..proto.grpc_adapter_pb2 import AdapterContainer
 from .lgs import REFUSAL_DETAIL, Forward, LocalGatewayServer

@@ -9,10 +9,9 @@ import ssl
 
 from aiohttp import web
 
-from .. import fleet
-from ..config import Limits
-from ..envelope import header_pairs
-from ..flower.node_auth import LoopbackTLS
+from ..core import fleet
+from ..core.config import Limits, LoopbackTLS
+from ..core.envelope import header_pairs
 from ..proto.envelope_pb2 import DIALECT_HTTP, Reply
 from .lgs import REFUSAL_DETAIL, Forward, LocalGatewayServer
 

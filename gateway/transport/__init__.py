@@ -6,7 +6,6 @@ on a site and :func:`listen` on the relay.
 
 from . import grpc_transport as _grpc_transport  # noqa: F401  (registers grpcs://)
 from . import http_transport as _http_transport  # noqa: F401  (registers https://)
-from . import redis_transport as _redis_transport  # noqa: F401  (registers redis(s)://)
 from . import tcp_transport as _tcp_transport  # noqa: F401  (registers tcps://)
 from .base import (
     Handler,
@@ -18,6 +17,7 @@ from .base import (
     parse_url,
     schemes,
 )
+from .redis import transport as _redis_transport  # noqa: F401  (registers redis(s)://)
 
 __all__ = [
     "Handler",

@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from ..config import Limits, TLSConfig
-from ..exceptions import ConfigError
-from ..identity import Peer
+from ..core.config import Limits, TLSConfig
+from ..core.exceptions import ConfigError
+from ..core.identity import Peer
 from ..proto.envelope_pb2 import Envelope, Reply
 
 Handler = Callable[[Peer, Envelope], Awaitable[Reply]]
@@ -29,7 +29,7 @@ class TransportClient(abc.ABC):
     async def send(self, envelope: Envelope, *, timeout: float) -> Reply:
         """Deliver ``envelope`` and return the relay's reply.
 
-        Raises a :class:`~gateway.exceptions.TransportError` subclass when the
+        Raises a :class:`~gateway.core.exceptions.TransportError` subclass when the
         envelope could not be delivered or no reply came within ``timeout``.
         """
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import ssl
 
-from ..config import Limits, TLSConfig
-from ..exceptions import AuthError, ConfigError
-from ..identity import Peer, peer_from_pem
+from ..core.config import Limits, TLSConfig
+from ..core.exceptions import AuthError, ConfigError
+from ..core.identity import Peer, peer_from_pem
 from ..proto.envelope_pb2 import ORIGIN_GATEWAY, Envelope, Reply
 from .base import Handler
 

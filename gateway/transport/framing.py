@@ -33,7 +33,7 @@ import enum
 import struct
 from dataclasses import dataclass
 
-from ..exceptions import FrameTooLargeError
+from ..core.exceptions import FrameTooLargeError
 
 MAGIC = 0xF1
 """First byte of every frame: 0xF = flgate, 0x1 = framing version 1."""
@@ -196,7 +196,7 @@ class FrameProtocol:
     def frame(self, frame_type: FrameType, request_id: int, payload: bytes = b"") -> bytes:
         """The bytes of one frame that this side may send.
 
-        Raises :class:`~gateway.exceptions.FrameTooLargeError` for a payload
+        Raises :class:`~gateway.core.exceptions.FrameTooLargeError` for a payload
         over the limit (nothing is sent; the caller can answer otherwise) and
         ``ValueError`` for a frame this side never sends or a bad request id.
         """

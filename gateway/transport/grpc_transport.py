@@ -12,15 +12,15 @@ import logging
 import grpc
 import grpc.aio
 
-from ..config import Limits, TLSConfig
-from ..exceptions import (
+from ..core.config import Limits, TLSConfig
+from ..core.exceptions import (
     AuthError,
     ConnectError,
     DeadlineError,
     FrameTooLargeError,
     TransportError,
 )
-from ..identity import peer_from_pem
+from ..core.identity import peer_from_pem
 from ..proto import envelope_pb2_grpc
 from ..proto.envelope_pb2 import Envelope, Reply
 from . import base

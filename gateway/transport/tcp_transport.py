@@ -24,9 +24,15 @@ import ssl
 
 from google.protobuf.message import DecodeError
 
-from ..config import Limits, TLSConfig
-from ..exceptions import AuthError, ConnectError, DeadlineError, FrameTooLargeError, TransportError
-from ..identity import Peer
+from ..core.config import Limits, TLSConfig
+from ..core.exceptions import (
+    AuthError,
+    ConnectError,
+    DeadlineError,
+    FrameTooLargeError,
+    TransportError,
+)
+from ..core.identity import Peer
 from ..proto.envelope_pb2 import Envelope, Reply
 from . import base
 from .common import (

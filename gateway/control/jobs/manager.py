@@ -25,10 +25,10 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from ..exceptions import ConfigError, JobError
-from ..flower.install import FlowerInstall
-from ..identity import Peer
-from ..proto.control_pb2 import (
+from ...core.exceptions import ConfigError, JobError
+from ...core.identity import Peer
+from ...flower.install import FlowerInstall
+from ...proto.control_pb2 import (
     GetLogsResponse,
     JobInfo,
     PollTasksRequest,
@@ -38,7 +38,7 @@ from ..proto.control_pb2 import (
     SiteInfo,
     SubmitJobRequest,
 )
-from ..relay.board import Board
+from ..board import Board
 from .archive import unpack_app
 from .board_exchange import BoardExchange
 from .execution import JobRunner, RouteTable

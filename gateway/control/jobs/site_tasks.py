@@ -13,9 +13,9 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable
 
-from ..exceptions import JobError
-from ..flower.install import FlowerInstall
-from ..proto.control_pb2 import (
+from ...core.exceptions import JobError
+from ...flower.install import FlowerInstall
+from ...proto.control_pb2 import (
     PollTasksRequest,
     PollTasksResponse,
     ShipLogsRequest,
@@ -23,7 +23,7 @@ from ..proto.control_pb2 import (
     SiteJob,
     SiteJobState,
 )
-from ..relay.board import BoardView, Report, newest
+from ..board import BoardView, Report, newest
 from .layout import JobPaths
 from .store import DISPATCHED, RUNNING, JobStore
 

@@ -3,8 +3,8 @@
 The same app runs twice at the same time on this machine, with the same seeds,
 run-config and node configs: once with its SuperNodes dialing the SuperLink
 directly, once through a relay and one site gateway per site
-(:func:`gateway.jobs.local_run.run_app`). Each run's per-round metrics and final
-parameter hash are read by :mod:`gateway.jobs.results` (the app's
+(:func:`gateway.harness.local_run.run_app`). Each run's per-round metrics and final
+parameter hash are read by :mod:`gateway.control.jobs.results` (the app's
 ``FLGATE-RESULT`` line, else Flower's own log).
 :func:`compare_summaries` is pure: it lines the two up round by round and names
 the first value that differs. :func:`write_reports` writes ``report.json``,
@@ -24,12 +24,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .exceptions import ConfigError, GatewayError
-from .flower.install import FlowerInstall
-from .jobs.local_run import Mode, Progress, RunOutcome, run_app
-from .jobs.results import RunSummary, Series, summarize
-from .jobs.spec import JobSpec, RunConfigValue
-from .transport import schemes
+from ..control.jobs.results import (
+    WHAT_TO_PRINT,
+    RunSummary,
+    Series,
+    summary_from_log,
+    summary_from_result,
+)
+from ..control.jobs.spec import JobSpec, RunConfigValue
+from ..core.exceptions import ConfigError, GatewayError
+from ..flower.install import FlowerInstall
+from ..transport import schemes
+from .local_run import Mode, Progress, RunOutcome, run_app
 
 ROUNDS_KEY = "num-server-rounds"
 MODES: tuple[Mode, Mode] = ("direct", "gateway")
@@ -560,3 +566,13 @@ def write_reports(report: CompareReport, out: Path | None = None) -> list[Path]:
             log.write_text(outcome.output + "\n")
             paths.append(log)
     return paths
+
+
+def summarize(outcome: RunOutcome) -> RunSummary:
+    """The run's results; the error says what the app must print when there are none."""
+    if outcome.result is not None:
+        return summary_from_result(outcome.result)
+    summary = summary_from_log(outcome.output)
+    if summary is None:
+        raise ConfigError(f"the {outcome.mode} run reported no results: {WHAT_TO_PRINT}")
+    return summary

@@ -7,15 +7,15 @@ import socket
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..config import Limits, TLSConfig
+from ..core.config import Limits, TLSConfig
 from ..flower.install import FlowerInstall
-from ..jobs.manager import JobManager
 from ..provisioning.revocation import RevocationList, tls_ca
+from ..relay.server import Relay
 from ..reliable import SqliteDedupStore
 from ..transport.base import parse_url
 from .board import RedisBoard
-from .control import ControlService
-from .server import Relay
+from .jobs.manager import JobManager
+from .relay_api import ControlService
 
 
 class RelayApp:

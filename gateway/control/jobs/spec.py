@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from ..exceptions import ConfigError
+from ...core.exceptions import ConfigError
 
 JOB_FILE = "job.yaml"
 _KNOWN_KEYS = {"name", "min_sites", "run_config", "time_limit", "node_auth"}

@@ -10,8 +10,8 @@ import io
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from ..config import MiB
-from ..exceptions import ConfigError
+from ...core.config import MiB
+from ...core.exceptions import ConfigError
 
 MAX_APP_BYTES = 64 * MiB
 _SKIPPED_DIRS = {"__pycache__", ".git", ".mypy_cache", ".ruff_cache", ".pytest_cache"}

@@ -28,3 +28,23 @@ class TLSConfig:
     def read(self) -> tuple[bytes, bytes, bytes]:
         """Return (ca, cert, key) bytes."""
         return self.ca_cert.read_bytes(), self.cert.read_bytes(), self.key.read_bytes()
+
+
+@dataclass(frozen=True)
+class LoopbackTLS:
+    """Certificate files of a server that Flower reaches over TLS on loopback."""
+
+    ca_cert: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def in_directory(cls, directory: Path) -> LoopbackTLS:
+        return cls(
+            ca_cert=directory / "ca.pem",
+            cert=directory / "server.crt",
+            key=directory / "server.key",
+        )
+
+    def exists(self) -> bool:
+        return all(p.is_file() for p in (self.ca_cert, self.cert, self.key))

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import TLSConfig
-from .control_client import control_call
-from .jobs.archive import pack_app
-from .jobs.spec import JobSpec
-from .proto.control_pb2 import (
+from ..core.config import TLSConfig
+from ..proto.control_pb2 import (
     DownloadResponse,
     GetLogsRequest,
     GetLogsResponse,
@@ -21,8 +18,11 @@ from .proto.control_pb2 import (
     SiteInfo,
     SubmitJobRequest,
 )
-from .proto.envelope_pb2 import KIND_ADMIN
-from .transport import TransportClient, connect
+from ..proto.envelope_pb2 import KIND_ADMIN
+from ..transport import TransportClient, connect
+from .client import control_call
+from .jobs.archive import pack_app
+from .jobs.spec import JobSpec
 
 
 class AdminClient:

@@ -10,14 +10,15 @@ aggregated metrics at full precision; the legacy ``ServerApp`` logs its
 from __future__ import annotations
 
 import ast
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..exceptions import ConfigError
-from .local_run import ROUND_RE, RunOutcome
-
+ROUND_RE = re.compile(r"\[ROUND (\d+)/(\d+)\]")
+RESULT_PREFIX = "FLGATE-RESULT "
+COMPLETED = "finished:completed"
 SOURCE_RESULT = "FLGATE-RESULT"
 SOURCE_FLOWER_LOG = "flower-log"
 WHAT_TO_PRINT = (
@@ -166,11 +167,14 @@ def _legacy_history(lines: list[str]) -> dict[str, Series]:
     return metrics
 
 
-def summarize(outcome: RunOutcome) -> RunSummary:
-    """The run's results; the error says what the app must print when there are none."""
-    if outcome.result is not None:
-        return summary_from_result(outcome.result)
-    summary = summary_from_log(outcome.output)
-    if summary is None:
-        raise ConfigError(f"the {outcome.mode} run reported no results: {WHAT_TO_PRINT}")
-    return summary
+def parse_result(output: str) -> dict[str, Any] | None:
+    """The app's ``FLGATE-RESULT {json}`` summary line, if it printed one."""
+    for line in reversed(output.splitlines()):
+        index = line.find(RESULT_PREFIX)
+        if index >= 0:
+            try:
+                parsed: dict[str, Any] = json.loads(line[index + len(RESULT_PREFIX) :])
+            except ValueError:
+                return None
+            return parsed
+    return None

@@ -7,7 +7,7 @@ group, answer, then acknowledge and delete the entry. ``rediss://`` speaks TLS
 to Redis, verifies the Redis server against the federation's CA and presents
 the participant's certificate; ``redis://`` is plain TCP (loopback, tests).
 Either way, identity never comes from the connection: every entry is signed
-and checked as :mod:`.redis_protocol` describes, including every layout detail.
+and checked as :mod:`.protocol` describes, including every layout detail.
 
 Scale-out: several relays may read the same streams. Each reads ``ctl`` (unless
 ``serve_ctl=False``) and the job streams its :meth:`RedisTransportServer.serve_keys`
@@ -42,9 +42,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.typing import StreamIdT
 
-from ..config import Limits, TLSConfig
-from ..envelope import gateway_reply
-from ..exceptions import (
+from ...core.config import Limits, TLSConfig
+from ...core.envelope import gateway_reply
+from ...core.exceptions import (
     AuthError,
     ConfigError,
     ConnectError,
@@ -54,11 +54,11 @@ from ..exceptions import (
     ProtocolError,
     TransportError,
 )
-from ..identity import Peer
-from ..proto.envelope_pb2 import Envelope, Reply
-from . import base
-from .common import call_handler, certificate_refused, client_ssl_context, frame_limit
-from .redis_protocol import (
+from ...core.identity import Peer
+from ...proto.envelope_pb2 import Envelope, Reply
+from .. import base
+from ..common import call_handler, certificate_refused, client_ssl_context, frame_limit
+from .protocol import (
     CTL_KEY,
     GROUP,
     CertificateChecker,

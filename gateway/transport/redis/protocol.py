@@ -6,7 +6,7 @@ sender's certificate, a timestamp, a random nonce and an ECDSA (SHA-256)
 signature made with the participant's private key. The relay believes an entry
 only when the certificate chains to the federation's root CA and is valid now,
 the signature verifies, the timestamp is fresh and (checked against Redis by
-the I/O layer, see :mod:`.redis_transport`) the nonce was never seen before.
+the I/O layer, see :mod:`.transport`) the nonce was never seen before.
 Replies are signed the same way by the relay and checked by the site, so nobody
 else can answer a site's request.
 
@@ -56,9 +56,9 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from ..exceptions import AuthError, ConfigError, ProtocolError
-from ..identity import Peer, Role, peer_from_certificate
-from ..proto.envelope_pb2 import Envelope, Reply
+from ...core.exceptions import AuthError, ConfigError, ProtocolError
+from ...core.identity import Peer, Role, peer_from_certificate
+from ...proto.envelope_pb2 import Envelope, Reply
 
 VERSION = b"1"
 GROUP = "relays"

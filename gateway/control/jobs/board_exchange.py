@@ -12,8 +12,8 @@ import contextlib
 import logging
 import time
 
-from ..exceptions import GatewayError
-from ..relay.board import Board, Share
+from ...core.exceptions import GatewayError
+from ..board import Board, Share
 from .site_tasks import SiteTasks
 from .store import DISPATCHED, RUNNING, JobStore, job_info
 

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import TLSConfig
-from ..exceptions import ConfigError
+from ..core.config import TLSConfig
+from ..core.exceptions import ConfigError
 from ..flower.process import free_port
 
 

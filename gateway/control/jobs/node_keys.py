@@ -6,10 +6,10 @@ import asyncio
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..exceptions import ConfigError, JobError
-from ..flower.install import FlowerInstall
-from ..flower.node_auth import fingerprint, load_public_key, openssh_public_key
-from ..flower.runner import register_supernode
+from ...core.exceptions import ConfigError, JobError
+from ...flower.install import FlowerInstall
+from ...flower.node_auth import fingerprint, load_public_key, openssh_public_key
+from ...flower.runner import register_supernode
 
 
 async def register_node_keys(

@@ -27,13 +27,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..config import TLSConfig
-from ..exceptions import AuthError, ProtocolError
-from ..identity import Peer, Role
+from ..core.config import TLSConfig
+from ..core.exceptions import AuthError, ProtocolError
+from ..core.identity import Peer, Role
 from ..proto.control_pb2 import JobInfo, SiteJob, SiteJobState
 from ..transport.base import parse_url
-from ..transport.redis_protocol import CertificateChecker, Signer
-from ..transport.redis_transport import redis_connection
+from ..transport.redis.protocol import CertificateChecker, Signer
+from ..transport.redis.transport import redis_connection
 
 log = logging.getLogger(__name__)
 

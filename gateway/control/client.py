@@ -6,10 +6,10 @@ from typing import TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
-from .envelope import new_message_id, now_ms
-from .exceptions import AuthError, ConfigError, JobError, ProtocolError
-from .proto.envelope_pb2 import Envelope, Kind
-from .transport import TransportClient
+from ..core.envelope import new_message_id, now_ms
+from ..core.exceptions import AuthError, ConfigError, JobError, ProtocolError
+from ..proto.envelope_pb2 import Envelope, Kind
+from ..transport import TransportClient
 
 M = TypeVar("M", bound=Message)
 

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from ..exceptions import ConfigError, JobError
-from ..flower.install import FlowerInstall
-from ..flower.node_auth import write_loopback_tls
-from ..flower.process import ManagedProcess, port_open
-from ..flower.runner import (
+from ...core.exceptions import ConfigError, JobError
+from ...flower.install import FlowerInstall
+from ...flower.node_auth import write_loopback_tls
+from ...flower.process import ManagedProcess, port_open
+from ...flower.runner import (
     SuperLinkAddresses,
     final_status,
     flwr_run,
@@ -36,11 +36,11 @@ from ..flower.runner import (
     run_status,
     write_flwr_home,
 )
-from ..proto.control_pb2 import SiteJobState
-from ..proto.envelope_pb2 import Dialect
+from ...proto.control_pb2 import SiteJobState
+from ...proto.envelope_pb2 import Dialect
 from .layout import SERVER_LOG, SUPERLINK_LOG, JobPaths
-from .local_run import COMPLETED, ROUND_RE, parse_result
 from .node_keys import register_node_keys
+from .results import COMPLETED, ROUND_RE, parse_result
 from .spec import JobSpec, parse_run_config
 from .store import ABORTED, DISPATCHED, FAILED, FINISHED, RUNNING, JobRecord, JobStore
 

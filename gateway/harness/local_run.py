@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import json
 import logging
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -21,7 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..exceptions import JobError
+from ..control.jobs.results import COMPLETED, ROUND_RE, parse_result
+from ..control.jobs.spec import JobSpec, RunConfigValue
+from ..core.exceptions import JobError
+from ..core.identity import Role
 from ..flower.install import FlowerInstall
 from ..flower.process import ManagedProcess
 from ..flower.runner import (
@@ -32,23 +33,18 @@ from ..flower.runner import (
     run_id_from_output,
     write_flwr_home,
 )
-from ..identity import Role
 from ..provisioning.certs import write_participant
 from ..provisioning.kit import load_kit
 from ..provisioning.workspace import provision_local
 from ..relay.dispatcher import DispatchStats
 from ..relay.server import Relay
 from ..site.gateway import SiteGateway
-from ..testing.faultproxy import FaultConfig, FaultProxy
-from ..testing.redis_server import RedisServer, start_redis
-from .spec import JobSpec, RunConfigValue
+from .faultproxy import FaultConfig, FaultProxy
+from .redis_server import RedisServer, start_redis
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["direct", "gateway"]
-ROUND_RE = re.compile(r"\[ROUND (\d+)/(\d+)\]")
-RESULT_PREFIX = "FLGATE-RESULT "
-COMPLETED = "finished:completed"
 
 
 @dataclass(frozen=True)
@@ -91,19 +87,6 @@ class RunOutcome:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0 and self.status == COMPLETED
-
-
-def parse_result(output: str) -> dict[str, Any] | None:
-    """The app's ``FLGATE-RESULT {json}`` summary line, if it printed one."""
-    for line in reversed(output.splitlines()):
-        index = line.find(RESULT_PREFIX)
-        if index >= 0:
-            try:
-                parsed: dict[str, Any] = json.loads(line[index + len(RESULT_PREFIX) :])
-            except ValueError:
-                return None
-            return parsed
-    return None
 
 
 def site_names(count: int) -> list[str]:

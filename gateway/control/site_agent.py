@@ -24,12 +24,11 @@ from pathlib import Path
 
 from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 
-from ..config import Limits, TLSConfig
-from ..control_client import control_call
-from ..exceptions import ConfigError, GatewayError, ProcessError
+from ..core.config import Limits, LoopbackTLS, TLSConfig
+from ..core.exceptions import ConfigError, GatewayError, ProcessError
+from ..core.identity import Role, peer_from_pem
 from ..flower.install import FlowerInstall
 from ..flower.node_auth import (
-    LoopbackTLS,
     fingerprint,
     load_private_key,
     openssh_public_key,
@@ -37,7 +36,6 @@ from ..flower.node_auth import (
 )
 from ..flower.process import ManagedProcess
 from ..flower.runner import launch_supernode
-from ..identity import Role, peer_from_pem
 from ..proto.control_pb2 import (
     PollTasksRequest,
     PollTasksResponse,
@@ -47,7 +45,8 @@ from ..proto.control_pb2 import (
     SiteJobState,
 )
 from ..proto.envelope_pb2 import KIND_AGENT
-from .gateway import SiteGateway
+from ..site.gateway import SiteGateway
+from .client import control_call
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,9 @@ from collections.abc import Awaitable, Callable
 
 from google.protobuf.message import DecodeError, Message
 
-from ..envelope import gateway_reply
-from ..exceptions import AuthError, ConfigError, JobError
-from ..identity import AdminRole, Peer, Role
-from ..jobs.manager import JobManager, job_info
+from ..core.envelope import gateway_reply
+from ..core.exceptions import AuthError, ConfigError, JobError
+from ..core.identity import AdminRole, Peer, Role
 from ..proto.control_pb2 import (
     DownloadResponse,
     GetLogsRequest,
@@ -31,6 +30,7 @@ from ..proto.control_pb2 import (
     SubmitJobRequest,
 )
 from ..proto.envelope_pb2 import KIND_ADMIN, KIND_AGENT, Envelope, Reply
+from .jobs.manager import JobManager, job_info
 
 log = logging.getLogger(__name__)
 

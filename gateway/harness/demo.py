@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from .exceptions import ConfigError
-from .flower.install import FlowerInstall
-from .jobs.local_run import Progress, RunOutcome, run_app
-from .jobs.spec import JobSpec, RunConfigValue
-from .transport import schemes
+from ..control.jobs.spec import JobSpec, RunConfigValue
+from ..core.exceptions import ConfigError
+from ..flower.install import FlowerInstall
+from ..transport import schemes
+from .local_run import Progress, RunOutcome, run_app
 
 DEFAULT_JOB = "quickstart-numpy"
 

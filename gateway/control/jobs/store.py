@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from ..exceptions import JobError
-from ..proto.control_pb2 import JobInfo
+from ...core.exceptions import JobError
+from ...proto.control_pb2 import JobInfo
 
 SUBMITTED = "submitted"
 DISPATCHED = "dispatched"

@@ -6,15 +6,8 @@ import os
 import time
 from collections.abc import Iterable
 
+from ..proto.envelope_pb2 import ORIGIN_GATEWAY, ORIGIN_UPSTREAM, Dialect, Envelope, Header, Reply
 from . import fleet
-from .proto.envelope_pb2 import (
-    ORIGIN_GATEWAY,
-    ORIGIN_UPSTREAM,
-    Dialect,
-    Envelope,
-    Header,
-    Reply,
-)
 
 # The gateway's own failures must keep Flower's retry alive: 502/503/504 over
 # HTTP, UNAVAILABLE over gRPC. Never 401 (the SuperNode would shut down).

@@ -1,0 +1,1 @@
+"""The ``redis://`` and ``rediss://`` transport: Redis Streams with signed envelopes."""
