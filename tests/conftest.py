@@ -1,46 +1,25 @@
-"""Shared fixtures: a throw-away CA and participants' certificates."""
+"""Fixtures for every layer: a provisioned federation's certificates, real redis-servers,
+and the check that no test leaves a process running."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
-from gateway.control.jobs.spec import JobSpec
 from gateway.core.config import TLSConfig
 from gateway.core.identity import Role
-from gateway.harness.local_run import RunOutcome, run_app
 from gateway.provisioning.certs import CertificateAuthority, write_participant
 from gateway.provisioning.kit import load_kit
 from gateway.provisioning.project import Project
 from gateway.provisioning.workspace import ProvisioningWorkspace
-
-from .flower_envs import REPO, flwr139, flwr141
-from .procs import live_children, wait_until_gone
-
-QUICKSTART = REPO / "jobs" / "quickstart-numpy"
-GATEWAY_TRANSPORTS = ["grpcs", "https", "tcps", "rediss"]
-"""Every transport the end-to-end runs go through (each with a real Flower job)."""
-
-
-def gateway_run(scheme: str) -> str:
-    """Name of the flwr 1.41 run through the gateway over ``scheme`` in ``runs``."""
-    return "gateway-141" if scheme == "grpcs" else f"gateway-141-{scheme}"
-
-
-@dataclass(frozen=True)
-class Federation:
-    relay: TLSConfig
-    sites: dict[str, TLSConfig]
-    admin: TLSConfig
-    foreign_site: TLSConfig  # site-1's name, signed by another CA
+from tests.support.pki import FederationKits
+from tests.support.procs import live_children, wait_until_gone
+from tests.support.redis import RedisPKI, RedisServers, running_redis
 
 
 @pytest.fixture(scope="session")
-def federation(tmp_path_factory: pytest.TempPathFactory) -> Federation:
+def federation(tmp_path_factory: pytest.TempPathFactory) -> FederationKits:
     """Kits provisioned as `flgate provision` does, and a site of another CA."""
     root = tmp_path_factory.mktemp("pki")
     project = Project.parse(
@@ -64,7 +43,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Federation:
     foreign = write_participant(root / "foreign", other, "site-1", Role.SITE)
     # The foreign site trusts our relay's CA, so only the relay's check can refuse it.
     foreign = TLSConfig(ca_cert=relay.ca_cert, cert=foreign.cert, key=foreign.key)
-    return Federation(relay=relay, sites=sites, admin=admin, foreign_site=foreign)
+    return FederationKits(relay=relay, sites=sites, admin=admin, foreign_site=foreign)
 
 
 @pytest.fixture(autouse=True)
@@ -83,30 +62,32 @@ def no_process_left_behind() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunOutcome]:
-    """Real Flower runs of the quickstart job, concurrently: flwr 1.41 direct (3 and 2
-    rounds), flwr 1.41 through the gateway (HTTP dialect) and flwr 1.39 through the
-    gateway (gRPC dialect, one ``--grpc-rere`` and one ``--grpc-adapter`` SuperNode)."""
-    spec = JobSpec.load(QUICKSTART)
-    legacy = flwr139()
-    current = flwr141()
-    root = tmp_path_factory.mktemp("e2e")
-
-    plans: dict[str, dict[str, Any]] = {
-        "direct-141": {"mode": "direct", "install": current},
-        "direct-141-r2": {
-            "mode": "direct",
-            "install": current,
-            "run_config": {"num-server-rounds": 2},
-        },
-        "gateway-139": {"mode": "gateway", "install": legacy, "grpc_modes": ["rere", "adapter"]},
+def redis_pki(tmp_path_factory: pytest.TempPathFactory) -> RedisPKI:
+    root = tmp_path_factory.mktemp("redis-pki")
+    ca = CertificateAuthority.create("redis-test-project")
+    relay = write_participant(root / "relay", ca, "relay", Role.RELAY)
+    sites = {
+        name: write_participant(root / name, ca, name, Role.SITE) for name in ("site-1", "site-2")
     }
-    for scheme in GATEWAY_TRANSPORTS:
-        plans[gateway_run(scheme)] = {"mode": "gateway", "install": current, "transport": scheme}
+    admin = write_participant(root / "admin", ca, "admin@example.org", Role.ADMIN)
+    other = CertificateAuthority.create("other-project")
+    foreign = write_participant(root / "foreign", other, "site-1", Role.SITE)
+    foreign = TLSConfig(ca_cert=relay.ca_cert, cert=foreign.cert, key=foreign.key)
+    redis = write_participant(
+        root / "redis", ca, "redis", Role.RELAY, hosts=("127.0.0.1", "localhost")
+    )
+    federation = FederationKits(relay=relay, sites=sites, admin=admin, foreign_site=foreign)
+    return RedisPKI(federation=federation, redis=redis, ca=ca)
 
-    async def all_runs() -> list[RunOutcome]:
-        return await asyncio.gather(
-            *(run_app(spec, workdir=root / name, **plan) for name, plan in plans.items())
-        )
 
-    return dict(zip(plans, asyncio.run(all_runs()), strict=True))
+@pytest.fixture(scope="session")
+def redis_servers(
+    tmp_path_factory: pytest.TempPathFactory, redis_pki: RedisPKI
+) -> Iterator[RedisServers]:
+    """A plain and a TLS redis-server for the whole session (tests flush them)."""
+    root = tmp_path_factory.mktemp("redis")
+    with (
+        running_redis(root / "plain") as plain,
+        running_redis(root / "tls", tls=redis_pki.redis) as tls,
+    ):
+        yield RedisServers(plain=plain, tls=tls)

@@ -1,0 +1,70 @@
+"""`flgate bench --quick` end to end: every figure for every transport, as a table and JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.support.paths import REPO
+
+
+def test_quick_bench_measures_every_figure_for_every_transport(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "bench", "--quick", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=840,
+        check=False,
+    )
+    seconds = time.monotonic() - started
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr[-4000:]}"
+    payload = json.loads(out.read_text())
+    transports = payload["transports"]
+    assert {"grpcs", "https", "tcps"} <= set(transports)
+    keys = {row["key"] for row in payload["rows"]}
+    assert {
+        "latency.heartbeat.p50",
+        "latency.heartbeat.p99",
+        "latency.empty-pull.p50",
+        "latency.empty-pull.p99",
+        "objects.pull.c1",
+        "objects.pull.c8",
+        "objects.push.c1",
+        "objects.push.c8",
+        "run.seconds",
+        "capacity.calls_per_second",
+        "capacity.p99",
+        "memory.relay_peak_rss",
+        "memory.site_peak_rss",
+    } <= keys
+    for row in payload["rows"]:
+        assert set(row["results"]) == set(transports), row["key"]
+        for scheme, values in row["results"].items():
+            for name in ("direct", "gateway", "ratio"):
+                value = values[name]
+                if value is None:
+                    assert row["step"] == "5 memory" or "cpu" in row["key"], (row["key"], name)
+                    continue
+                assert math.isfinite(value) and value > 0, (row["key"], scheme, name, value)
+    # The table: a header, then one line per figure and transport.
+    table = done.stdout.splitlines()
+    header = next(line for line in table if line.startswith("step"))
+    for column in ("direct", "gateway", "ratio", "target"):
+        assert column in header
+    lines = [line.split() for line in table]
+    per_transport = [cells for cells in lines if set(cells) & set(transports)]
+    assert len(per_transport) == len(payload["rows"]) * len(transports)
+    # Progress: one line per step on stderr.
+    for step in ("latency:", "capacity:", "objects:", "memory:", "whole runs:"):
+        assert step in done.stderr, step
+    assert seconds < 840

@@ -1,0 +1,133 @@
+"""Jobs survive restarts: the relay killed with SIGKILL mid-job, then a site's agent.
+
+The relay keeps its job store and its dedup store on disk and finds the job's
+SuperLink (which runs in a session of its own) again; a site's agent adopts its
+surviving SuperNode and reopens the LGS on the same port. Either way the job
+completes with the results of a run that was never interrupted. A SuperNode
+that dies instead fails its job at once, with the site's reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.flower.process import descendants
+from gateway.harness.local_run import RunOutcome
+from gateway.proto.control_pb2 import JobInfo
+from tests.support.federation import RunningFederation, running_federation
+from tests.support.paths import QUICKSTART
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFederation]:
+    with running_federation(tmp_path_factory.mktemp("restarts"), ["site-1", "site-2"]) as fed:
+        yield fed
+
+
+async def _poll(fed: RunningFederation, job_id: str, until: str, timeout: float = 300) -> JobInfo:
+    """Poll the job until ``until`` holds ("round1" or "ended"), riding out relay outages."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        admin = fed.admin()
+        try:
+            info = await admin.get(job_id)
+        except Exception:  # the relay may be down for a moment
+            info = None
+        finally:
+            await admin.aclose()
+        if info is not None:
+            last = info
+            if until == "round1" and info.round >= 1:
+                return info
+            if until == "ended" and info.state in ("finished", "failed", "aborted"):
+                return info
+        await asyncio.sleep(0.5)
+    logs = "\n".join(
+        f"--- {path.relative_to(fed.root)}:\n" + "\n".join(path.read_text().splitlines()[-15:])
+        for path in [fed.root / "relay.out", *sorted(fed.root.glob(f"site-*/jobs/{job_id}/*.log"))]
+        if path.is_file()
+    )
+    raise AssertionError(f"job {job_id} never reached {until}; last seen: {last}\n{logs}")
+
+
+async def _submit(fed: RunningFederation) -> str:
+    admin = fed.admin()
+    try:
+        for _ in range(120):
+            if sum(s.online for s in await admin.list_sites()) >= 2:
+                break
+            await asyncio.sleep(0.5)
+        return (await admin.submit(QUICKSTART, sites=["site-1", "site-2"])).job_id
+    finally:
+        await admin.aclose()
+
+
+async def test_relay_killed_mid_job_and_restarted(
+    federation: RunningFederation, runs: dict[str, RunOutcome]
+) -> None:
+    job_id = await _submit(federation)
+    await _poll(federation, job_id, "round1")
+    port = federation.relay_port
+    federation.stop(federation.relay, signal.SIGKILL)
+    killed = time.monotonic()
+    await asyncio.sleep(2.0)
+    federation.start_relay(port=port)
+    restarted = time.monotonic()
+    info = await _poll(federation, job_id, "ended")
+    print(
+        f"relay down {restarted - killed:.1f} s; job ended {time.monotonic() - restarted:.1f} s "
+        f"after the restart"
+    )
+    assert info.state == "finished", info
+    assert json.loads(info.result_json) == runs["direct-141"].result
+    assert "adopted a running job" in (federation.root / "relay.out").read_text()
+
+
+async def test_site_agent_killed_mid_job_and_restarted(
+    federation: RunningFederation, runs: dict[str, RunOutcome]
+) -> None:
+    job_id = await _submit(federation)
+    await _poll(federation, job_id, "round1")
+    federation.stop(federation.sites["site-1"], signal.SIGKILL)
+    await asyncio.sleep(2.0)
+    federation.start_site("site-1")
+    info = await _poll(federation, job_id, "ended")
+    assert info.state == "finished", info
+    assert json.loads(info.result_json) == runs["direct-141"].result
+    assert "adopted a running SuperNode" in (federation.root / "site-1.out").read_text()
+
+
+def _supernode_of(fed: RunningFederation, site: str) -> int:
+    """The pid of the (one) SuperNode that ``site``'s agent runs."""
+    agent = fed.sites[site]
+    found = [
+        pid
+        for pid in descendants(agent.pid)
+        if b"flower-supernode" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert len(found) == 1, found
+    return found[0]
+
+
+async def test_supernode_killed_mid_job_fails_the_job_at_once(
+    federation: RunningFederation,
+) -> None:
+    job_id = await _submit(federation)
+    await _poll(federation, job_id, "round1")
+    os.kill(_supernode_of(federation, "site-1"), signal.SIGKILL)
+    killed = time.monotonic()
+    info = await _poll(federation, job_id, "ended", timeout=120)
+    print(f"job {info.state} {time.monotonic() - killed:.1f} s after its SuperNode was killed")
+    assert info.state == "failed", info
+    assert info.reason.startswith("a site failed during the run: site-1: supernode exited"), info

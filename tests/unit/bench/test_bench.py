@@ -1,0 +1,279 @@
+"""``flgate bench``: its pure parts against flwr's own code, and one --quick run end to end.
+
+The unit tests check what the synthetic SuperNode puts on the wire against
+flwr 1.41 itself (the gateway package never imports flwr; tests may), the
+arithmetic and the report. The end-to-end test runs the real command and checks
+that every figure is there, finite and positive: never the values, which
+depend on the machine.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gateway.bench.flower_app import CHUNK_BYTES, Control, write_app
+from gateway.bench.paths import default_schemes, is_secure
+from gateway.bench.report import (
+    BenchReport,
+    Figure,
+    Target,
+    render,
+    table_rows,
+    to_json,
+    write_json,
+)
+from gateway.bench.stats import percentile, ratio
+from gateway.bench.wire import (
+    NodeKey,
+    ObjectFormatError,
+    echo_reply,
+    make_object,
+    object_head,
+    object_id,
+    tree_ids,
+)
+from gateway.flower.node_auth import fleet_auth_headers
+from gateway.proto import bench_fleet_pb2 as pb
+
+# --- arithmetic -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("p", [0, 1, 25, 50, 90, 99, 100])
+def test_percentile_matches_numpy(p: float) -> None:
+    samples = [float(x) for x in np.random.default_rng(7).exponential(3.0, size=137)]
+    assert percentile(samples, p) == pytest.approx(float(np.percentile(samples, p)))
+
+
+def test_percentile_of_one_sample_and_bad_input() -> None:
+    assert percentile([4.0], 99) == 4.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def test_ratio_is_none_without_both_figures() -> None:
+    assert ratio(3.0, 2.0) == 1.5
+    assert ratio(3.0, None) is None
+    assert ratio(3.0, 0.0) is None
+
+
+# --- the wire, checked against flwr 1.41 ------------------------------------------
+
+
+def test_object_bytes_and_ids_are_flowers() -> None:
+    from flwr.app.message.arraychunk import ArrayChunk
+    from flwr.supercore.inflatable.inflatable_object import get_object_id
+
+    data = b"\x01\x02" * 1000
+    chunk = ArrayChunk(data=memoryview(data))
+    ours = make_object("ArrayChunk", [], data)
+    assert ours == chunk.deflate()
+    assert object_id(ours) == get_object_id(ours) == chunk.object_id
+    assert object_head(ours) == ("ArrayChunk", [], len(data))
+    assert object_head(make_object("Array", ["a" * 64, "b" * 64], b"x")) == (
+        "Array",
+        ["a" * 64, "b" * 64],
+        1,
+    )
+    with pytest.raises(ObjectFormatError):
+        object_head(b"no divider")
+
+
+@pytest.fixture
+def serverapp_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The identity a ServerApp process has when it makes messages (run 77, task 5)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 77)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 5)
+
+
+def _instruction() -> tuple[pb.Message, pb.ObjectTree, Any]:
+    """A flwr-made instruction message, as PullMessages hands it to a SuperNode."""
+    from flwr.app import ArrayRecord, Message, RecordDict
+    from flwr.common.serde import message_to_proto
+    from flwr.supercore.inflatable.inflatable_object import get_object_tree
+
+    blob = np.arange(6 * 1024 * 1024, dtype=np.uint8)  # two chunks
+    message = Message(
+        RecordDict({"blob": ArrayRecord([blob])}), dst_node_id=42, message_type="query"
+    )
+    message.metadata.__dict__["_message_id"] = message.object_id
+    proto = pb.Message.FromString(message_to_proto(message).SerializeToString())
+    tree = pb.ObjectTree.FromString(get_object_tree(message).SerializeToString())
+    return proto, tree, message
+
+
+@pytest.mark.usefixtures("serverapp_task")
+def test_tree_ids_are_flowers_post_order() -> None:
+    from flwr.supercore.inflatable.inflatable_object import get_object_tree, iterate_object_tree
+
+    _, tree, message = _instruction()
+    theirs = [t.object_id for t in iterate_object_tree(get_object_tree(message))]
+    assert tree_ids(tree) == theirs
+    assert tree_ids(tree)[-1] == tree.object_id
+
+
+@pytest.mark.usefixtures("serverapp_task")
+def test_echo_reply_is_the_reply_flwr_would_make() -> None:
+    """Same object bytes (so the same message id) as ``Message(msg.content, reply_to=msg)``."""
+    from flwr.app import Message
+
+    instruction, tree, message = _instruction()
+    now = time.time()
+    reply = echo_reply(instruction, tree, now=now)
+
+    theirs = Message(message.content, reply_to=message)
+    theirs.metadata.__dict__["_created_at"] = now
+    theirs.metadata.__dict__["_ttl"] = (
+        instruction.metadata.created_at + instruction.metadata.ttl - now
+    )
+    assert reply.object_bytes == theirs.deflate()
+    assert reply.message_id == theirs.object_id
+    assert [c.object_id for c in reply.tree.children] == [message.content.object_id]
+    sent = reply.message.metadata
+    assert sent.message_id == reply.message_id
+    assert sent.reply_to_message_id == instruction.metadata.message_id
+    assert (sent.src_node_id, sent.dst_node_id) == (42, 1)
+    assert reply.message.HasField("content") and not reply.message.HasField("error")
+
+
+def test_auth_headers_verify_as_the_superlink_checks_them() -> None:
+    from flwr.supercore.primitives.asymmetric import bytes_to_public_key, verify_signature
+
+    key = NodeKey()
+    at = dt.datetime.now(dt.timezone.utc)
+    headers = fleet_auth_headers(key.private_key, now=at)
+    public = base64.b64decode(headers["flwr-public-key"], validate=True)
+    assert public == key.public_key_pem
+    timestamp = headers["flwr-timestamp"]
+    assert dt.datetime.fromisoformat(timestamp) == at
+    signature = base64.b64decode(headers["flwr-signature"], validate=True)
+    assert verify_signature(bytes_to_public_key(public), timestamp.encode("ascii"), signature)
+
+
+def test_node_key_reuses_a_signature_only_within_max_age() -> None:
+    fresh = NodeKey()
+    assert fresh.headers() is not fresh.headers()  # max_age 0: signed every call
+    reused = NodeKey(max_age=60)
+    assert reused.headers() is reused.headers()
+
+
+# --- the bench's Flower app and transports ----------------------------------------
+
+
+def test_control_file_names_nodes_and_the_end(tmp_path: Path) -> None:
+    control = Control(tmp_path / "control.json")
+    assert json.loads(control.path.read_text()) == {"nodes": {}, "stop": False}
+    control.send(7, 12)
+    control.send(8, 0)
+    assert json.loads(control.path.read_text()) == {"nodes": {"7": 12, "8": 0}, "stop": False}
+    control.stop()
+    assert json.loads(control.path.read_text())["stop"] is True
+
+
+def test_bench_app_is_a_flower_app(tmp_path: Path) -> None:
+    import tomllib
+
+    app = write_app(tmp_path / "app")
+    config = tomllib.loads((app / "pyproject.toml").read_text())
+    assert config["tool"]["flwr"]["app"]["config"]["chunk-bytes"] == CHUNK_BYTES
+    for module in ("server_app.py", "client_app.py"):
+        compile((app / "flgate_bench" / module).read_text(), module, "exec")
+
+
+def test_default_transports_are_the_secure_ones() -> None:
+    known = ["grpcs", "https", "redis", "rediss", "tcps"]
+    assert [s for s in known if is_secure(s, known)] == ["grpcs", "https", "rediss", "tcps"]
+    chosen, skipped = default_schemes()
+    assert "redis" not in chosen
+    assert set(chosen) | set(skipped) >= {"grpcs", "https", "tcps", "rediss"}
+    assert chosen[:3] == ["grpcs", "https", "tcps"]
+
+
+# --- report -------------------------------------------------------------------------
+
+
+def _report() -> BenchReport:
+    report = BenchReport(quick=True, flower_version="1.41.0", transports=["grpcs", "tcps"])
+    latency = report.row(
+        "latency.heartbeat.p50",
+        "1 latency",
+        "SendNodeHeartbeat p50",
+        "ms",
+        show_added=True,
+        target=Target("added_max", 1.0, "added <= 1 ms"),
+    )
+    latency.figures = {"grpcs": Figure(8.0, 8.5), "tcps": Figure(8.0, 9.5)}
+    rss = report.row(
+        "memory.relay_peak_rss",
+        "5 memory",
+        "relay peak RSS",
+        "MB",
+        target=Target("gateway_max", 250, "<= 250 MB"),
+    )
+    rss.figures = {"grpcs": Figure(None, 120.0)}
+    return report
+
+
+def test_table_shows_both_figures_ratio_added_and_target() -> None:
+    report = _report()
+    rows = table_rows(report)
+    assert rows[0] == (
+        "1 latency",
+        "SendNodeHeartbeat p50",
+        "ms",
+        "grpcs",
+        "8.00",
+        "8.50",
+        "1.06x",
+        "+0.50",
+        "added <= 1 ms: met",
+    )
+    assert rows[1][3:] == ("tcps", "8.00", "9.50", "1.19x", "+1.50", "added <= 1 ms: MISSED")
+    assert rows[2][4:7] == ("-", "120", "-")  # no direct figure for a relay's memory
+    assert rows[3][3:6] == ("tcps", "n/a", "n/a")
+    text = render(report)
+    assert "transport" in text.splitlines()[0] and "n/a" in text
+
+
+def test_missing_figures_are_reported_and_json_is_complete() -> None:
+    report = _report()
+    assert report.missing() == ["memory.relay_peak_rss/tcps"]
+    report.rows[1].figures["tcps"] = Figure(None, float("nan"))
+    assert report.missing() == ["memory.relay_peak_rss/tcps"]
+    report.rows[1].figures["tcps"] = Figure(None, 99.0)
+    assert report.missing() == []
+    payload = json.loads(json.dumps(to_json(report)))
+    first = payload["rows"][0]["results"]["grpcs"]
+    assert first == {
+        "direct": 8.0,
+        "gateway": 8.5,
+        "ratio": 8.5 / 8.0,
+        "added": 0.5,
+        "target_met": True,
+    }
+    assert payload["rows"][1]["results"]["grpcs"]["target_met"] is True
+
+
+def test_json_has_null_where_a_figure_could_not_be_taken(tmp_path: Path) -> None:
+    report = _report()
+    report.rows[0].figures["tcps"] = Figure(8.0, float("nan"))
+    report.details["capacity"] = {"rediss": {"calls": 0, "p99": float("nan")}}
+    write_json(report, tmp_path / "bench.json")
+    payload = json.loads((tmp_path / "bench.json").read_text())
+    assert payload["rows"][0]["results"]["tcps"]["gateway"] is None
+    assert payload["rows"][0]["results"]["tcps"]["ratio"] is None
+    assert payload["details"]["capacity"]["rediss"] == {"calls": 0, "p99": None}
+    assert "memory.relay_peak_rss/tcps" in report.missing()
+    assert "latency.heartbeat.p50/tcps" in report.missing()
