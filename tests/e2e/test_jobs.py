@@ -9,6 +9,7 @@ site outside a job is refused, and an aborted job leaves nothing running.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 import shutil
@@ -202,7 +203,7 @@ async def test_site_outside_a_job_is_refused_and_aborted_job_leaves_nothing_runn
             federation.root / "site-2" / "jobs" / info.job_id,
         ):
             left = await asyncio.to_thread(
-                wait_until_gone, lambda d=directory: processes_touching(d), 30
+                wait_until_gone, functools.partial(processes_touching, directory), 30
             )
             assert not left, f"still running after abort: {left}"
         assert not await port_open(*_split(superlink_address)), "the SuperLink port is not free"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway.flower.process import descendants, process_state
@@ -43,7 +44,7 @@ def live_children() -> list[str]:
     return found
 
 
-def wait_until_gone(probe, timeout: float = 10.0) -> list[str]:  # type: ignore[no-untyped-def]
+def wait_until_gone(probe: Callable[[], list[str]], timeout: float = 10.0) -> list[str]:
     """Poll ``probe()`` until it finds nothing or ``timeout`` passes; return the last find."""
     deadline = time.monotonic() + timeout
     found = probe()

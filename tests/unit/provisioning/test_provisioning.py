@@ -306,7 +306,7 @@ def test_admin_certificate_without_a_role_is_a_member_and_a_bad_role_is_refused(
     ca = CertificateAuthority.create("roles")
     key = ec.generate_private_key(ec.SECP256R1())
 
-    def admin_cert(*extra: x509.NameAttribute) -> x509.Certificate:
+    def admin_cert(*extra: x509.NameAttribute[str]) -> x509.Certificate:
         from cryptography.hazmat.primitives import hashes
         from cryptography.x509.oid import NameOID
 
