@@ -10,14 +10,9 @@ from typing import TextIO
 
 from ..control.jobs.spec import parse_run_config
 from ..core.exceptions import ConfigError
-from ..harness.compare import (
-    TABLE_HEADER,
-    CompareOptions,
-    CompareReport,
-    compare_app,
-    table_rows,
-    write_reports,
-)
+from ..harness.compare.model import CompareReport
+from ..harness.compare.report import TABLE_HEADER, table_rows, write_reports
+from ..harness.compare.runs import CompareOptions, compare_app
 from ..harness.local_run import Progress
 from ..transport import schemes
 from .common import EXIT_JOB_FAILED, EXIT_OK, run

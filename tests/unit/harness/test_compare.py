@@ -19,14 +19,9 @@ from gateway.control.jobs.results import (
     summary_from_result,
 )
 from gateway.core.exceptions import ConfigError
-from gateway.harness.compare import (
-    CompareReport,
-    compare_summaries,
-    report_dict,
-    summarize,
-    validate_transport,
-    write_reports,
-)
+from gateway.harness.compare.model import CompareReport, compare_summaries, summarize
+from gateway.harness.compare.report import report_dict, write_reports
+from gateway.harness.compare.runs import validate_transport
 from gateway.harness.local_run import RunOutcome
 from tests.support.paths import QUICKSTART
 
