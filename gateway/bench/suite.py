@@ -22,8 +22,9 @@ from pathlib import Path
 from statistics import median
 
 from ..core.exceptions import ConfigError
+from ..flower.flwr_cli import flwr_run, write_flwr_home
 from ..flower.install import FlowerInstall
-from ..flower.runner import flwr_run, launch_superlink, write_flwr_home
+from ..flower.launch import launch_superlink
 from ..proto.envelope_pb2 import DIALECT_HTTP
 from . import proc
 from .capacity import Capacity, join_nodes, measure_capacity
@@ -97,7 +98,7 @@ QUICK = Plan(
     run_model_mib=1,
     run_fraction_evaluate=0.0,
     # All at once (see wholerun.measure_runs). A port that another run took
-    # first is picked again (see gateway.flower.runner).
+    # first is picked again (see gateway.flower.launch).
     runs_together=True,
 )
 

@@ -28,6 +28,7 @@ from ..core.config import Limits, LoopbackTLS, TLSConfig
 from ..core.exceptions import ConfigError, GatewayError, ProcessError
 from ..core.identity import Role, peer_from_pem
 from ..flower.install import FlowerInstall
+from ..flower.launch import launch_supernode
 from ..flower.node_auth import (
     fingerprint,
     load_private_key,
@@ -35,7 +36,6 @@ from ..flower.node_auth import (
     write_loopback_tls,
 )
 from ..flower.process import ManagedProcess
-from ..flower.runner import launch_supernode
 from ..proto.control_pb2 import (
     PollTasksRequest,
     PollTasksResponse,

@@ -23,16 +23,10 @@ from ..control.jobs.results import COMPLETED, ROUND_RE, parse_result
 from ..control.jobs.spec import JobSpec, RunConfigValue
 from ..core.exceptions import JobError
 from ..core.identity import Role
+from ..flower.flwr_cli import final_status, flwr_run, run_id_from_output, write_flwr_home
 from ..flower.install import FlowerInstall
+from ..flower.launch import launch_superlink, launch_supernode
 from ..flower.process import ManagedProcess
-from ..flower.runner import (
-    final_status,
-    flwr_run,
-    launch_superlink,
-    launch_supernode,
-    run_id_from_output,
-    write_flwr_home,
-)
 from ..provisioning.certs import write_participant
 from ..provisioning.kit import load_kit
 from ..provisioning.workspace import provision_local

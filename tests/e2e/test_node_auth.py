@@ -26,6 +26,7 @@ import yaml
 from flwr.proto.fleet_pb2 import ActivateNodeRequest, RegisterNodeFleetRequest
 
 from gateway.flower.install import FlowerInstall
+from gateway.flower.launch import start_supernode
 from gateway.flower.node_auth import (
     SIGNATURE_HEADER,
     fleet_auth_headers,
@@ -33,7 +34,6 @@ from gateway.flower.node_auth import (
     generate_node_key,
     load_private_key,
 )
-from gateway.flower.runner import start_supernode
 from gateway.proto.control_pb2 import JobInfo
 from tests.support.federation import RunningFederation, until_state, wait_online
 from tests.support.paths import QUICKSTART

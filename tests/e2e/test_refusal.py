@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.flower.runner import start_superlink
+from gateway.flower.launch import start_superlink
 from gateway.proto.envelope_pb2 import DIALECT_HTTP
 from gateway.relay.server import Relay
 from gateway.site.gateway import SiteGateway

@@ -23,19 +23,18 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from ...core.exceptions import ConfigError, JobError
-from ...flower.install import FlowerInstall
-from ...flower.node_auth import write_loopback_tls
-from ...flower.process import ManagedProcess, port_open
-from ...flower.runner import (
-    SuperLinkAddresses,
+from ...flower.flwr_cli import (
     final_status,
     flwr_run,
-    launch_superlink,
     run_id_from_output,
     run_logs,
     run_status,
     write_flwr_home,
 )
+from ...flower.install import FlowerInstall
+from ...flower.launch import SuperLinkAddresses, launch_superlink
+from ...flower.node_auth import write_loopback_tls
+from ...flower.process import ManagedProcess, port_open
 from ...proto.control_pb2 import SiteJobState
 from ...proto.envelope_pb2 import Dialect
 from .layout import SERVER_LOG, SUPERLINK_LOG, JobPaths

@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ...core.exceptions import ConfigError, JobError
+from ...flower.flwr_cli import register_supernode
 from ...flower.install import FlowerInstall
 from ...flower.node_auth import fingerprint, load_public_key, openssh_public_key
-from ...flower.runner import register_supernode
 
 
 async def register_node_keys(

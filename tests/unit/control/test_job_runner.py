@@ -23,7 +23,7 @@ from gateway.control.jobs.layout import JobPaths
 from gateway.control.jobs.store import FAILED, RUNNING, JobRecord, JobStore
 from gateway.control.relay_app import RelayApp
 from gateway.core.exceptions import JobError
-from gateway.flower import runner
+from gateway.flower import flwr_cli
 from gateway.flower.install import FlowerInstall
 from tests.support.pki import FederationKits
 
@@ -116,9 +116,9 @@ async def test_a_flwr_command_that_hangs_is_killed_and_reads_as_no_answer(
     flwr.parent.mkdir()
     flwr.write_text("#!/bin/sh\nsleep 600\n")
     flwr.chmod(0o755)
-    monkeypatch.setattr(runner, "FLWR_COMMAND_TIMEOUT", 0.5)
+    monkeypatch.setattr(flwr_cli, "FLWR_COMMAND_TIMEOUT", 0.5)
     started = time.monotonic()
-    status = await runner.run_status(FlowerInstall(flwr.parent), tmp_path / "home", "1")
+    status = await flwr_cli.run_status(FlowerInstall(flwr.parent), tmp_path / "home", "1")
     assert status is None
     assert time.monotonic() - started < 30  # not the 600 s of the hung command
     # (the autouse fixture checks that the hung command was killed)

@@ -29,6 +29,7 @@ from gateway.control.jobs.store import DISPATCHED, JobRecord
 from gateway.core.config import LoopbackTLS
 from gateway.core.envelope import make_envelope, now_ms, upstream_reply
 from gateway.core.exceptions import ConfigError, JobError
+from gateway.flower.flwr_cli import write_flwr_home
 from gateway.flower.install import FlowerInstall
 from gateway.flower.node_auth import (
     PUBLIC_KEY_HEADER,
@@ -44,7 +45,6 @@ from gateway.flower.node_auth import (
     verify_timestamp,
     write_loopback_tls,
 )
-from gateway.flower.runner import write_flwr_home
 from gateway.proto.control_pb2 import PollTasksRequest
 from gateway.proto.envelope_pb2 import (
     DIALECT_GRPC,
