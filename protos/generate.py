@@ -2,7 +2,7 @@
 
 Usage: ``python protos/generate.py [--out DIR]`` (default: the repository root,
 so modules land in ``gateway/proto/``). Needs ``grpcio-tools`` (dev extra);
-``tests/test_proto_fresh.py`` regenerates into a temporary directory and fails
+``tests/unit/proto/test_generated_code_is_fresh.py`` regenerates into a temporary directory and fails
 when the committed modules differ.
 """
 

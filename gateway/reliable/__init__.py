@@ -4,7 +4,7 @@ The site's :class:`ReliableSender` retries transport failures with the same
 id until a deadline; the relay's :class:`ReliableReceiver` executes each id
 once and replays the reply to duplicates, with records in a
 :class:`DedupStore` that can outlive the relay process. The decisions live in
-the pure :mod:`~gateway.reliable.protocol`; see DESIGN.md section 5.
+the pure :mod:`~gateway.reliable.protocol`; the contract is README.md's Reliability section.
 """
 
 from .protocol import (
