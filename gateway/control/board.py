@@ -30,10 +30,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ..core.config import TLSConfig
 from ..core.exceptions import AuthError, ProtocolError
 from ..core.identity import Peer, Role
+from ..core.signing import CertificateChecker, Signer
 from ..proto.control_pb2 import JobInfo, SiteJob, SiteJobState
-from ..transport.base import parse_url
-from ..transport.redis.protocol import CertificateChecker, Signer
-from ..transport.redis.transport import redis_connection
+from ..transport import parse_url
+from ..transport.redis.connection import redis_connection
 
 log = logging.getLogger(__name__)
 

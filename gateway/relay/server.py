@@ -15,7 +15,7 @@ from ..core.exceptions import ConfigError
 from ..proto.envelope_pb2 import Dialect
 from ..reliable import DedupStore, MemoryDedupStore, ReliableReceiver
 from ..transport import TransportServer, listen
-from ..transport.redis.transport import RedisTransportServer
+from ..transport.redis.server import RedisTransportServer
 from .dispatcher import Dispatcher, RevocationCheck
 from .lgc import upstream_for
 

@@ -17,7 +17,7 @@ from .base import (
     parse_url,
     schemes,
 )
-from .redis import transport as _redis_transport  # noqa: F401  (registers redis(s)://)
+from .redis import server as _redis_server  # noqa: F401  (registers redis(s)://)
 
 __all__ = [
     "Handler",

@@ -22,8 +22,8 @@ from gateway.core.identity import Role
 from gateway.harness.local_run import RunOutcome
 from gateway.harness.redis_server import RedisServer
 from gateway.provisioning.certs import write_participant
-from gateway.transport.base import parse_url
-from gateway.transport.redis.transport import redis_connection
+from gateway.transport import parse_url
+from gateway.transport.redis.connection import redis_connection
 from tests.support.federation import RunningFederation, until_state, wait_online
 from tests.support.paths import QUICKSTART
 from tests.support.redis import start_redis

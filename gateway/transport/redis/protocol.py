@@ -3,10 +3,11 @@
 Redis cannot tell who wrote a stream entry: anyone who may write to the Redis
 server may write any entry. So identity travels *inside* every entry: the
 sender's certificate, a timestamp, a random nonce and an ECDSA (SHA-256)
-signature made with the participant's private key. The relay believes an entry
-only when the certificate chains to the federation's root CA and is valid now,
-the signature verifies, the timestamp is fresh and (checked against Redis by
-the I/O layer, see :mod:`.transport`) the nonce was never seen before.
+signature made with the participant's private key (:mod:`gateway.core.signing`).
+The relay believes an entry only when the certificate chains to the federation's
+root CA and is valid now, the signature verifies, the timestamp is fresh and
+(checked against Redis by the I/O layer, see :mod:`.server`) the nonce was
+never seen before.
 Replies are signed the same way by the relay and checked by the site, so nobody
 else can answer a site's request.
 
@@ -35,29 +36,17 @@ names a genuine client's reply stream and request id is ignored by that client.
 
 from __future__ import annotations
 
-import datetime as dt
 import enum
 import hashlib
 import re
 import secrets
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.verification import (
-    Criticality,
-    ExtensionPolicy,
-    PolicyBuilder,
-    Store,
-    VerificationError,
-)
-
-from ...core.exceptions import AuthError, ConfigError, ProtocolError
-from ...core.identity import Peer, Role, peer_from_certificate
+from ...core.exceptions import AuthError, ProtocolError
+from ...core.identity import Peer, Role
+from ...core.signing import CertificateChecker, Signer, signature_matches
 from ...proto.envelope_pb2 import Envelope, Reply
 
 VERSION = b"1"
@@ -72,7 +61,6 @@ _HEX64 = re.compile(rb"[0-9a-f]{64}")
 _MAX_CERT_BYTES = 16 * 1024
 _MAX_SIGNATURE_BYTES = 256
 _MAX_STREAM_NAME = 1024
-_SIGNATURE = ec.ECDSA(hashes.SHA256())
 
 
 class Refusal(str, enum.Enum):
@@ -236,158 +224,37 @@ def new_token() -> str:
     return secrets.token_hex(16)
 
 
-class Signer:
-    """Signs entries with a participant's key; the key must belong to the certificate."""
-
-    def __init__(self, *, cert_pem: bytes, key_pem: bytes) -> None:
-        try:
-            key = serialization.load_pem_private_key(key_pem, password=None)
-            cert = x509.load_pem_x509_certificate(cert_pem)
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            raise ConfigError(f"cannot load the participant's certificate or key: {exc}") from exc
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ConfigError("redis transports need an ECDSA key (as issued by flgate)")
-        if cert.public_key() != key.public_key():
-            raise ConfigError("the participant's private key does not belong to its certificate")
-        self._key = key
-        self.cert_pem = cert_pem
-        self.peer = peer_from_certificate(cert)
-
-    def sign(self, payload: bytes) -> bytes:
-        return self._key.sign(payload, _SIGNATURE)
-
-    def request(self, envelope: bytes, *, reply_stream: str, rid: str, now: float) -> RequestEntry:
-        entry = RequestEntry(
-            envelope=envelope,
-            cert=self.cert_pem,
-            ts_ms=int(now * 1000),
-            nonce=new_token(),
-            rid=rid,
-            reply_stream=reply_stream,
-        )
-        return replace(entry, signature=self.sign(entry.signed_payload()))
-
-    def reply(
-        self,
-        reply: bytes,
-        *,
-        address: ReplyAddress,
-        refusal: Refusal | None = None,
-    ) -> ReplyEntry:
-        entry = ReplyEntry(
-            reply=reply,
-            rid=address.rid,
-            request=address.request,
-            refusal=refusal,
-            cert=self.cert_pem,
-        )
-        return replace(entry, signature=self.sign(entry.signed_payload(address.stream)))
+def sign_request(
+    signer: Signer, envelope: bytes, *, reply_stream: str, rid: str, now: float
+) -> RequestEntry:
+    """A request entry for ``envelope``, signed by ``signer`` with a fresh nonce."""
+    entry = RequestEntry(
+        envelope=envelope,
+        cert=signer.cert_pem,
+        ts_ms=int(now * 1000),
+        nonce=new_token(),
+        rid=rid,
+        reply_stream=reply_stream,
+    )
+    return replace(entry, signature=signer.sign(entry.signed_payload()))
 
 
-@dataclass(frozen=True)
-class _Known:
-    peer: Peer
-    key: ec.EllipticCurvePublicKey
-    not_before: float
-    not_after: float
-
-
-def _ts(value: dt.datetime) -> float:
-    return value.timestamp()
-
-
-def _utc(timestamp: float) -> str:
-    return f"{dt.datetime.fromtimestamp(timestamp, dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
-
-
-class CertificateChecker:
-    """Verifies participants' certificates against the federation's root CA.
-
-    Full RFC 5280 path validation (with a client-auth key usage) is costly, so a
-    certificate that passed once is remembered by its digest; its validity
-    period (and the CA's) and, given ``revoked`` (the federation's revocation
-    list), its revocation are still checked on every use.
-    """
-
-    def __init__(
-        self,
-        ca_pem: bytes,
-        *,
-        cache_size: int = 1024,
-        revoked: Callable[[Peer], str | None] | None = None,
-    ) -> None:
-        try:
-            roots = x509.load_pem_x509_certificates(ca_pem)
-        except ValueError as exc:
-            raise ConfigError(f"cannot load the federation's root CA: {exc}") from exc
-        self._store = Store(roots)
-        self._ee_policy = ExtensionPolicy.webpki_defaults_ee().may_be_present(
-            x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
-        )
-        self._cache: dict[bytes, _Known] = {}
-        self._cache_size = cache_size
-        self.revoked = revoked
-        """Why a peer is revoked, or None; may be set once the revocation list is known."""
-
-    def check(self, cert_pem: bytes, *, now: float) -> tuple[Peer, ec.EllipticCurvePublicKey]:
-        """The peer and public key of a certificate valid at ``now``; else ``AuthError``."""
-        digest = hashlib.sha256(cert_pem).digest()
-        known = self._cache.get(digest)
-        if known is None:
-            known = self._verify(cert_pem, now)
-            if len(self._cache) >= self._cache_size:
-                del self._cache[next(iter(self._cache))]
-            self._cache[digest] = known
-        if now > known.not_after:
-            raise AuthError(
-                f"the certificate of {known.peer} (or its CA) expired on {_utc(known.not_after)}; "
-                "it needs a new kit"
-            )
-        if now < known.not_before:
-            raise AuthError(
-                f"the certificate of {known.peer} is not valid before {_utc(known.not_before)}; "
-                "check the clocks"
-            )
-        revocation = self.revoked(known.peer) if self.revoked is not None else None
-        if revocation is not None:
-            raise AuthError(revocation)
-        return known.peer, known.key
-
-    def _verify(self, cert_pem: bytes, now: float) -> _Known:
-        try:
-            cert = x509.load_pem_x509_certificate(cert_pem)
-        except ValueError as exc:
-            raise AuthError(f"the certificate is not valid PEM: {exc}") from exc
-        when = dt.datetime.fromtimestamp(now, dt.timezone.utc)
-        verifier = (
-            PolicyBuilder()
-            .store(self._store)
-            .time(when)
-            .extension_policies(
-                ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=self._ee_policy
-            )
-            .build_client_verifier()
-        )
-        try:
-            chain = verifier.verify(cert, []).chain
-        except VerificationError as exc:
-            reason = str(exc)
-            if when > cert.not_valid_after_utc:
-                expired = _utc(cert.not_valid_after_utc.timestamp())
-                reason = f"it expired on {expired}; it needs a new kit"
-            raise AuthError(
-                f"the certificate of {cert.subject.rfc4514_string()!r} is not one of this "
-                f"federation's (or not valid now): {reason}"
-            ) from exc
-        key = cert.public_key()
-        if not isinstance(key, ec.EllipticCurvePublicKey):
-            raise AuthError("the certificate's key is not an ECDSA key")
-        return _Known(
-            peer=peer_from_certificate(cert),
-            key=key,
-            not_before=max(_ts(c.not_valid_before_utc) for c in chain),
-            not_after=min(_ts(c.not_valid_after_utc) for c in chain),
-        )
+def sign_reply(
+    signer: Signer,
+    reply: bytes,
+    *,
+    address: ReplyAddress,
+    refusal: Refusal | None = None,
+) -> ReplyEntry:
+    """A reply entry answering the request at ``address``, signed by ``signer``."""
+    entry = ReplyEntry(
+        reply=reply,
+        rid=address.rid,
+        request=address.request,
+        refusal=refusal,
+        cert=signer.cert_pem,
+    )
+    return replace(entry, signature=signer.sign(entry.signed_payload(address.stream)))
 
 
 def _field(fields: Mapping[bytes, bytes], name: bytes, *, limit: int | None = None) -> bytes:
@@ -501,10 +368,8 @@ class RequestVerifier:
             peer, key = self._checker.check(entry.cert, now=now)
         except AuthError as exc:
             raise refuse(str(exc)) from None
-        try:
-            key.verify(entry.signature, entry.signed_payload(), _SIGNATURE)
-        except InvalidSignature:
-            raise refuse(f"the signature does not match the certificate of {peer}") from None
+        if not signature_matches(key, entry.signature, entry.signed_payload()):
+            raise refuse(f"the signature does not match the certificate of {peer}")
         if self._layout.reply_owner(entry.reply_stream) != peer.name:
             raise refuse(f"{peer} may not ask for replies on {entry.reply_stream!r}")
         try:
@@ -557,10 +422,8 @@ class ReplyVerifier:
             self._relay_names is not None and peer.name not in self._relay_names
         ):
             raise AuthError(f"reply signed by {peer}, which is not a relay this site trusts")
-        try:
-            key.verify(entry.signature, entry.signed_payload(reply_stream), _SIGNATURE)
-        except InvalidSignature:
-            raise AuthError(f"reply signature does not match the certificate of {peer}") from None
+        if not signature_matches(key, entry.signature, entry.signed_payload(reply_stream)):
+            raise AuthError(f"reply signature does not match the certificate of {peer}")
         if entry.request != request:
             raise AuthError("reply answers another request entry than the one sent")
         try:

@@ -12,9 +12,9 @@ import pytest
 from gateway.control.board import BoardView, RedisBoard, Share, newest, seal, unseal
 from gateway.core.exceptions import AuthError, ProtocolError
 from gateway.core.identity import Role
+from gateway.core.signing import CertificateChecker, Signer
 from gateway.proto.control_pb2 import JobInfo, SiteJob, SiteJobState
 from gateway.provisioning.certs import CertificateAuthority, write_participant
-from gateway.transport.redis.protocol import CertificateChecker, Signer
 from tests.support.redis import RedisPKI, RedisServers
 
 

@@ -23,6 +23,7 @@ from gateway.cli import main
 from gateway.core.envelope import make_envelope, now_ms
 from gateway.core.exceptions import AuthError, ConfigError
 from gateway.core.identity import AdminRole, Peer, Role, peer_from_certificate
+from gateway.core.signing import CertificateChecker
 from gateway.proto.envelope_pb2 import DIALECT_HTTP, KIND_AGENT, Envelope
 from gateway.provisioning import manifest
 from gateway.provisioning.certs import CertificateAuthority, cert_pem, key_pem
@@ -37,7 +38,6 @@ from gateway.provisioning.revocation import (
 )
 from gateway.provisioning.workspace import ProvisioningWorkspace, provision_local
 from gateway.relay.dispatcher import Dispatcher
-from gateway.transport.redis.protocol import CertificateChecker
 from tests.support.paths import REPO
 
 EXAMPLE = REPO / "provisioning" / "project.yml"

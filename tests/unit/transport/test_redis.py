@@ -33,26 +33,25 @@ from gateway.core.exceptions import (
     FrameTooLargeError,
 )
 from gateway.core.identity import Peer, Role
+from gateway.core.signing import CertificateChecker, Signer
 from gateway.proto.envelope_pb2 import KIND_AGENT, ORIGIN_UPSTREAM, Envelope, Reply
 from gateway.provisioning.certs import cert_pem
 from gateway.transport import connect, parse_url
+from gateway.transport.redis.client import RedisTransportClient
+from gateway.transport.redis.connection import redis_connection
 from gateway.transport.redis.protocol import (
-    CertificateChecker,
     EntryError,
     Layout,
     ReplyAddress,
     RequestEntry,
     RequestVerifier,
-    Signer,
     new_token,
     parse_reply,
     parse_request,
+    sign_reply,
+    sign_request,
 )
-from gateway.transport.redis.transport import (
-    RedisTransportClient,
-    RedisTransportServer,
-    redis_connection,
-)
+from gateway.transport.redis.server import RedisTransportServer
 from tests.support.redis import RedisPKI, RedisServers
 
 LAYOUT = Layout()
@@ -174,7 +173,8 @@ def signed(
     """A request entry as a genuine client of ``tls`` would write it."""
     signer = signer_of(tls)
     stream = reply_stream or LAYOUT.reply_stream(signer.peer.name, new_token())
-    return signer.request(
+    return sign_request(
+        signer,
         envelope.SerializeToString(),
         reply_stream=stream,
         rid=new_token(),
@@ -356,7 +356,7 @@ async def test_forged_reply_is_ignored(plain: Env) -> None:
     envelope = Envelope.FromString(request.envelope)
     site_two = signer_of(plain.pki.federation.sites["site-2"])  # valid, but not a relay's
     answer = Reply(message_id=envelope.message_id, http_status=200, body=b"forged")
-    forged = site_two.reply(answer.SerializeToString(), address=address)
+    forged = sign_reply(site_two, answer.SerializeToString(), address=address)
     await plain.raw.xadd(request.reply_stream, forged.fields())  # type: ignore[arg-type]
 
     with pytest.raises(DeadlineError):

@@ -1,13 +1,9 @@
-"""Redis Streams transport (``redis://``, ``rediss://``): sites and relays meet in Redis.
+"""The relays' side of the Redis transport: read request streams, answer, acknowledge.
 
-Neither side listens for the other: a site appends signed requests to a stream
-(``flgate:req:<job id>``, or ``flgate:req:ctl`` for calls of no job) and reads
-its own reply stream; relays read the request streams through one consumer
-group, answer, then acknowledge and delete the entry. ``rediss://`` speaks TLS
-to Redis, verifies the Redis server against the federation's CA and presents
-the participant's certificate; ``redis://`` is plain TCP (loopback, tests).
-Either way, identity never comes from the connection: every entry is signed
-and checked as :mod:`.protocol` describes, including every layout detail.
+Relays read the request streams through one consumer group (:data:`.protocol.GROUP`),
+check every entry as :mod:`.protocol` describes (and its nonce against Redis),
+hand it to the dispatcher, sign the reply into the sender's reply stream, then
+acknowledge and delete the entry.
 
 Scale-out: several relays may read the same streams. Each reads ``ctl`` (unless
 ``serve_ctl=False``) and the job streams its :meth:`RedisTransportServer.serve_keys`
@@ -16,352 +12,62 @@ Fleet calls. A relay that dies with entries in hand loses nothing: after
 ``claim_idle`` seconds another relay claims and answers them (the reliable
 layer's dedup makes a second execution harmless). A relay keeps the entries it
 is still working on from looking idle by re-claiming them for itself.
-
-Redis >= 7.0 is required (``SET ... NX GET``, ``XAUTOCLAIM``). Who may write to
-Redis may still delete or delay entries: signatures give authenticity, not
-availability, so restrict Redis with ACLs and TLS all the same.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
-import ssl
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
-import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.typing import StreamIdT
 
 from ...core.config import Limits, TLSConfig
 from ...core.envelope import gateway_reply
-from ...core.exceptions import (
-    AuthError,
-    ConfigError,
-    ConnectError,
-    DeadlineError,
-    FrameTooLargeError,
-    GatewayError,
-    ProtocolError,
-    TransportError,
-)
 from ...core.identity import Peer
-from ...proto.envelope_pb2 import Envelope, Reply
-from .. import base
-from ..common import call_handler, certificate_refused, client_ssl_context, frame_limit
+from ...core.signing import CertificateChecker, Signer
+from ...proto.envelope_pb2 import Reply
+from ..base import Handler, TransportServer, TransportURL, register
+from ..common import call_handler, frame_limit
+from .client import RedisTransportClient
+from .connection import (
+    Fields,
+    halt,
+    redis_connection,
+    require_tls,
+    retry_delay,
+    stream_entries,
+    text,
+    translate,
+)
 from .protocol import (
     CTL_KEY,
     GROUP,
-    CertificateChecker,
     EntryError,
     Layout,
     Refusal,
     ReplyAddress,
-    ReplyVerifier,
     RequestVerifier,
-    Signer,
-    entry_digest,
-    new_token,
-    parse_reply,
     parse_request,
-    routing_key,
+    sign_reply,
 )
 
 log = logging.getLogger(__name__)
 
-_SOCKET_TIMEOUT = 30.0
-"""Longest wait for any one Redis command; blocking reads block for less."""
 _REPLY_MAXLEN = 1000
-_CLIENT_BLOCK_MS = 5000
 _READ_BATCH = 16
 """Entries per read: each may be a whole frame (64 MiB by default), so few at a time."""
-_MAX_BACKOFF = 2.0
-
-Fields = dict[bytes, bytes]
-
-
-def _translate(exc: redis_errors.RedisError, where: str) -> GatewayError:
-    if certificate_refused(exc):
-        return AuthError(f"TLS with Redis at {where} failed on a certificate: {exc}")
-    if isinstance(exc, redis_errors.AuthenticationError | redis_errors.NoPermissionError):
-        return AuthError(f"Redis at {where} refused this participant: {exc}")
-    if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError):
-        return ConnectError(f"cannot reach Redis at {where}: {exc}")
-    return TransportError(f"Redis at {where} failed a command: {exc}")
-
-
-class _FederationSSLConnection(aioredis.SSLConnection):
-    """A Redis TLS connection that trusts the federation's root CA only.
-
-    redis-py builds a fresh context for every pooled connection, with the
-    system's CAs loaded next to ours: about 37 ms of CPU per connection, which
-    under load (a pool that grows to a connection per concurrent call) was
-    most of a relay's time, and a wider trust than the federation's. Every
-    connection of a pool shares this one context instead.
-    """
-
-    def __init__(self, *, federation_context: ssl.SSLContext, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.ssl_context.context = federation_context
-
-
-def redis_connection(
-    url: base.TransportURL,
-    tls: TLSConfig,
-    *,
-    db: int = 0,
-    username: str | None = None,
-    password: str | None = None,
-) -> aioredis.Redis:
-    """A connection pool; redis-py retries nothing (resending is the reliable layer's job)."""
-    options: dict[str, Any] = {
-        "host": url.host,
-        "port": url.port,
-        "db": db,
-        "username": username,
-        "password": password,
-        "socket_timeout": _SOCKET_TIMEOUT,
-        "socket_connect_timeout": 5.0,
-        "socket_keepalive": True,
-        "retry": Retry(NoBackoff(), 0),
-        "protocol": 2,  # the reply shapes parsed here are RESP2's
-    }
-    if url.scheme != "rediss":
-        return aioredis.Redis(**options)
-    pool = aioredis.ConnectionPool(
-        connection_class=_FederationSSLConnection,
-        federation_context=client_ssl_context(tls),
-        **options,
-    )
-    return aioredis.Redis.from_pool(pool)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _stream_entries(response: Any) -> list[tuple[str, list[tuple[str, Fields]]]]:
-    """An ``XREAD``/``XREADGROUP`` reply (RESP2: ``[[stream, [(id, fields)...]]...]``)."""
-    return [
-        (_text(stream), [(_text(entry_id), dict(fields or {})) for entry_id, fields in entries])
-        for stream, entries in response or []
-    ]
-
-
-def _check_tls(tls: TLSConfig | None, url: base.TransportURL) -> TLSConfig:
-    if tls is None:
-        raise ConfigError(
-            f"{url.scheme}:// needs the participant's certificate and key: every entry is signed"
-        )
-    return tls
-
-
-@dataclass
-class _Pending:
-    future: asyncio.Future[Reply]
-    request: str
-    message_id: str
-
-
-class RedisTransportClient(base.TransportClient):
-    """A site's (or admin's) side: appends signed requests, reads its own reply stream.
-
-    Keyword options: ``namespace`` (key prefix, default ``flgate``), ``db``,
-    ``username``/``password`` (Redis ACL), ``relay_names`` (accept replies only
-    from relays with these names; default: any certificate with the relay role),
-    ``stream_maxlen`` (approximate cap of a request stream while no relay reads
-    it), ``key_ttl`` (seconds a job stream lives after its last use; it is
-    re-announced every ``key_ttl / 60`` seconds of use).
-    """
-
-    def __init__(
-        self,
-        url: base.TransportURL,
-        tls: TLSConfig | None,
-        limits: Limits,
-        *,
-        namespace: str = "flgate",
-        db: int = 0,
-        username: str | None = None,
-        password: str | None = None,
-        relay_names: frozenset[str] | None = None,
-        stream_maxlen: int = 10_000,
-        key_ttl: float = 3600.0,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        tls = _check_tls(tls, url)
-        ca, cert, key = tls.read()
-        self._signer = Signer(cert_pem=cert, key_pem=key)
-        self._verifier = ReplyVerifier(CertificateChecker(ca), relay_names=relay_names)
-        self._layout = Layout(namespace)
-        self._reply_stream = self._layout.reply_stream(self._signer.peer.name, uuid.uuid4().hex)
-        self._where = str(url)
-        self._redis = redis_connection(url, tls, db=db, username=username, password=password)
-        self._max = frame_limit(limits)
-        self._stream_maxlen = stream_maxlen
-        self._key_ttl = key_ttl
-        self._clock = clock
-        self._pending: dict[str, _Pending] = {}
-        self._announced: dict[str, float] = {}
-        self._reader: asyncio.Task[None] | None = None
-        self._closed = False
-
-    @property
-    def reply_stream(self) -> str:
-        return self._reply_stream
-
-    async def send(self, envelope: Envelope, *, timeout: float) -> Reply:
-        if self._closed:
-            raise ConnectError("the Redis transport client is closed")
-        data = envelope.SerializeToString()
-        if self._max is not None and len(data) > self._max:
-            raise FrameTooLargeError(
-                f"envelope of {len(data)} bytes exceeds the frame limit of {self._max} bytes"
-            )
-        rid = new_token()
-        entry = self._signer.request(
-            data, reply_stream=self._reply_stream, rid=rid, now=self._clock()
-        )
-        if self._reader is None:
-            self._reader = asyncio.create_task(self._read_replies(), name="redis-replies")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        future: asyncio.Future[Reply] = loop.create_future()
-        fields = entry.fields()
-        self._pending[rid] = _Pending(future, entry_digest(fields), envelope.message_id)
-        try:
-            # The deadline is kept without relying on cancelling redis-py, which
-            # can lose a cancellation that lands at the wrong moment.
-            await asyncio.wait_for(self._append(routing_key(envelope), fields), timeout)
-            await asyncio.wait({future}, timeout=max(0.0, deadline - loop.time()))
-        except asyncio.TimeoutError:
-            pass
-        finally:
-            self._pending.pop(rid, None)
-        if not future.done():
-            future.cancel()
-            raise DeadlineError(f"no reply through Redis at {self._where} within {timeout:g} s")
-        return future.result()
-
-    async def _append(self, key: str, fields: Fields) -> None:
-        stream = self._layout.request_stream(key)
-        now = self._clock()
-        announce = key != CTL_KEY and now - self._announced.get(key, -1e18) > self._key_ttl / 60
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(stream, fields, maxlen=self._stream_maxlen, approximate=True)  # type: ignore[arg-type]
-                if announce:
-                    pipe.zadd(self._layout.registry, {key: int(now * 1000)})
-                    pipe.pexpire(stream, int(self._key_ttl * 1000))
-                await pipe.execute()
-        except redis_errors.RedisError as exc:
-            raise _translate(exc, self._where) from exc
-        if announce:
-            self._announced[key] = now
-
-    async def _read_replies(self) -> None:
-        last, failures = "0-0", 0
-        while not self._closed:
-            try:
-                response = await self._redis.xread(
-                    {self._reply_stream: last}, count=100, block=_CLIENT_BLOCK_MS
-                )
-                failures = 0
-                ids = []
-                for _, entries in _stream_entries(response):
-                    for entry_id, fields in entries:
-                        ids.append(entry_id)
-                        self._deliver(fields)
-                if ids:
-                    last = ids[-1]
-                    await self._redis.xdel(self._reply_stream, *ids)
-            except redis_errors.RedisError as exc:
-                if self._closed:
-                    return
-                error = _translate(exc, self._where)
-                log.warning("reading replies from Redis failed", extra={"error": str(error)})
-                self._fail_pending(error)
-                failures += 1
-                await asyncio.sleep(min(_MAX_BACKOFF, 0.05 * 2**failures))
-
-    def _deliver(self, fields: Fields) -> None:
-        try:
-            entry = parse_reply(fields, max_reply=self._max)
-        except ProtocolError as exc:
-            log.warning("dropping a reply entry", extra={"reason": str(exc)})
-            return
-        pending = self._pending.get(entry.rid)
-        if pending is None or pending.future.done():
-            return  # its call timed out or was cancelled
-        try:
-            reply = self._verifier.verify(
-                entry,
-                reply_stream=self._reply_stream,
-                request=pending.request,
-                message_id=pending.message_id,
-                now=self._clock(),
-            )
-        except (AuthError, ProtocolError) as exc:
-            # Never let an unverified entry decide a call: it may be forged.
-            log.warning("dropping a reply that fails verification", extra={"reason": str(exc)})
-            return
-        if entry.refusal is Refusal.AUTH:
-            pending.future.set_exception(AuthError(f"the relay refused: {reply.detail}"))
-        elif entry.refusal is Refusal.FRAME:
-            pending.future.set_exception(FrameTooLargeError(f"the relay refused: {reply.detail}"))
-        elif entry.refusal is Refusal.MALFORMED:
-            pending.future.set_exception(TransportError(f"the relay refused: {reply.detail}"))
-        else:
-            pending.future.set_result(reply)
-
-    def _fail_pending(self, error: Exception) -> None:
-        for pending in self._pending.values():
-            if not pending.future.done():
-                pending.future.set_exception(error)
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._reader is not None:
-            await _halt([self._reader], self._redis)
-        self._fail_pending(ConnectError("the Redis transport client was closed"))
-        with contextlib.suppress(redis_errors.RedisError):
-            await self._redis.delete(self._reply_stream)
-        await self._redis.aclose()
-
-
-async def _halt(tasks: list[asyncio.Task[None]], client: aioredis.Redis) -> None:
-    """Stop loops that block in Redis reads; their owner has set its closing flag.
-
-    redis-py may lose a cancellation that arrives at the wrong moment of a
-    command (redis/redis-py#2028), so a loop that outlives its cancellation is
-    woken by closing the connections under it, then sees the flag and returns.
-    """
-    for task in tasks:
-        task.cancel()
-    _, alive = await asyncio.wait(tasks, timeout=0.1)
-    if alive:
-        await client.connection_pool.disconnect()
-        await asyncio.wait(alive, timeout=5.0)
-    for task in tasks:
-        if task.done() and not task.cancelled() and task.exception() is not None:
-            log.warning("a Redis loop failed", exc_info=task.exception())
 
 
 KeyPredicate = Callable[[str], bool]
 
 
-class RedisTransportServer(base.TransportServer):
+class RedisTransportServer(TransportServer):
     """A relay's side: reads request streams through the ``relays`` consumer group.
 
     Keyword options: ``namespace``, ``db``, ``username``/``password`` as for the
@@ -379,10 +85,10 @@ class RedisTransportServer(base.TransportServer):
 
     def __init__(
         self,
-        url: base.TransportURL,
+        url: TransportURL,
         tls: TLSConfig | None,
         limits: Limits,
-        handler: base.Handler,
+        handler: Handler,
         *,
         namespace: str = "flgate",
         db: int = 0,
@@ -399,7 +105,7 @@ class RedisTransportServer(base.TransportServer):
         reply_ttl: float = 300.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        tls = _check_tls(tls, url)
+        tls = require_tls(tls, url)
         ca, cert, key = tls.read()
         self._url = url
         self._where = str(url)
@@ -459,7 +165,7 @@ class RedisTransportServer(base.TransportServer):
             await self._redis.ping()
             await self._discover()
         except redis_errors.RedisError as exc:
-            raise _translate(exc, self._where) from exc
+            raise translate(exc, self._where) from exc
         self._tasks = [
             asyncio.create_task(self._read_requests(), name="redis-requests"),
             asyncio.create_task(self._recover(), name="redis-recovery"),
@@ -470,7 +176,7 @@ class RedisTransportServer(base.TransportServer):
         """Stop reading; give entries in hand ``grace`` seconds to be answered."""
         self._closing = True
         if self._tasks:
-            await _halt(self._tasks, self._redis)
+            await halt(self._tasks, self._redis)
         if self._in_flight:
             # Unfinished entries stay pending; another relay will claim them.
             _, late = await asyncio.wait(list(self._in_flight.values()), timeout=grace)
@@ -488,7 +194,7 @@ class RedisTransportServer(base.TransportServer):
         oldest = now_ms - int(self._key_ttl * 1000)
         await self._redis.zremrangebyscore(self._layout.registry, "-inf", f"({oldest}")
         found = await self._redis.zrangebyscore(self._layout.registry, oldest, "+inf")
-        keys = [_text(k) for k in found if isinstance(k, bytes | str)]
+        keys = [text(k) for k in found if isinstance(k, bytes | str)]
         served = {
             self._layout.request_stream(k) for k in keys if k != CTL_KEY and self._predicate(k)
         }
@@ -539,17 +245,17 @@ class RedisTransportServer(base.TransportServer):
                     continue
                 failures += 1
                 log.warning("reading requests from Redis failed", extra={"error": str(exc)})
-                await asyncio.sleep(min(_MAX_BACKOFF, 0.05 * 2**failures))
+                await asyncio.sleep(retry_delay(failures))
                 continue
             except redis_errors.RedisError as exc:
                 if self._closing:
                     return
                 failures += 1
-                error = _translate(exc, self._where)
+                error = translate(exc, self._where)
                 log.warning("reading requests from Redis failed", extra={"error": str(error)})
-                await asyncio.sleep(min(_MAX_BACKOFF, 0.05 * 2**failures))
+                await asyncio.sleep(retry_delay(failures))
                 continue
-            for stream, entries in _stream_entries(response):
+            for stream, entries in stream_entries(response):
                 for entry_id, fields in entries:
                     self._spawn(stream, entry_id, fields)
 
@@ -591,14 +297,14 @@ class RedisTransportServer(base.TransportServer):
                     for entry_id, fields in entries:
                         if fields is None:
                             continue  # deleted meanwhile; Redis drops it from the pending list
-                        ident = _text(entry_id)
+                        ident = text(entry_id)
                         log.info("claimed an idle entry", extra={"stream": stream, "entry": ident})
                         self._spawn(stream, ident, dict(fields))
             except redis_errors.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     log.warning("recovering pending entries failed", extra={"error": str(exc)})
             except redis_errors.RedisError as exc:
-                error = _translate(exc, self._where)
+                error = translate(exc, self._where)
                 log.warning("recovering pending entries failed", extra={"error": str(error)})
 
     # -- one entry ----------------------------------------------------------
@@ -660,8 +366,8 @@ class RedisTransportServer(base.TransportServer):
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 if address is not None:
-                    signed = self._signer.reply(
-                        reply.SerializeToString(), address=address, refusal=refusal
+                    signed = sign_reply(
+                        self._signer, reply.SerializeToString(), address=address, refusal=refusal
                     )
                     pipe.xadd(
                         address.stream,
@@ -680,15 +386,5 @@ class RedisTransportServer(base.TransportServer):
             )
 
 
-def _client(url: base.TransportURL, tls: TLSConfig | None, limits: Limits) -> RedisTransportClient:
-    return RedisTransportClient(url, tls, limits)
-
-
-def _server(
-    url: base.TransportURL, tls: TLSConfig | None, limits: Limits, handler: base.Handler
-) -> RedisTransportServer:
-    return RedisTransportServer(url, tls, limits, handler)
-
-
-base.register("redis", _client, _server)
-base.register("rediss", _client, _server)
+register("redis", RedisTransportClient, RedisTransportServer)
+register("rediss", RedisTransportClient, RedisTransportServer)
