@@ -1,9 +1,16 @@
-"""Percentiles and ratios: the bench's arithmetic, pure and tested on its own."""
+"""Percentiles, ratios and units: the bench's arithmetic, pure and tested on its own."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+
+MB = 1e6
+"""The report's megabyte (MB, MB/s): 10**6 bytes."""
+
+
+def ms(seconds: float) -> float:
+    return seconds * 1000
 
 
 def percentile(samples: Sequence[float], p: float) -> float:

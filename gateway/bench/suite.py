@@ -3,8 +3,10 @@
 Latency, capacity, objects and memory share one SuperLink, the bench's Flower
 run, and one relay and one site-gateway process per transport. The whole runs
 come last with processes of their own, once those are stopped: one after
-another in the full bench, all at once with ``--quick``. The report lists the
-figures in the brief's order: latency, objects, whole run, capacity, memory.
+another in the full bench, all at once with ``--quick``. Each step hands what
+it measured to :mod:`.targets`, which adds the step's rows and their goals; the
+report lists them in the brief's order: latency, objects, whole run, capacity,
+memory.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from statistics import median
 
 from ..core.exceptions import ConfigError
 from ..flower.flwr_cli import flwr_run, write_flwr_home
@@ -34,11 +35,18 @@ from .latency import measure_latency
 from .memory import stream_model
 from .objects import Exchange, exchange
 from .paths import GatewayPath, Paths, gateway_paths
-from .report import BenchReport, Figure, Target
-from .stats import percentile
-from .wholerun import RunKnobs, WholeRun, measure_runs
+from .report import BenchReport
+from .stats import MB, ms
+from .targets import (
+    capacity_rows,
+    in_brief_order,
+    latency_rows,
+    memory_rows,
+    object_rows,
+    run_rows,
+)
+from .wholerun import RunKnobs, measure_runs
 
-MB = 1e6
 OBJECT_CONCURRENCY = (1, 8)
 MEMORY_CONCURRENCY = 2
 """Flower pushes and pulls two objects at a time."""
@@ -112,10 +120,6 @@ class BenchOptions:
     flower_bin: Path | None = None
     workdir: Path | None = None
     profile_dir: Path | None = None
-
-
-def _ms(seconds: float) -> float:
-    return seconds * 1000
 
 
 def _busy_note(result: Exchange) -> str:
@@ -222,20 +226,7 @@ class _Bench:
             )
         finally:
             await client.leave(direct, node)
-        for method, short in (("SendNodeHeartbeat", "heartbeat"), ("PullMessages", "empty-pull")):
-            for p, label in ((50, "p50"), (99, "p99")):
-                row = self.report.row(
-                    f"latency.{short}.{label}",
-                    "1 latency",
-                    f"{method}{' (empty)' if short == 'empty-pull' else ''} {label}",
-                    "ms",
-                    show_added=True,
-                    target=Target("added_max", 1.0, "added <= 1 ms") if p == 50 else None,
-                )
-                direct_value = _ms(percentile(samples.samples["direct"][method], p))
-                for path in paths:
-                    gateway_value = _ms(percentile(samples.samples[path.scheme][method], p))
-                    row.figures[path.scheme] = Figure(direct_value, gateway_value)
+        latency_rows(self.report, samples, [p.scheme for p in paths])
         self.report.details["latency"] = {
             "rounds": plan.latency_rounds,
             "warmup_rounds": plan.latency_warmup,
@@ -265,35 +256,15 @@ class _Bench:
             plan.stub_warmup,
             "constant answers",
         )
-        for key, results, label in (
-            ("capacity", real, f"{plan.capacity_nodes} nodes, real SuperLink"),
-            ("capacity.relay_only", stub, f"{plan.capacity_nodes} nodes, constant answers"),
-        ):
-            rate = self.report.row(
-                f"{key}.calls_per_second",
-                "4 capacity",
-                f"calls/s, {label}",
-                "calls/s",
-                target=Target("gateway_min", 3000, ">= 3000/s"),
-            )
-            p99 = self.report.row(f"{key}.p99", "4 capacity", f"p99, {label}", "ms")
-            base = results["direct"]
-            for g in paths.gateways:
-                result = results[g.scheme]
-                rate.figures[g.scheme] = Figure(base.calls_per_second, result.calls_per_second)
-                p99.figures[g.scheme] = Figure(_ms(base.p99), _ms(result.p99))
+        capacity_rows(
+            self.report,
+            real,
+            stub,
+            nodes=plan.capacity_nodes,
+            schemes=[g.scheme for g in paths.gateways],
+        )
+        for key, results in (("capacity", real), ("capacity.relay_only", stub)):
             self.report.details[key] = {name: vars(r) for name, r in results.items()}
-        for role in ("relay", "site"):
-            row = self.report.row(
-                f"capacity.{role}_cpu_per_call",
-                "4 capacity",
-                f"{role} CPU per call, constant answers",
-                "us",
-            )
-            for g in paths.gateways:
-                result = stub[g.scheme]
-                per_call = result.cpu_seconds[role] / max(1, result.calls)
-                row.figures[g.scheme] = Figure(None, per_call * 1e6)
 
     async def _load(
         self,
@@ -317,7 +288,7 @@ class _Bench:
             )
             self.notify(
                 f"capacity over {endpoint.name} ({behind}): {result.calls_per_second:.0f} "
-                f"calls/s, p99 {_ms(result.p99):.0f} ms, {result.errors} errors"
+                f"calls/s, p99 {ms(result.p99):.0f} ms, {result.errors} errors"
             )
             results[endpoint.name] = result
         return results
@@ -368,28 +339,12 @@ class _Bench:
             control.send(node.node_id, 0)
             with contextlib.suppress(FleetCallError):  # never hide the step's own error
                 await client.leave(direct, node)
-        self._object_rows(exchanges, paths)
-
-    def _object_rows(self, exchanges: Sequence[Exchange], paths: Sequence[GatewayPath]) -> None:
-        for direction in ("pull", "push"):
-            for concurrency in OBJECT_CONCURRENCY:
-                method = "PullObject" if direction == "pull" else "PushObject"
-                row = self.report.row(
-                    f"objects.{direction}.c{concurrency}",
-                    "2 objects",
-                    f"{method} 5 MiB, {concurrency} at a time",
-                    "MB/s",
-                    target=Target("ratio_min", 0.9, ">= 0.9x direct"),
-                )
-
-                def rate(e: Exchange, d: str = direction) -> float:
-                    return e.pull_mb_s if d == "pull" else e.push_mb_s
-
-                of = [e for e in exchanges if e.concurrency == concurrency]
-                direct_value = median([rate(e) for e in of if e.path == "direct"])
-                for path in paths:
-                    gateway_value = median([rate(e) for e in of if e.path == path.scheme])
-                    row.figures[path.scheme] = Figure(direct_value, gateway_value)
+        object_rows(
+            self.report,
+            exchanges,
+            concurrencies=OBJECT_CONCURRENCY,
+            schemes=[p.scheme for p in paths],
+        )
         self.report.details["objects"] = {
             "chunk_bytes": CHUNK_BYTES,
             "chunks_per_message": self.plan.object_chunks,
@@ -410,19 +365,7 @@ class _Bench:
             f"memory: a {size_mb:.0f} MB model ({plan.memory_chunks} x 5 MiB) "
             "through each gateway and back"
         )
-        relay_row = self.report.row(
-            "memory.relay_peak_rss",
-            "5 memory",
-            f"relay peak RSS, {size_mb:.0f} MB model in flight",
-            "MB",
-            target=Target("gateway_max", 250, "<= 250 MB"),
-        )
-        site_row = self.report.row(
-            "memory.site_peak_rss",
-            "5 memory",
-            f"site gateway peak RSS, {size_mb:.0f} MB model in flight",
-            "MB",
-        )
+        peaks: dict[str, dict[str, int]] = {}
         details: dict[str, object] = {
             "model_bytes": plan.memory_chunks * CHUNK_BYTES,
             "far_end": "constant-answer stub",
@@ -447,16 +390,14 @@ class _Bench:
                 f"site peak {peak['site'] / MB:.0f} MB (pull {result.pull_mb_s:.0f} MB/s, "
                 f"push {result.push_mb_s:.0f} MB/s)"
             )
-            relay_row.figures[path.scheme] = Figure(None, peak["relay"] / MB)
-            site_row.figures[path.scheme] = Figure(None, peak["site"] / MB)
+            peaks[path.scheme] = peak
             details[path.scheme] = {
                 "rss_before": before,
                 "peak_rss": peak,
                 "peak_reset_at_start": reset,
                 "streamed": vars(result),
             }
-        if not all_reset:
-            relay_row.note = site_row.note = "peak since start: /proc clear_refs refused"
+        memory_rows(self.report, peaks, model_mb=size_mb, peaks_reset=all_reset)
         self.report.details["memory"] = details
 
     # --- step 3 ---------------------------------------------------------------
@@ -469,37 +410,18 @@ class _Bench:
             f"rounds, {plan.run_model_mib} MiB model), direct and over "
             f"{len(paths) - 1} transports, {how}"
         )
+        knobs = RunKnobs(plan.run_rounds, plan.run_model_mib, plan.run_fraction_evaluate)
         runs = await measure_runs(
             self.options.job_dir,
             install,
             workdir / "runs",
             paths,
-            RunKnobs(plan.run_rounds, plan.run_model_mib, plan.run_fraction_evaluate),
+            knobs,
             together=plan.runs_together,
             notify=self.notify,
         )
-        self._run_rows(runs)
-
-    def _run_rows(self, runs: Sequence[WholeRun]) -> None:
-        plan = self.plan
-        by_path = {r.path: r.seconds for r in runs}
-        row = self.report.row(
-            "run.seconds",
-            "3 whole run",
-            f"{plan.run_rounds} rounds, 2 sites, {plan.run_model_mib} MiB model"
-            + ("" if plan.run_fraction_evaluate else ", no evaluation")
-            + ", submission to end",
-            "s",
-            show_added=True,
-            target=Target("ratio_max", 1.05, "<= 1.05x direct"),
-            note="all runs at once, indicative" if plan.runs_together else "",
-        )
-        for scheme in self.report.transports:
-            row.figures[scheme] = Figure(by_path["direct"], by_path[scheme])
+        run_rows(self.report, runs, knobs, together=plan.runs_together)
         self.report.details["runs"] = [vars(r) for r in runs]
-
-
-_STEP_ORDER = {"1 latency": 0, "2 objects": 1, "3 whole run": 2, "4 capacity": 3, "5 memory": 4}
 
 
 async def _steps(
@@ -567,6 +489,6 @@ async def run_bench(options: BenchOptions, notify: Callable[[str], None]) -> Ben
         await _steps(bench, options, install, workdir)
         # Last, once the steps' processes are stopped: nothing else shares the CPU.
         await bench.whole_runs(install, workdir)
-    report.rows.sort(key=lambda r: _STEP_ORDER.get(r.step, 99))
+    in_brief_order(report)
     report.seconds = time.monotonic() - started
     return report

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from gateway.bench.flower_app import CHUNK_BYTES, Control, write_app
+from gateway.bench.latency import LatencySamples
 from gateway.bench.paths import default_schemes, is_secure
 from gateway.bench.report import (
     BenchReport,
@@ -31,6 +32,7 @@ from gateway.bench.report import (
     write_json,
 )
 from gateway.bench.stats import percentile, ratio
+from gateway.bench.targets import LATENCY_P50, in_brief_order, latency_rows, memory_rows
 from gateway.bench.wire import (
     NodeKey,
     ObjectFormatError,
@@ -245,6 +247,31 @@ def test_table_shows_both_figures_ratio_added_and_target() -> None:
     assert rows[3][3:6] == ("tcps", "n/a", "n/a")
     text = render(report)
     assert "transport" in text.splitlines()[0] and "n/a" in text
+
+
+def test_each_step_adds_its_rows_with_their_targets_in_the_brief_order() -> None:
+    report = BenchReport(quick=True, flower_version="1.41.0", transports=["tcps"])
+    peaks = {"tcps": {"relay": 120_000_000, "site": 80_000_000}}
+    memory_rows(report, peaks, model_mb=50, peaks_reset=False)
+    samples = LatencySamples()
+    for path, seconds in (("direct", 0.002), ("tcps", 0.0025)):
+        for method in ("SendNodeHeartbeat", "PullMessages"):
+            samples.add(path, method, seconds)
+    latency_rows(report, samples, ["tcps"])
+    in_brief_order(report)
+    assert [row.key for row in report.rows] == [
+        "latency.heartbeat.p50",
+        "latency.heartbeat.p99",
+        "latency.empty-pull.p50",
+        "latency.empty-pull.p99",
+        "memory.relay_peak_rss",
+        "memory.site_peak_rss",
+    ]
+    assert (report.rows[0].target, report.rows[1].target) == (LATENCY_P50, None)
+    assert report.rows[0].figures == {"tcps": Figure(2.0, 2.5)}
+    assert report.rows[4].label == "relay peak RSS, 50 MB model in flight"
+    assert report.rows[4].figures == {"tcps": Figure(None, 120.0)}
+    assert report.rows[5].note == "peak since start: /proc clear_refs refused"
 
 
 def test_missing_figures_are_reported_and_json_is_complete() -> None:

@@ -1,0 +1,174 @@
+"""The bench's figures: the report's rows, their goals, and how measurements fill them.
+
+Each step measures (:mod:`.latency`, :mod:`.capacity`, :mod:`.objects`,
+:mod:`.memory`, :mod:`.wholerun`) and hands its results to one function here,
+which adds that step's rows to the :class:`~.report.BenchReport`: the figure's
+key, label and unit, and its target. Targets are goals printed beside the
+results, never assertions (see :mod:`.report`). Nothing here measures;
+:mod:`.suite` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from statistics import median
+
+from .capacity import Capacity
+from .latency import LatencySamples
+from .objects import Exchange
+from .report import BenchReport, Figure, Target
+from .stats import MB, ms, percentile
+from .wholerun import RunKnobs, WholeRun
+
+LATENCY = "1 latency"
+OBJECTS = "2 objects"
+WHOLE_RUN = "3 whole run"
+CAPACITY = "4 capacity"
+MEMORY = "5 memory"
+STEP_ORDER = {LATENCY: 0, OBJECTS: 1, WHOLE_RUN: 2, CAPACITY: 3, MEMORY: 4}
+"""The brief's order of the steps, which the report follows (the bench measures in another)."""
+
+LATENCY_P50 = Target("added_max", 1.0, "added <= 1 ms")
+OBJECT_RATE = Target("ratio_min", 0.9, ">= 0.9x direct")
+RUN_TIME = Target("ratio_max", 1.05, "<= 1.05x direct")
+CAPACITY_RATE = Target("gateway_min", 3000, ">= 3000/s")
+RELAY_MEMORY = Target("gateway_max", 250, "<= 250 MB")
+
+
+def latency_rows(report: BenchReport, samples: LatencySamples, schemes: Sequence[str]) -> None:
+    """p50 and p99 of a heartbeat and an empty pull, direct and over each transport."""
+    for method, short in (("SendNodeHeartbeat", "heartbeat"), ("PullMessages", "empty-pull")):
+        for p, label in ((50, "p50"), (99, "p99")):
+            row = report.row(
+                f"latency.{short}.{label}",
+                LATENCY,
+                f"{method}{' (empty)' if short == 'empty-pull' else ''} {label}",
+                "ms",
+                show_added=True,
+                target=LATENCY_P50 if p == 50 else None,
+            )
+            direct_value = ms(percentile(samples.samples["direct"][method], p))
+            for scheme in schemes:
+                gateway_value = ms(percentile(samples.samples[scheme][method], p))
+                row.figures[scheme] = Figure(direct_value, gateway_value)
+
+
+def capacity_rows(
+    report: BenchReport,
+    real: Mapping[str, Capacity],
+    stub: Mapping[str, Capacity],
+    *,
+    nodes: int,
+    schemes: Sequence[str],
+) -> None:
+    """Calls/s and p99 behind the real SuperLink and the stub; the gateway's CPU per call."""
+    for key, results, label in (
+        ("capacity", real, f"{nodes} nodes, real SuperLink"),
+        ("capacity.relay_only", stub, f"{nodes} nodes, constant answers"),
+    ):
+        rate = report.row(
+            f"{key}.calls_per_second",
+            CAPACITY,
+            f"calls/s, {label}",
+            "calls/s",
+            target=CAPACITY_RATE,
+        )
+        p99 = report.row(f"{key}.p99", CAPACITY, f"p99, {label}", "ms")
+        base = results["direct"]
+        for scheme in schemes:
+            result = results[scheme]
+            rate.figures[scheme] = Figure(base.calls_per_second, result.calls_per_second)
+            p99.figures[scheme] = Figure(ms(base.p99), ms(result.p99))
+    for role in ("relay", "site"):
+        row = report.row(
+            f"capacity.{role}_cpu_per_call",
+            CAPACITY,
+            f"{role} CPU per call, constant answers",
+            "us",
+        )
+        for scheme in schemes:
+            result = stub[scheme]
+            per_call = result.cpu_seconds[role] / max(1, result.calls)
+            row.figures[scheme] = Figure(None, per_call * 1e6)
+
+
+def object_rows(
+    report: BenchReport,
+    exchanges: Sequence[Exchange],
+    *,
+    concurrencies: Sequence[int],
+    schemes: Sequence[str],
+) -> None:
+    """The median MB/s of each direction and concurrency, direct and over each transport."""
+    for direction in ("pull", "push"):
+        for concurrency in concurrencies:
+            method = "PullObject" if direction == "pull" else "PushObject"
+            row = report.row(
+                f"objects.{direction}.c{concurrency}",
+                OBJECTS,
+                f"{method} 5 MiB, {concurrency} at a time",
+                "MB/s",
+                target=OBJECT_RATE,
+            )
+
+            def rate(e: Exchange, d: str = direction) -> float:
+                return e.pull_mb_s if d == "pull" else e.push_mb_s
+
+            of = [e for e in exchanges if e.concurrency == concurrency]
+            direct_value = median([rate(e) for e in of if e.path == "direct"])
+            for scheme in schemes:
+                gateway_value = median([rate(e) for e in of if e.path == scheme])
+                row.figures[scheme] = Figure(direct_value, gateway_value)
+
+
+def memory_rows(
+    report: BenchReport,
+    peaks: Mapping[str, Mapping[str, int]],
+    *,
+    model_mb: float,
+    peaks_reset: bool,
+) -> None:
+    """Each transport's relay and site peak RSS (``peaks``: bytes by scheme, then role)."""
+    relay_row = report.row(
+        "memory.relay_peak_rss",
+        MEMORY,
+        f"relay peak RSS, {model_mb:.0f} MB model in flight",
+        "MB",
+        target=RELAY_MEMORY,
+    )
+    site_row = report.row(
+        "memory.site_peak_rss",
+        MEMORY,
+        f"site gateway peak RSS, {model_mb:.0f} MB model in flight",
+        "MB",
+    )
+    for scheme, peak in peaks.items():
+        relay_row.figures[scheme] = Figure(None, peak["relay"] / MB)
+        site_row.figures[scheme] = Figure(None, peak["site"] / MB)
+    if not peaks_reset:
+        relay_row.note = site_row.note = "peak since start: /proc clear_refs refused"
+
+
+def run_rows(
+    report: BenchReport, runs: Sequence[WholeRun], knobs: RunKnobs, *, together: bool
+) -> None:
+    """A whole run's seconds from submission to its end, direct and over each transport."""
+    by_path = {r.path: r.seconds for r in runs}
+    row = report.row(
+        "run.seconds",
+        WHOLE_RUN,
+        f"{knobs.rounds} rounds, 2 sites, {knobs.model_mib} MiB model"
+        + ("" if knobs.fraction_evaluate else ", no evaluation")
+        + ", submission to end",
+        "s",
+        show_added=True,
+        target=RUN_TIME,
+        note="all runs at once, indicative" if together else "",
+    )
+    for scheme in report.transports:
+        row.figures[scheme] = Figure(by_path["direct"], by_path[scheme])
+
+
+def in_brief_order(report: BenchReport) -> None:
+    """Sort the report's rows by step (1..5); rows of one step keep their order."""
+    report.rows.sort(key=lambda r: STEP_ORDER.get(r.step, 99))
