@@ -3,12 +3,17 @@ and the check that no test leaves a process running."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from collections.abc import Iterator
+from types import FrameType
 
 import pytest
 
 from gateway.core.config import TLSConfig
 from gateway.core.identity import Role
+from gateway.flower.process import descendants
 from gateway.provisioning.certs import CertificateAuthority, write_participant
 from gateway.provisioning.kit import load_kit
 from gateway.provisioning.project import Project
@@ -16,6 +21,22 @@ from gateway.provisioning.workspace import ProvisioningWorkspace
 from tests.support.pki import FederationKits
 from tests.support.procs import live_children, wait_until_gone
 from tests.support.redis import RedisPKI, RedisServers, running_redis
+
+
+def _stop_everything_and_exit(signum: int, frame: FrameType | None) -> None:
+    # Raising here instead (as Ctrl-C does) can crash grpc's event loop mid-teardown (seen: a
+    # segfault while asyncio cancelled the runs), so kill the whole tree at once and exit.
+    for pid in descendants(os.getpid()):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    os._exit(128 + signum)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A SIGTERM (`timeout`, a CI limit) takes every process the run started with it: the
+    Flower processes run in sessions of their own, so they would otherwise stay, orphaned,
+    and compete with the next run for the machine."""
+    signal.signal(signal.SIGTERM, _stop_everything_and_exit)
 
 
 @pytest.fixture(scope="session")
