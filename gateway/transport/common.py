@@ -16,7 +16,7 @@ from ..core.config import Limits, TLSConfig
 from ..core.exceptions import AuthError, ConfigError
 from ..core.identity import Peer, peer_from_pem
 from ..proto.envelope_pb2 import ORIGIN_GATEWAY, Envelope, Reply
-from .base import Handler
+from .interface import Handler
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from ..core.exceptions import (
 from ..core.identity import peer_from_pem
 from ..proto import envelope_pb2_grpc
 from ..proto.envelope_pb2 import Envelope, Reply
-from . import base
+from . import interface
 from .common import call_handler, frame_limit
 
 log = logging.getLogger(__name__)
@@ -56,11 +56,11 @@ def _translate(exc: grpc.aio.AioRpcError, target: str) -> TransportError | AuthE
     return TransportError(f"{where} failed the call ({code.name}): {details}")
 
 
-class GrpcTransportClient(base.TransportClient):
+class GrpcTransportClient(interface.TransportClient):
     """A site's channel to the relay's ``Relay/Call`` service."""
 
-    def __init__(self, url: base.TransportURL, tls: TLSConfig | None, limits: Limits) -> None:
-        assert tls is not None  # grpcs only; enforced by base.connect
+    def __init__(self, url: interface.TransportURL, tls: TLSConfig | None, limits: Limits) -> None:
+        assert tls is not None  # grpcs only; enforced by registry.connect
         ca, cert, key = tls.read()
         credentials = grpc.ssl_channel_credentials(
             root_certificates=ca, private_key=key, certificate_chain=cert
@@ -87,7 +87,7 @@ class GrpcTransportClient(base.TransportClient):
 
 
 class _RelayServicer(envelope_pb2_grpc.RelayServicer):
-    def __init__(self, handler: base.Handler) -> None:
+    def __init__(self, handler: interface.Handler) -> None:
         self._handler = handler
 
     async def Call(self, request: Envelope, context: grpc.aio.ServicerContext) -> Reply:
@@ -101,11 +101,15 @@ class _RelayServicer(envelope_pb2_grpc.RelayServicer):
         return await call_handler(self._handler, peer, request)
 
 
-class GrpcTransportServer(base.TransportServer):
+class GrpcTransportServer(interface.TransportServer):
     """The relay's ``grpcs://`` listener."""
 
     def __init__(
-        self, url: base.TransportURL, tls: TLSConfig | None, limits: Limits, handler: base.Handler
+        self,
+        url: interface.TransportURL,
+        tls: TLSConfig | None,
+        limits: Limits,
+        handler: interface.Handler,
     ) -> None:
         assert tls is not None
         self._url = url
@@ -142,6 +146,3 @@ class GrpcTransportServer(base.TransportServer):
 
     async def aclose(self) -> None:
         await self._server.stop(grace=1.0)
-
-
-base.register("grpcs", GrpcTransportClient, GrpcTransportServer)

@@ -35,7 +35,7 @@ from ..core.exceptions import (
 )
 from ..core.identity import Peer
 from ..proto.envelope_pb2 import Envelope, Reply
-from . import base
+from . import interface
 from .common import (
     call_handler,
     certificate_refused,
@@ -85,19 +85,19 @@ def _too_large(what: str, size: int, limit: int) -> str:
     return f"{what} of {size} bytes exceeds the frame limit of {limit} bytes"
 
 
-class HttpTransportClient(base.TransportClient):
+class HttpTransportClient(interface.TransportClient):
     """A site's connection pool to the relay's ``https://`` port."""
 
     def __init__(
         self,
-        url: base.TransportURL,
+        url: interface.TransportURL,
         tls: TLSConfig | None,
         limits: Limits,
         *,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
     ) -> None:
-        assert tls is not None  # https only; enforced by base.connect
+        assert tls is not None  # https only; enforced by registry.connect
         self._where = f"relay at {url.hostport}"
         self._endpoint = f"https://{url.hostport}{PATH}"
         self._ssl = client_ssl_context(tls)
@@ -173,11 +173,15 @@ class HttpTransportClient(base.TransportClient):
             self._session = None
 
 
-class HttpTransportServer(base.TransportServer):
+class HttpTransportServer(interface.TransportServer):
     """The relay's ``https://`` listener."""
 
     def __init__(
-        self, url: base.TransportURL, tls: TLSConfig | None, limits: Limits, handler: base.Handler
+        self,
+        url: interface.TransportURL,
+        tls: TLSConfig | None,
+        limits: Limits,
+        handler: interface.Handler,
     ) -> None:
         assert tls is not None
         self._url = url
@@ -254,6 +258,3 @@ class HttpTransportServer(base.TransportServer):
 
     async def aclose(self) -> None:
         await self._runner.cleanup()
-
-
-base.register("https", HttpTransportClient, HttpTransportServer)

@@ -34,7 +34,7 @@ from ..core.exceptions import (
 )
 from ..core.identity import Peer
 from ..proto.envelope_pb2 import Envelope, Reply
-from . import base
+from . import interface
 from .common import (
     call_handler,
     certificate_refused,
@@ -268,12 +268,12 @@ class _ClientConnection:
             return
 
 
-class TcpTransportClient(base.TransportClient):
+class TcpTransportClient(interface.TransportClient):
     """A site's connection to the relay's ``tcps://`` port, opened on the first send."""
 
     def __init__(
         self,
-        url: base.TransportURL,
+        url: interface.TransportURL,
         tls: TLSConfig | None,
         limits: Limits,
         *,
@@ -283,7 +283,7 @@ class TcpTransportClient(base.TransportClient):
     ) -> None:
         """``heartbeat_interval=None`` turns heartbeats off (the relay's idle
         timeout then closes a connection without traffic)."""
-        assert tls is not None  # tcps only; enforced by base.connect
+        assert tls is not None  # tcps only; enforced by registry.connect
         self._url = url
         self._where = f"relay at {url.hostport}"
         self._ssl = client_ssl_context(tls)
@@ -402,7 +402,7 @@ class _ServerConnection:
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        handler: base.Handler,
+        handler: interface.Handler,
         *,
         max_payload: int | None,
         idle_timeout: float | None,
@@ -518,15 +518,15 @@ class _ServerConnection:
             await asyncio.sleep(self._idle_timeout - idle)
 
 
-class TcpTransportServer(base.TransportServer):
+class TcpTransportServer(interface.TransportServer):
     """The relay's ``tcps://`` listener."""
 
     def __init__(
         self,
-        url: base.TransportURL,
+        url: interface.TransportURL,
         tls: TLSConfig | None,
         limits: Limits,
-        handler: base.Handler,
+        handler: interface.Handler,
         *,
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         handshake_timeout: float = DEFAULT_CONNECT_TIMEOUT,
@@ -589,6 +589,3 @@ class TcpTransportServer(base.TransportServer):
         await asyncio.gather(*self._connections, return_exceptions=True)
         await self._server.wait_closed()
         self._server = None
-
-
-base.register("tcps", TcpTransportClient, TcpTransportServer)

@@ -30,8 +30,8 @@ from ...core.exceptions import (
 )
 from ...core.signing import CertificateChecker, Signer
 from ...proto.envelope_pb2 import Envelope, Reply
-from ..base import TransportClient, TransportURL
 from ..common import frame_limit
+from ..interface import TransportClient, TransportURL
 from .connection import (
     Fields,
     halt,

@@ -22,8 +22,8 @@ from redis.backoff import NoBackoff
 
 from ...core.config import TLSConfig
 from ...core.exceptions import AuthError, ConfigError, ConnectError, GatewayError, TransportError
-from ..base import TransportURL
 from ..common import certificate_refused, client_ssl_context
+from ..interface import TransportURL
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,8 @@ from ...core.envelope import gateway_reply
 from ...core.identity import Peer
 from ...core.signing import CertificateChecker, Signer
 from ...proto.envelope_pb2 import Reply
-from ..base import Handler, TransportServer, TransportURL, register
 from ..common import call_handler, frame_limit
-from .client import RedisTransportClient
+from ..interface import Handler, TransportServer, TransportURL
 from .connection import (
     Fields,
     halt,
@@ -384,7 +383,3 @@ class RedisTransportServer(TransportServer):
                 "cannot reply through Redis; the entry stays pending",
                 extra={"stream": stream, "entry": entry_id, "error": str(exc)},
             )
-
-
-register("redis", RedisTransportClient, RedisTransportServer)
-register("rediss", RedisTransportClient, RedisTransportServer)
