@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -132,7 +131,8 @@ TABLE_HEADER = (
     "added",
     "target",
 )
-_RIGHT = {4, 5, 6, 7}
+NUMERIC_COLUMNS = ("direct", "gateway", "ratio", "added")
+"""The columns printed right-aligned."""
 
 
 def table_rows(report: BenchReport) -> list[tuple[str, ...]]:
@@ -161,26 +161,6 @@ def table_rows(report: BenchReport) -> list[tuple[str, ...]]:
                 )
             )
     return lines
-
-
-def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Columns padded to their widest cell; numbers right-aligned."""
-    widths = [max(len(cells[i]) for cells in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            cell.rjust(w) if i in _RIGHT else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
-
-
-def render(report: BenchReport) -> str:
-    """The whole printed report: the table, then what was skipped."""
-    text = format_table(TABLE_HEADER, table_rows(report))
-    notes = [f"{scheme}: skipped, {reason}" for scheme, reason in report.skipped.items()]
-    return text + ("\n" + "\n".join(notes) if notes else "")
 
 
 def _finite(value: float | None) -> float | None:

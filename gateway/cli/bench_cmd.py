@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import TextIO
 
 from ..bench.paths import check_schemes, default_schemes
-from ..bench.report import BenchReport, render, write_json
+from ..bench.report import NUMERIC_COLUMNS, TABLE_HEADER, BenchReport, table_rows, write_json
 from ..bench.suite import BenchOptions, run_bench
 from ..harness.demo import default_job_dir
 from ..transport import schemes
 from .common import EXIT_GATEWAY_ERROR, EXIT_OK, run
+from .table import format_table
 
 DEFAULT_OUT = Path("bench.json")
 
@@ -108,6 +109,13 @@ def progress_printer(out: TextIO) -> Callable[[str], None]:
         print(f"[bench {time.monotonic() - started:6.1f}s] {text}", file=out, flush=True)
 
     return show
+
+
+def render(report: BenchReport) -> str:
+    """The whole printed report: the table, then what was skipped."""
+    text = format_table(TABLE_HEADER, table_rows(report), right=NUMERIC_COLUMNS, rule=True)
+    notes = [f"{scheme}: skipped, {reason}" for scheme, reason in report.skipped.items()]
+    return text + ("\n" + "\n".join(notes) if notes else "")
 
 
 def print_report(report: BenchReport, out_path: Path, out: TextIO) -> None:

@@ -11,11 +11,12 @@ from typing import TextIO
 from ..control.jobs.spec import parse_run_config
 from ..core.exceptions import ConfigError
 from ..harness.compare.model import CompareReport
-from ..harness.compare.report import TABLE_HEADER, table_rows, write_reports
+from ..harness.compare.report import NUMERIC_COLUMNS, TABLE_HEADER, table_rows, write_reports
 from ..harness.compare.runs import CompareOptions, compare_app
 from ..harness.local_run import Progress
 from ..transport import schemes
 from .common import EXIT_JOB_FAILED, EXIT_OK, run
+from .table import format_table
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -110,25 +111,12 @@ def _progress_printer(out: TextIO) -> Callable[[str, Progress], None]:
     return show
 
 
-def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Columns padded to their widest cell; numbers right-aligned."""
-    widths = [max(len(cells[i]) for cells in [header, *rows]) for i in range(len(header))]
-    numeric = {2, 3, 4}
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            cell.rjust(w) if i in numeric else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
-
-
 def print_report(report: CompareReport, paths: Sequence[Path], out: TextIO) -> None:
     comparison = report.comparison
     if comparison is not None:
         print("", file=out)
-        print(format_table(TABLE_HEADER, table_rows(comparison)), file=out)
+        table = format_table(TABLE_HEADER, table_rows(comparison), right=NUMERIC_COLUMNS, rule=True)
+        print(table, file=out)
         equal = comparison.hash_equal
         verdict = {True: "equal", False: "DIFFERENT", None: "not reported"}[equal]
         if equal is False and not comparison.hash_required:

@@ -20,6 +20,7 @@ from ..control.jobs.store import FINAL_STATES, FINISHED
 from ..core.identity import Role
 from ..proto.control_pb2 import JobInfo
 from .common import EXIT_JOB_FAILED, EXIT_OK, add_tls_options, relay_from, run, tls_from
+from .table import format_table
 
 T = TypeVar("T")
 
@@ -108,24 +109,25 @@ def _when(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) if seconds else "-"
 
 
+JOB_COLUMNS = ("ID", "NAME", "STATE", "ROUND", "SITES", "SUBMITTED", "BY", "REASON")
+SITE_COLUMNS = ("SITE", "ONLINE", "LAST SEEN", "JOBS")
+
+
 def _print_table(jobs: list[JobInfo]) -> None:
-    rows = [("ID", "NAME", "STATE", "ROUND", "SITES", "SUBMITTED", "BY", "REASON")]
-    for job in jobs:
-        rows.append(
-            (
-                job.job_id,
-                job.name,
-                job.state,
-                f"{job.round}/{job.rounds}" if job.rounds else "-",
-                ",".join(job.sites),
-                _when(job.created),
-                job.submitted_by,
-                job.reason[:60],
-            )
+    rows = [
+        (
+            job.job_id,
+            job.name,
+            job.state,
+            f"{job.round}/{job.rounds}" if job.rounds else "-",
+            ",".join(job.sites),
+            _when(job.created),
+            job.submitted_by,
+            job.reason[:60],
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        for job in jobs
+    ]
+    print(format_table(JOB_COLUMNS, rows))
 
 
 def _print_job(info: JobInfo) -> None:
@@ -214,14 +216,11 @@ def _sites(args: argparse.Namespace) -> int:
             )
         )
         return EXIT_OK
-    rows = [("SITE", "ONLINE", "LAST SEEN", "JOBS")]
-    rows += [
+    rows = [
         (s.name, "yes" if s.online else "no", _when(s.last_seen), ",".join(s.jobs) or "-")
         for s in sites
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print(format_table(SITE_COLUMNS, rows))
     return EXIT_OK
 
 

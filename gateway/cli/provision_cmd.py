@@ -17,6 +17,7 @@ from ..provisioning.project import Project
 from ..provisioning.revocation import REASONS, parse_crl
 from ..provisioning.workspace import Outcome, ProvisioningWorkspace
 from .common import EXIT_CONFIG, EXIT_OK
+from .table import format_table
 
 
 class _DefaultAction(argparse._SubParsersAction):  # type: ignore[type-arg]
@@ -177,9 +178,12 @@ def _revoke(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+ISSUED_COLUMNS = ("NAME", "ROLE", "SERIAL", "VALID UNTIL", "STATE")
+
+
 def _list(args: argparse.Namespace) -> int:
     workspace = ProvisioningWorkspace.open(args.workspace)
-    rows = [("NAME", "ROLE", "SERIAL", "VALID UNTIL", "STATE")]
+    rows: list[tuple[str, str, str, str, str]] = []
     for record in workspace.issued():
         role = record.role + (f" ({record.admin_role})" if record.admin_role else "")
         state = (
@@ -188,9 +192,7 @@ def _list(args: argparse.Namespace) -> int:
             else f"revoked {(record.revoked_at or '')[:10]} ({record.reason})"
         )
         rows.append((record.name, role, record.serial, record.not_after[:10], state))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print(format_table(ISSUED_COLUMNS, rows))
     return EXIT_OK
 
 

@@ -44,6 +44,8 @@ def table_rows(comparison: Comparison) -> list[tuple[str, str, str, str, str, st
 
 
 TABLE_HEADER = ("round", "metric", "direct", "gateway", "abs diff", "equal?")
+NUMERIC_COLUMNS = ("direct", "gateway", "abs diff")
+"""The columns shown right-aligned, in the terminal and in ``report.md``."""
 
 
 def report_dict(report: CompareReport) -> dict[str, Any]:
@@ -152,7 +154,8 @@ def _markdown(report: CompareReport) -> str:
             f"`{(summary.params_sha256 if summary else None) or '-'}` |"
         )
     if report.comparison is not None:
-        lines += ["", "| " + " | ".join(TABLE_HEADER) + " |", "|---|---|---:|---:|---:|---|"]
+        alignment = ("---:" if title in NUMERIC_COLUMNS else "---" for title in TABLE_HEADER)
+        lines += ["", "| " + " | ".join(TABLE_HEADER) + " |", "|" + "|".join(alignment) + "|"]
         lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(report.comparison)]
         lines += ["", "![metrics per round, direct and through the gateway](curves.png)"]
     return "\n".join(lines) + "\n"

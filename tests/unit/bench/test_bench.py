@@ -26,7 +26,6 @@ from gateway.bench.report import (
     BenchReport,
     Figure,
     Target,
-    render,
     table_rows,
     to_json,
     write_json,
@@ -42,6 +41,8 @@ from gateway.bench.wire import (
     object_id,
     tree_ids,
 )
+from gateway.cli.bench_cmd import render
+from gateway.cli.table import format_table
 from gateway.flower.node_auth import fleet_auth_headers
 from gateway.proto import bench_fleet_pb2 as pb
 
@@ -245,8 +246,28 @@ def test_table_shows_both_figures_ratio_added_and_target() -> None:
     assert rows[1][3:] == ("tcps", "8.00", "9.50", "1.19x", "+1.50", "added <= 1 ms: MISSED")
     assert rows[2][4:7] == ("-", "120", "-")  # no direct figure for a relay's memory
     assert rows[3][3:6] == ("tcps", "n/a", "n/a")
-    text = render(report)
-    assert "transport" in text.splitlines()[0] and "n/a" in text
+    assert render(report).splitlines() == [
+        "step       figure                 unit  transport  direct  gateway  ratio  added  target",
+        "---------  ---------------------  ----  ---------  ------  -------  -----  -----  "
+        + "-" * len("added <= 1 ms: MISSED"),
+        "1 latency  SendNodeHeartbeat p50  ms    grpcs        8.00     8.50  1.06x  +0.50  "
+        "added <= 1 ms: met",
+        "                                        tcps         8.00     9.50  1.19x  +1.50  "
+        "added <= 1 ms: MISSED",
+        "5 memory   relay peak RSS         MB    grpcs           -      120      -         "
+        "<= 250 MB: met",
+        "                                        tcps          n/a      n/a      -",
+    ]
+
+
+def test_the_cli_table_pads_each_column_to_its_widest_cell() -> None:
+    assert format_table(("ID", "N"), [("1", "long name"), ("22", "")]) == "ID  N\n1   long name\n22"
+    numbers = format_table(("a", "n"), [("x", "5"), ("yy", "10")], right=("n",), rule=True)
+    assert numbers == "a    n\n--  --\nx    5\nyy  10"
+    with pytest.raises(ValueError, match="1 columns"):
+        format_table(("a",), [("x", "y")])
+    with pytest.raises(ValueError, match="right-align"):
+        format_table(("a",), [], right=("b",))
 
 
 def test_each_step_adds_its_rows_with_their_targets_in_the_brief_order() -> None:
