@@ -15,7 +15,6 @@ from ..core.exceptions import ConfigError
 from ..proto.envelope_pb2 import Dialect
 from ..reliable import DedupStore, MemoryDedupStore, ReliableReceiver
 from ..transport import TransportServer, listen
-from ..transport.redis.server import RedisTransportServer
 from .dispatcher import Dispatcher, RevocationCheck
 from .lgc import upstream_for
 
@@ -61,15 +60,13 @@ class Relay:
         """Read only the jobs ``owns`` accepts from shared queues (Redis), so relays
         sharing one Redis each receive the calls of the jobs they run."""
         for server in self._servers:
-            if isinstance(server, RedisTransportServer):
-                server.serve_keys(owns)
+            server.serve_jobs(owns)
 
     def refuse_revoked(self, revoked: RevocationCheck) -> None:
         """Refuse every call of a revoked certificate, on every listener."""
         self.dispatcher.revoked = revoked
         for server in self._servers:
-            if isinstance(server, RedisTransportServer):
-                server.refuse_revoked(revoked)
+            server.refuse_revoked(revoked)
 
     async def start(self) -> None:
         for server in self._servers:

@@ -54,6 +54,23 @@ class TransportServer(abc.ABC):
     async def aclose(self) -> None:
         """Stop accepting and close connections."""
 
+    def serve_jobs(self, owns: Callable[[str], bool]) -> None:  # noqa: B027
+        """Read only the calls of the jobs (by id) that ``owns`` accepts.
+
+        For transports whose relays share one queue of calls (Redis): each relay
+        then receives the calls of the jobs it runs. A transport whose sites
+        connect to this relay itself gets only calls meant for it, so by
+        default this does nothing.
+        """
+
+    def refuse_revoked(self, revoked: Callable[[Peer], str | None]) -> None:  # noqa: B027
+        """Refuse entries signed by a revoked certificate (``revoked`` says why).
+
+        For transports that check a signature on every entry themselves (Redis).
+        Elsewhere the relay's dispatcher refuses revoked peers, so by default
+        this does nothing.
+        """
+
 
 @dataclass(frozen=True)
 class TransportURL:

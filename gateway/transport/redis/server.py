@@ -6,7 +6,7 @@ hand it to the dispatcher, sign the reply into the sender's reply stream, then
 acknowledge and delete the entry.
 
 Scale-out: several relays may read the same streams. Each reads ``ctl`` (unless
-``serve_ctl=False``) and the job streams its :meth:`RedisTransportServer.serve_keys`
+``serve_ctl=False``) and the job streams its :meth:`RedisTransportServer.serve_jobs`
 predicate accepts, so the relay that owns a job is the one that receives its
 Fleet calls. A relay that dies with entries in hand loses nothing: after
 ``claim_idle`` seconds another relay claims and answers them (the reliable
@@ -72,7 +72,7 @@ class RedisTransportServer(TransportServer):
     Keyword options: ``namespace``, ``db``, ``username``/``password`` as for the
     client; ``consumer`` (this relay's consumer name, default host:pid:random);
     ``serve_ctl`` (read ``ctl``, default yes); ``keys`` (predicate over job keys,
-    default all; see :meth:`serve_keys`); ``claim_idle`` (seconds before another
+    default all; see :meth:`serve_jobs`); ``claim_idle`` (seconds before another
     relay's unacknowledged entries are claimed, default 5); ``max_clock_skew``
     (seconds of accepted timestamp skew, and how long nonces are remembered,
     default 60); ``max_in_flight`` (entries handled at once, default 256);
@@ -144,15 +144,15 @@ class RedisTransportServer(TransportServer):
     def consumer(self) -> str:
         return self._consumer
 
-    def serve_keys(self, predicate: KeyPredicate) -> None:
-        """Read only the job streams whose key (the job id) ``predicate`` accepts.
+    def serve_jobs(self, owns: KeyPredicate) -> None:
+        """Read only the job streams whose key (the job id) ``owns`` accepts.
 
         The hook for scale-out: relays sharing one Redis each serve the jobs
-        they own, e.g. ``server.serve_keys(job_manager.owns)``. Takes effect at
+        they own, e.g. ``server.serve_jobs(job_manager.owns)``. Takes effect at
         the next discovery (within ``discovery_interval``); entries already in
         hand are still answered.
         """
-        self._predicate = predicate
+        self._predicate = owns
         self._next_discovery = 0.0
 
     def refuse_revoked(self, revoked: Callable[[Peer], str | None]) -> None:

@@ -469,7 +469,7 @@ async def test_relays_serve_only_their_own_jobs(plain: Env) -> None:
     assert groups == []  # relay A never even joined job B's stream
 
     server_b = await plain.server(b, start=False)
-    server_b.serve_keys(lambda key: key == "B")
+    server_b.serve_jobs(lambda key: key == "B")
     await server_b.start()
 
     assert (await client.send(fleet(job="B"), timeout=5)).body.startswith(b"B:")

@@ -11,6 +11,7 @@ from gateway.core.exceptions import ConfigError
 from gateway.core.identity import Peer
 from gateway.proto.envelope_pb2 import Envelope, Reply
 from gateway.transport import TransportClient, TransportServer, connect, listen, parse_url, schemes
+from gateway.transport.redis.server import RedisTransportServer
 from gateway.transport.registry import TRANSPORTS, Transport
 
 BUILT_IN = ["grpcs", "https", "redis", "rediss", "tcps"]
@@ -69,3 +70,14 @@ def test_the_table_cannot_change_at_run_time() -> None:
     with pytest.raises(TypeError):
         TRANSPORTS["ftp"] = row  # type: ignore[index]
     assert isinstance(row, Transport)
+
+
+@pytest.mark.parametrize("scheme", BUILT_IN)
+def test_only_the_shared_queue_transport_overrides_the_relay_hooks(scheme: str) -> None:
+    """Relays call ``serve_jobs`` and ``refuse_revoked`` on every listener; a transport
+    whose sites connect to the relay itself keeps the interface's no-ops."""
+    server = TRANSPORTS[scheme].server
+    assert isinstance(server, type) and issubclass(server, TransportServer)
+    shared = server is RedisTransportServer
+    assert (server.serve_jobs is not TransportServer.serve_jobs) is shared
+    assert (server.refuse_revoked is not TransportServer.refuse_revoked) is shared
