@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable
 
 from google.protobuf.message import DecodeError, Message
 
-from ..core.envelope import gateway_reply
-from ..core.exceptions import AuthError, ConfigError, JobError
+from ..core.exceptions import AuthError, ConfigError, JobError, ProtocolError, UnknownMethodError
+from ..core.failures import reply_for_error
 from ..core.identity import AdminRole, Peer, Role
 from ..proto.control_pb2 import (
     DownloadResponse,
@@ -68,39 +68,41 @@ class ControlService:
         elif envelope.kind == KIND_ADMIN:
             role, table = Role.ADMIN, self._admin
         else:
-            return gateway_reply(envelope.message_id, 400, "unknown envelope kind")
+            return reply_for_error(envelope.message_id, ProtocolError("unknown envelope kind"))
         if peer.role is not role:
-            return gateway_reply(
+            return reply_for_error(
                 envelope.message_id,
-                403,
-                f"{peer} may not call {envelope.method!r}: it needs a {role.value} certificate",
+                AuthError(
+                    f"{peer} may not call {envelope.method!r}: it needs a {role.value} certificate"
+                ),
             )
         operation = table.get(envelope.method)
         if operation is None:
-            return gateway_reply(envelope.message_id, 404, f"no operation {envelope.method!r}")
+            return reply_for_error(
+                envelope.message_id, UnknownMethodError(f"no operation {envelope.method!r}")
+            )
         if (
             role is Role.ADMIN
             and peer.admin_role is not AdminRole.PROJECT_ADMIN
             and envelope.method not in MEMBER_OPERATIONS
         ):
-            return gateway_reply(
+            return reply_for_error(
                 envelope.message_id,
-                403,
-                f"{peer} is a {_admin_role(peer)} and may not call {envelope.method!r}: "
-                "it needs a project_admin certificate",
+                AuthError(
+                    f"{peer} is a {_admin_role(peer)} and may not call {envelope.method!r}: "
+                    "it needs a project_admin certificate"
+                ),
             )
         try:
             response = await operation(peer, envelope.body)
-        except AuthError as exc:
-            return gateway_reply(envelope.message_id, 403, str(exc))
         except DecodeError:
-            return gateway_reply(envelope.message_id, 400, f"malformed {envelope.method} request")
-        except ConfigError as exc:
-            return gateway_reply(envelope.message_id, 400, str(exc))
-        except JobError as exc:
-            return gateway_reply(
-                envelope.message_id, 404 if "no job" in str(exc) else 409, str(exc)
+            return reply_for_error(
+                envelope.message_id, ProtocolError(f"malformed {envelope.method} request")
             )
+        except (AuthError, ConfigError, JobError) as exc:
+            # An unknown job is an UnknownJobError (404); any other JobError is a conflict
+            # with the job's state (409).
+            return reply_for_error(envelope.message_id, exc)
         return Reply(
             message_id=envelope.message_id, http_status=200, body=response.SerializeToString()
         )

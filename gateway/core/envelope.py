@@ -9,9 +9,10 @@ from collections.abc import Iterable
 from ..proto.envelope_pb2 import ORIGIN_GATEWAY, ORIGIN_UPSTREAM, Dialect, Envelope, Header, Reply
 from . import fleet
 
-# The gateway's own failures must keep Flower's retry alive: 502/503/504 over
-# HTTP, UNAVAILABLE over gRPC. Never 401 (the SuperNode would shut down).
-_RETRYABLE_HTTP = frozenset({502, 503, 504})
+# The gateway's own failures must keep Flower's retry alive: 503/504 over HTTP
+# (every Flower release retries them), UNAVAILABLE over gRPC. Never 401 (the
+# SuperNode would shut down).
+_RETRYABLE_HTTP = frozenset({503, 504})
 
 
 def new_message_id() -> str:
@@ -52,13 +53,22 @@ def header_pairs(headers: Iterable[Header]) -> list[tuple[str, bytes]]:
     return [(h.name, h.value) for h in headers]
 
 
-def gateway_reply(message_id: str, http_status: int, detail: str) -> Reply:
-    """A reply produced by the gateway itself (a refusal or a failure of its own)."""
-    grpc_code = (
-        fleet.UNAVAILABLE
-        if http_status in _RETRYABLE_HTTP
-        else fleet.grpc_code_for_http(http_status)
-    )
+def gateway_reply(
+    message_id: str, http_status: int, detail: str, *, grpc_code: int | None = None
+) -> Reply:
+    """A reply produced by the gateway itself (a refusal or a failure of its own).
+
+    Answer an exception with :func:`gateway.core.failures.reply_for_error`, which
+    takes both codes from its kind; this builder is for callers that hold a status
+    already (a transport's own refusal table). Without ``grpc_code``, it follows
+    from ``http_status``.
+    """
+    if grpc_code is None:
+        grpc_code = (
+            fleet.UNAVAILABLE
+            if http_status in _RETRYABLE_HTTP
+            else fleet.grpc_code_for_http(http_status)
+        )
     return Reply(
         message_id=message_id,
         origin=ORIGIN_GATEWAY,

@@ -16,7 +16,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ..core import fleet
-from ..core.envelope import gateway_reply, now_ms
+from ..core.envelope import now_ms
+from ..core.exceptions import (
+    AuthError,
+    DeadlineError,
+    GatewayError,
+    UnknownJobError,
+    UnknownMethodError,
+)
+from ..core.failures import reply_for_error
 from ..core.identity import Peer, Role
 from ..proto.envelope_pb2 import KIND_FLEET, Envelope, Reply
 from ..reliable import MemoryDedupStore, ReliableReceiver, dedup_key
@@ -74,7 +82,7 @@ class Dispatcher:
     def jobs(self) -> list[JobRoute]:
         return list(self._jobs.values())
 
-    def _refuse(self, envelope: Envelope, peer: Peer, status: int, reason: str) -> Reply:
+    def _refuse(self, envelope: Envelope, peer: Peer, refusal: GatewayError) -> Reply:
         self.stats.refused[envelope.job_id] += 1
         log.warning(
             "refused call",
@@ -82,47 +90,56 @@ class Dispatcher:
                 "peer": str(peer),
                 "job": envelope.job_id,
                 "method": envelope.method,
-                "status": status,
-                "reason": reason,
+                "status": refusal.http_status,
+                "reason": str(refusal),
             },
         )
-        return gateway_reply(envelope.message_id, status, reason)
+        return reply_for_error(envelope.message_id, refusal)
 
     async def handle(self, peer: Peer, envelope: Envelope) -> Reply:
         revocation = self.revoked(peer) if self.revoked is not None else None
         if revocation is not None:
-            return self._refuse(envelope, peer, 403, revocation)
+            return self._refuse(envelope, peer, AuthError(revocation))
         if envelope.kind != KIND_FLEET:
             if self.control is None:
-                return gateway_reply(envelope.message_id, 404, "this relay runs no job manager")
+                return reply_for_error(
+                    envelope.message_id, UnknownMethodError("this relay runs no job manager")
+                )
             return await self.control(peer, envelope)
         self.stats.received += 1
         if peer.role is not Role.SITE:
             return self._refuse(
                 envelope,
                 peer,
-                403,
-                f"{peer} is not a site certificate; only sites call the Fleet API",
+                AuthError(f"{peer} is not a site certificate; only sites call the Fleet API"),
             )
         if envelope.site and envelope.site != peer.name:
             return self._refuse(
                 envelope,
                 peer,
-                403,
-                f"certificate names site {peer.name!r} but the envelope claims {envelope.site!r}",
+                AuthError(
+                    f"certificate names site {peer.name!r} but the envelope claims "
+                    f"{envelope.site!r}"
+                ),
             )
         route = self._jobs.get(envelope.job_id)
         if route is None:
             return self._refuse(
-                envelope, peer, 404, f"job {envelope.job_id!r} is not running on this relay"
+                envelope,
+                peer,
+                UnknownJobError(f"job {envelope.job_id!r} is not running on this relay"),
             )
         if peer.name not in route.sites:
             return self._refuse(
-                envelope, peer, 403, f"site {peer.name!r} is not part of job {envelope.job_id!r}"
+                envelope,
+                peer,
+                AuthError(f"site {peer.name!r} is not part of job {envelope.job_id!r}"),
             )
         if not fleet.is_fleet_method(envelope.method):
             return self._refuse(
-                envelope, peer, 404, f"{envelope.method!r} is not a Fleet API method; not forwarded"
+                envelope,
+                peer,
+                UnknownMethodError(f"{envelope.method!r} is not a Fleet API method; not forwarded"),
             )
         remaining = (
             (envelope.deadline_unix_ms - now_ms()) / 1000
@@ -130,8 +147,10 @@ class Dispatcher:
             else fleet.DEFAULT_CALL_BUDGET
         )
         if remaining <= 0:
-            return gateway_reply(
-                envelope.message_id, 504, "the call's deadline passed before it reached the relay"
+            # Not forwarded now, but an earlier attempt of this id may have been: 504.
+            return reply_for_error(
+                envelope.message_id,
+                DeadlineError("the call's deadline passed before it reached the relay"),
             )
 
         def forward() -> Awaitable[Reply]:

@@ -2,8 +2,10 @@
 
 One upstream per job, in the SuperLink's own dialect: HTTP for flwr >= 1.40,
 gRPC for flwr <= 1.39. The SuperLink's status, headers and body come back
-unchanged; only failures to reach it become gateway replies (502/504), so the
-SuperNode keeps retrying instead of shutting down.
+unchanged; only failures to reach it become gateway replies, so the SuperNode
+keeps retrying instead of shutting down: 503 when the call surely did not reach
+the SuperLink (not connected: the relay may run it again), 504 when it may have
+(sent but no answer in time, connection dropped: it is never run again).
 
 A SuperLink with Flower's node authentication on must serve TLS (Flower
 refuses ``--enable-supernode-auth`` with ``--insecure``); its route then comes
@@ -25,7 +27,9 @@ import grpc.aio
 from yarl import URL
 
 from ..core import fleet
-from ..core.envelope import gateway_reply, header_pairs, upstream_reply
+from ..core.envelope import header_pairs, upstream_reply
+from ..core.exceptions import MaybeDeliveredError, NotDeliveredError
+from ..core.failures import reply_for_error
 from ..proto.envelope_pb2 import DIALECT_GRPC, DIALECT_HTTP, Envelope, Reply
 
 log = logging.getLogger(__name__)
@@ -99,20 +103,24 @@ class HttpUpstream(Upstream):
                 status = response.status
                 reply_headers = fleet.forwardable_http_headers(response.headers.items())
         except asyncio.TimeoutError:
-            return gateway_reply(
+            # The timeout may have fired after the request went out.
+            return reply_for_error(
                 envelope.message_id,
-                504,
-                f"the job's SuperLink did not answer {envelope.method} in time",
+                MaybeDeliveredError(
+                    f"the job's SuperLink did not answer {envelope.method} in time"
+                ),
             )
         except aiohttp.ClientConnectorError as exc:
-            # Not connected: the SuperLink never saw the call, running it again is safe.
-            return gateway_reply(
-                envelope.message_id, 502, f"cannot reach the job's SuperLink: {exc}"
+            # Not connected (refused, TLS refused): the SuperLink never saw the call,
+            # running it again is safe.
+            return reply_for_error(
+                envelope.message_id, NotDeliveredError(f"cannot reach the job's SuperLink: {exc}")
             )
         except aiohttp.ClientError as exc:
             # The call may have reached the SuperLink: an unknown outcome, never re-run.
-            return gateway_reply(
-                envelope.message_id, 504, f"the job's SuperLink dropped {envelope.method}: {exc}"
+            return reply_for_error(
+                envelope.message_id,
+                MaybeDeliveredError(f"the job's SuperLink dropped {envelope.method}: {exc}"),
             )
         detail = "" if status == 200 else _error_detail(body)
         if envelope.dialect == DIALECT_GRPC:
@@ -164,10 +172,11 @@ class GrpcUpstream(Upstream):
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                return gateway_reply(
+                return reply_for_error(
                     envelope.message_id,
-                    504,
-                    f"the job's SuperLink did not answer {envelope.method} in time",
+                    MaybeDeliveredError(
+                        f"the job's SuperLink did not answer {envelope.method} in time"
+                    ),
                 )
             return upstream_reply(
                 envelope.message_id,

@@ -2,7 +2,9 @@
 
 The decisions come from :class:`~gateway.reliable.protocol.ReceiverProtocol`;
 this shell runs the execution, shares its result with duplicates that arrive
-meanwhile, and turns refusals into gateway replies that keep Flower retrying.
+meanwhile, and turns refusals into gateway replies that keep Flower retrying:
+503 when it did not execute the request, 504 when the request may have reached
+the SuperLink but its reply is unknown (it is then never executed again).
 
 The execution runs in a task of its own, not in the caller's: when a site's
 attempt times out, its transport cancels the handler, but the call to the
@@ -20,26 +22,24 @@ from collections.abc import Awaitable, Callable
 
 from google.protobuf.message import DecodeError
 
-from ..core.envelope import gateway_reply
-from ..proto.envelope_pb2 import ORIGIN_GATEWAY, Reply
+from ..core.exceptions import MaybeDeliveredError, NotDeliveredError
+from ..core.failures import reply_for_error, surely_not_delivered
+from ..proto.envelope_pb2 import Reply
 from .protocol import DEFAULT_POLICY, Cached, Execute, ReceiverProtocol, Refuse, RetryPolicy
 from .store import DedupStore, DedupStoreError
 
 log = logging.getLogger(__name__)
 
-# Statuses the relay itself answers when it could not get a request to the
-# SuperLink at all (connection refused, relay stopping): running it again is safe.
-_NOT_DELIVERED = frozenset({502, 503})
-
 
 def reached_upstream(reply: Reply) -> bool:
     """Whether ``reply`` may mean the request reached the SuperLink.
 
-    Only the gateway's own 502 and 503 say it did not; everything else,
-    including the gateway's 504 (the SuperLink was too slow, but may have
-    acted), is kept so that a retry replays it instead of executing again.
+    Only the gateway's own 503 (``NotDeliveredError``: not connected) says it
+    did not; everything else, including the gateway's 504 (the SuperLink was
+    too slow, but may have acted), is kept so that a retry replays it instead
+    of executing again.
     """
-    return not (reply.origin == ORIGIN_GATEWAY and reply.http_status in _NOT_DELIVERED)
+    return not surely_not_delivered(reply)
 
 
 def dedup_key(scope: str, message_id: str) -> str:
@@ -98,7 +98,9 @@ class ReliableReceiver:
         read-only.
         """
         if self._closed:
-            return gateway_reply(message_id, 503, "relay: shutting down; not executed")
+            return reply_for_error(
+                message_id, NotDeliveredError("relay: shutting down; not executed")
+            )
         if not message_id:
             self.untracked += 1
             return await execute()
@@ -109,24 +111,26 @@ class ReliableReceiver:
             decision = self.protocol.begin(key, now)
         except DedupStoreError as exc:
             log.error("dedup store failed", extra={"message_id": message_id, "error": str(exc)})
-            return gateway_reply(
-                message_id, 503, f"relay: dedup store unavailable, not executed: {exc}"
+            return reply_for_error(
+                message_id,
+                NotDeliveredError(f"relay: dedup store unavailable, not executed: {exc}"),
             )
         if isinstance(decision, Cached):
             try:
                 return Reply.FromString(decision.reply)
             except DecodeError:
-                return gateway_reply(
+                return reply_for_error(
                     message_id,
-                    502,
-                    f"relay: the kept reply of message {message_id} is unreadable; "
-                    "not executed again",
+                    MaybeDeliveredError(
+                        f"relay: the kept reply of message {message_id} is unreadable; "
+                        "not executed again"
+                    ),
                 )
         if isinstance(decision, Refuse):
             log.warning(
                 "refused duplicate", extra={"message_id": message_id, "reason": decision.reason}
             )
-            return gateway_reply(message_id, 502, f"relay: {decision.reason}")
+            return reply_for_error(message_id, MaybeDeliveredError(f"relay: {decision.reason}"))
         if isinstance(decision, Execute):
             future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
             self._results[key] = future
@@ -176,11 +180,12 @@ class ReliableReceiver:
         self.protocol.fail(key, self._clock())
         del self._results[key]
         future.set_result(
-            gateway_reply(
+            reply_for_error(
                 message_id,
-                502,
-                f"relay: message {message_id} may have reached the SuperLink but {why}; "
-                "it is not executed again",
+                MaybeDeliveredError(
+                    f"relay: message {message_id} may have reached the SuperLink but {why}; "
+                    "it is not executed again"
+                ),
             )
         )
 

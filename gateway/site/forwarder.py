@@ -13,8 +13,9 @@ import time
 from collections.abc import Iterable
 
 from ..core import fleet
-from ..core.envelope import gateway_reply, make_envelope
-from ..core.exceptions import AuthError, DeadlineError, FrameTooLargeError, TransportError
+from ..core.envelope import make_envelope
+from ..core.exceptions import AuthError, GatewayError, NotDeliveredError, TransportError
+from ..core.failures import reply_for_error
 from ..proto.envelope_pb2 import Dialect, Reply
 from ..reliable import DEFAULT_POLICY, ReliableSender, RetryPolicy
 from ..transport import TransportClient
@@ -58,18 +59,27 @@ class JobForwarder:
             body=body,
             deadline_unix_ms=int((time.time() + budget) * 1000),
         )
+        failure: GatewayError
         try:
             return await self.sender.send(envelope, budget=budget)
-        except DeadlineError as exc:
-            return self._failed(envelope.message_id, method, 504, exc)
-        except FrameTooLargeError as exc:
-            return self._failed(envelope.message_id, method, 413, exc)
-        except (TransportError, AuthError) as exc:
-            return self._failed(envelope.message_id, method, 503, exc)
+        except AuthError as exc:
+            # The relay refused this site's own certificate: to the SuperNode a failure
+            # of the path that never reached the SuperLink (503), never a 403, which
+            # Flower reads as "run not running".
+            failure = NotDeliveredError(str(exc))
+        except TransportError as exc:
+            # 503 once the sender gave up, 504 past the deadline, 413 for a frame too large.
+            failure = exc
+        return self._failed(envelope.message_id, method, failure)
 
-    def _failed(self, message_id: str, method: str, status: int, exc: Exception) -> Reply:
+    def _failed(self, message_id: str, method: str, failure: GatewayError) -> Reply:
         log.warning(
             "relay call failed",
-            extra={"job": self.job_id, "method": method, "status": status, "error": str(exc)},
+            extra={
+                "job": self.job_id,
+                "method": method,
+                "status": failure.http_status,
+                "error": str(failure),
+            },
         )
-        return gateway_reply(message_id, status, f"gateway: {exc}")
+        return reply_for_error(message_id, failure, detail=f"gateway: {failure}")

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from ...core.exceptions import ConfigError, JobError
+from ...core.exceptions import ConfigError, JobError, UnknownJobError
 from ...core.identity import Peer
 from ...flower.install import FlowerInstall
 from ...proto.control_pb2 import (
@@ -185,7 +185,7 @@ class JobManager:
             return job_info(record)
         shared = self._sites.others.job(job_id)
         if shared is None:
-            raise JobError(f"no job {job_id!r}; `flgate job list` shows the jobs")
+            raise UnknownJobError(f"no job {job_id!r}; `flgate job list` shows the jobs")
         return shared[1]
 
     def submit(self, peer: Peer, request: SubmitJobRequest) -> JobRecord:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from ...core.exceptions import JobError
+from ...core.exceptions import JobError, UnknownJobError
 from ...proto.control_pb2 import JobInfo
 
 SUBMITTED = "submitted"
@@ -148,7 +148,7 @@ class JobStore:
         """The job's record; the error tells the operator how to find the right id."""
         record = self.get(job_id)
         if record is None:
-            raise JobError(f"no job {job_id!r}; `flgate job list` shows the jobs")
+            raise UnknownJobError(f"no job {job_id!r}; `flgate job list` shows the jobs")
         return record
 
     def list(self) -> list[JobRecord]:
@@ -162,7 +162,7 @@ class JobStore:
         """Apply ``changes``; a state change must follow the allowed transitions."""
         current = self.get(job_id)
         if current is None:
-            raise JobError(f"no job {job_id!r}")
+            raise UnknownJobError(f"no job {job_id!r}")
         new_state = changes.get("state")
         if new_state not in (None, current.state) and new_state not in _NEXT[current.state]:
             raise JobError(f"job {job_id}: cannot go from {current.state} to {new_state}")

@@ -240,7 +240,7 @@ async def test_http_upstream_verifies_the_superlink_certificate(
             reply = await upstream.call(_envelope(DIALECT_HTTP), timeout=10)
         finally:
             await upstream.aclose()
-        assert (reply.origin, reply.http_status) == (ORIGIN_GATEWAY, 502)
+        assert (reply.origin, reply.http_status) == (ORIGIN_GATEWAY, 503)
         assert "certificate" in reply.detail.lower()
 
 

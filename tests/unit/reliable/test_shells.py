@@ -14,24 +14,29 @@ from pathlib import Path
 
 import pytest
 
-from gateway.core.envelope import gateway_reply, make_envelope, now_ms, upstream_reply
+from gateway.core.envelope import make_envelope, now_ms, upstream_reply
 from gateway.core.exceptions import (
     AuthError,
     ConnectError,
     DeadlineError,
     FrameTooLargeError,
     GatewayError,
+    MaybeDeliveredError,
+    NotDeliveredError,
     TransportError,
 )
+from gateway.core.failures import reply_for_error
 from gateway.core.identity import Peer, Role
 from gateway.proto.envelope_pb2 import DIALECT_HTTP, ORIGIN_GATEWAY, Envelope, Reply
 from gateway.relay.dispatcher import Dispatcher
 from gateway.relay.lgc import Upstream
 from gateway.relay.server import Relay
 from gateway.reliable import (
+    DedupStoreError,
     GiveUp,
     GiveUpError,
     MemoryDedupStore,
+    Record,
     ReliableReceiver,
     ReliableSender,
     Retry,
@@ -299,20 +304,39 @@ async def test_completed_id_is_replayed_from_the_cache() -> None:
     assert relay.protocol.cache_hits == 1
 
 
-async def test_a_gateway_504_is_kept_because_the_superlink_may_have_acted() -> None:
+@pytest.mark.parametrize(
+    "failure",
+    [
+        MaybeDeliveredError("SuperLink too slow"),
+        DeadlineError("no answer in time"),
+        GatewayError("a failure of no more specific kind"),
+    ],
+)
+async def test_a_gateway_failure_that_may_have_reached_the_superlink_is_kept(
+    failure: GatewayError,
+) -> None:
     relay = receiver()
-    superlink = SuperLink(gateway_reply("m", 504, "SuperLink too slow"))
+    superlink = SuperLink(reply_for_error("m", failure))
     await relay.handle("m", superlink("m"))
     again = await relay.handle("m", superlink("m"))
     assert superlink.calls == 1 and again.http_status == 504
 
 
-@pytest.mark.parametrize("status", [502, 503])
-async def test_a_reply_that_never_reached_the_superlink_is_not_kept(status: int) -> None:
+async def test_a_superlink_503_is_kept_because_only_the_gateways_own_503_says_not_delivered() -> (
+    None
+):
     relay = receiver()
-    unreachable = SuperLink(gateway_reply("m", status, "cannot reach the SuperLink"))
+    superlink = SuperLink(upstream_reply("m", http_status=503, grpc_code=14, detail="busy"))
+    await relay.handle("m", superlink("m"))
+    again = await relay.handle("m", superlink("m"))
+    assert superlink.calls == 1 and again.http_status == 503
+
+
+async def test_a_reply_that_never_reached_the_superlink_is_not_kept() -> None:
+    relay = receiver()
+    unreachable = SuperLink(reply_for_error("m", NotDeliveredError("cannot reach the SuperLink")))
     first = await relay.handle("m", unreachable("m"))
-    assert first.http_status == status
+    assert first.http_status == 503
     healthy = SuperLink()
     second = await relay.handle("m", healthy("m"))
     assert second.http_status == 200 and healthy.calls == 1
@@ -333,7 +357,8 @@ async def test_a_caller_that_goes_away_does_not_cancel_the_execution() -> None:
     assert reply.body == b"call 1" and superlink.calls == 1
 
 
-async def test_pending_from_a_crashed_relay_is_refused_with_502(tmp_path: Path) -> None:
+async def test_pending_from_a_crashed_relay_is_refused_with_504(tmp_path: Path) -> None:
+    """It may have reached the SuperLink: 504 (retried by Flower as a new call), not run."""
     path = tmp_path / "dedup.db"
     with SqliteDedupStore(path) as store:
         store.mark_pending("m", 0.0)  # what a relay that died mid-call leaves behind
@@ -342,8 +367,31 @@ async def test_pending_from_a_crashed_relay_is_refused_with_502(tmp_path: Path) 
         superlink = SuperLink()
         reply = await relay.handle("m", superlink("m"))
     assert superlink.calls == 0
-    assert (reply.origin, reply.http_status, reply.message_id) == (ORIGIN_GATEWAY, 502, "m")
+    assert (reply.origin, reply.http_status, reply.message_id) == (ORIGIN_GATEWAY, 504, "m")
+    assert reply.grpc_code == 14  # UNAVAILABLE, which Flower's gRPC client retries
     assert "in flight when the relay stopped" in reply.detail
+
+
+async def test_an_unreadable_kept_reply_is_answered_504_and_not_executed_again() -> None:
+    store = MemoryDedupStore()
+    store.mark_completed("m", b"\x0a\xff", 0.0)  # a length-delimited field cut short
+    superlink = SuperLink()
+    reply = await ReliableReceiver(store, POLICY, clock=lambda: 1.0).handle("m", superlink("m"))
+    assert (reply.origin, reply.http_status, superlink.calls) == (ORIGIN_GATEWAY, 504, 0)
+    assert "unreadable" in reply.detail
+
+
+async def test_a_failing_dedup_store_is_answered_503_without_executing() -> None:
+    """Nothing ran, so the gateway says "not delivered" (503), which a retry may run."""
+
+    class BrokenStore(MemoryDedupStore):
+        def get(self, message_id: str) -> Record | None:
+            raise DedupStoreError("disk full")
+
+    superlink = SuperLink()
+    reply = await receiver(BrokenStore()).handle("m", superlink("m"))
+    assert (reply.origin, reply.http_status, superlink.calls) == (ORIGIN_GATEWAY, 503, 0)
+    assert "disk full" in reply.detail
 
 
 async def test_sqlite_cache_serves_a_retry_after_restart(tmp_path: Path) -> None:
@@ -366,10 +414,10 @@ async def test_an_execution_that_raises_is_answered_and_never_rerun(
 
     with caplog.at_level(logging.CRITICAL, logger="gateway.reliable.receiver"):
         reply = await relay.handle("m", broken)
-    assert reply.http_status == 502 and "bug in the upstream" in reply.detail
+    assert reply.http_status == 504 and "bug in the upstream" in reply.detail
     superlink = SuperLink()
     again = await relay.handle("m", superlink("m"))
-    assert again.http_status == 502 and superlink.calls == 0
+    assert again.http_status == 504 and superlink.calls == 0
 
 
 async def test_scopes_keep_the_ids_of_different_sites_apart() -> None:
@@ -408,9 +456,9 @@ async def test_aclose_stops_executions_and_leaves_their_ids_refused() -> None:
     await asyncio.wait_for(superlink.started.wait(), UNIT)
     await relay.aclose()
     reply = await asyncio.wait_for(call, UNIT)
-    assert reply.http_status == 502 and "relay stopped" in reply.detail
+    assert reply.http_status == 504 and "relay stopped" in reply.detail
     refused = await receiver(store).handle("m", SuperLink()("m"))
-    assert refused.http_status == 502
+    assert refused.http_status == 504
     late = await relay.handle("other", SuperLink()("other"))
     assert late.http_status == 503
 
@@ -422,7 +470,7 @@ async def test_aclose_before_the_execution_started_still_answers_the_caller() ->
     await asyncio.sleep(0)  # the caller waits; the execution task has not run yet
     await relay.aclose()
     reply = await asyncio.wait_for(call, UNIT)
-    assert reply.http_status == 502 and superlink.calls == 0
+    assert reply.http_status == 504 and superlink.calls == 0
 
 
 async def test_the_relay_keeps_a_durable_dedup_store_even_when_it_is_empty(
