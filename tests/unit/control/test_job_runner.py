@@ -26,6 +26,7 @@ from gateway.core.exceptions import JobError
 from gateway.flower import flwr_cli
 from gateway.flower.install import FlowerInstall
 from tests.support.pki import FederationKits
+from tests.support.relay import flower_not_installed
 
 JOB = "job-adopted"
 
@@ -64,8 +65,7 @@ async def test_an_adopted_job_is_routed_before_the_relay_listens(
     surviving_superlink: tuple[subprocess.Popen[str], int],
 ) -> None:
     process, control_port = surviving_superlink
-    install = FlowerInstall(tmp_path / "no-flower-here")
-    install.__dict__["version"] = (1, 41, 0)  # no `flwr --version` needed
+    install = flower_not_installed(tmp_path / "no-flower-here")
     app = RelayApp(
         listen_urls=["grpcs://127.0.0.1:0"],
         tls=federation.relay,

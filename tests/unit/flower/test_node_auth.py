@@ -30,7 +30,6 @@ from gateway.core.config import LoopbackTLS
 from gateway.core.envelope import make_envelope, now_ms, upstream_reply
 from gateway.core.exceptions import ConfigError, JobError
 from gateway.flower.flwr_cli import write_flwr_home
-from gateway.flower.install import FlowerInstall
 from gateway.flower.node_auth import (
     PUBLIC_KEY_HEADER,
     SIGNATURE_HEADER,
@@ -57,6 +56,7 @@ from gateway.proto.envelope_pb2 import (
 )
 from gateway.relay.lgc import upstream_for
 from gateway.site.gateway import create_lgs
+from tests.support.relay import offline_job_manager
 
 
 @pytest.fixture
@@ -317,27 +317,9 @@ async def test_grpc_lgs_serves_tls_for_127_0_0_1(tmp_path: Path) -> None:
 # --- the relay binds a reported key to the site's identity and checks it ---------------
 
 
-class _NoRoutes:
-    def add_job(
-        self,
-        job_id: str,
-        *,
-        sites: frozenset[str],
-        dialect: Dialect,
-        superlink: str,
-        superlink_ca: Path | None = None,
-    ) -> None:
-        raise AssertionError("no job runs in these tests")
-
-    async def remove_job(self, job_id: str) -> None:
-        raise AssertionError("no job runs in these tests")
-
-
 @pytest.fixture
 async def manager(tmp_path: Path) -> AsyncIterator[JobManager]:
-    install = FlowerInstall(tmp_path / "no-flower-here")
-    install.__dict__["version"] = (1, 41, 0)  # no `flwr --version` needed
-    manager = JobManager(workspace=tmp_path / "relay", routes=_NoRoutes(), install=install)
+    manager = offline_job_manager(tmp_path)
     yield manager
     await manager.aclose()
 

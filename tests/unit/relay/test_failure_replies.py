@@ -19,7 +19,6 @@ import grpc.aio
 import pytest
 from aiohttp import web
 
-from gateway.control.jobs.manager import JobManager
 from gateway.control.jobs.store import FINISHED, JobRecord
 from gateway.control.relay_api import ControlService
 from gateway.core import fleet
@@ -31,7 +30,6 @@ from gateway.core.exceptions import (
     FrameTooLargeError,
 )
 from gateway.core.identity import AdminRole, Peer, Role
-from gateway.flower.install import FlowerInstall
 from gateway.proto.control_pb2 import JobRef, ShipLogsRequest
 from gateway.proto.envelope_pb2 import (
     DIALECT_GRPC,
@@ -50,6 +48,7 @@ from gateway.relay.lgc import Upstream, upstream_for
 from gateway.reliable import MemoryDedupStore, ReliableReceiver, RetryPolicy
 from gateway.site.forwarder import JobForwarder
 from gateway.transport import TransportClient
+from tests.support.relay import offline_job_manager
 
 SITE = Peer("site-1", Role.SITE)
 ADMIN = Peer("admin", Role.ADMIN, admin_role=AdminRole.PROJECT_ADMIN)
@@ -302,27 +301,9 @@ async def test_grpc_lgc_answers_504_when_the_superlink_is_too_slow() -> None:
 # --- the relay's control API -----------------------------------------------------------
 
 
-class _NoRoutes:
-    def add_job(
-        self,
-        job_id: str,
-        *,
-        sites: frozenset[str],
-        dialect: Dialect,
-        superlink: str,
-        superlink_ca: Path | None = None,
-    ) -> None:
-        raise AssertionError("no job runs in these tests")
-
-    async def remove_job(self, job_id: str) -> None:
-        raise AssertionError("no job runs in these tests")
-
-
 @pytest.fixture
 async def control(tmp_path: Path) -> AsyncIterator[ControlService]:
-    install = FlowerInstall(tmp_path / "no-flower-here")
-    install.__dict__["version"] = (1, 41, 0)  # no `flwr --version` needed
-    manager = JobManager(workspace=tmp_path / "relay", routes=_NoRoutes(), install=install)
+    manager = offline_job_manager(tmp_path)
     manager.store.add(
         JobRecord(job_id="done", name="n", state=FINISHED, sites=("site-1",), submitted_by="admin")
     )

@@ -1,0 +1,42 @@
+"""A relay's job manager for unit tests: no Flower installed, no job ever routed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.control.jobs.manager import JobManager
+from gateway.flower.install import FlowerInstall
+from gateway.proto.envelope_pb2 import Dialect
+
+
+def flower_not_installed(
+    directory: Path, version: tuple[int, int, int] = (1, 41, 0)
+) -> FlowerInstall:
+    """A Flower installation that reports ``version`` without running `flwr --version`."""
+    install = FlowerInstall(directory)
+    install.__dict__["version"] = version
+    return install
+
+
+class NoRoutes:
+    """The relay's routing table for tests in which no job runs: routing one is a bug."""
+
+    def add_job(
+        self,
+        job_id: str,
+        *,
+        sites: frozenset[str],
+        dialect: Dialect,
+        superlink: str,
+        superlink_ca: Path | None = None,
+    ) -> None:
+        raise AssertionError("no job runs in these tests")
+
+    async def remove_job(self, job_id: str) -> None:
+        raise AssertionError("no job runs in these tests")
+
+
+def offline_job_manager(tmp_path: Path) -> JobManager:
+    """A job manager in ``tmp_path/relay`` that can store and answer, never start, a job."""
+    install = flower_not_installed(tmp_path / "no-flower-here")
+    return JobManager(workspace=tmp_path / "relay", routes=NoRoutes(), install=install)
