@@ -25,8 +25,9 @@ DEFAULT_JOB = "quickstart-numpy"
 
 
 def default_job_dir() -> Path:
-    """``jobs/quickstart-numpy`` in the working directory, else beside the package."""
-    for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
+    """``jobs/quickstart-numpy`` in the working directory, else in the checkout the package
+    was installed from (``gateway/harness/demo.py`` is three levels below it)."""
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
         candidate = base / "jobs" / DEFAULT_JOB
         if candidate.is_dir():
             return candidate
