@@ -1,7 +1,7 @@
 """End-to-end tests: real Flower processes (tens of seconds each); every test here is ``e2e``.
 
-The ``runs`` fixture makes the session's real Flower runs of the quickstart job once, all at
-the same time, for the modules that assert on them.
+The ``runs`` fixture makes the session's real Flower runs of the quickstart job once, as many
+at a time as :mod:`tests.support.flower_load` allows, for the modules that assert on them.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pytest
 from gateway.control.jobs.spec import JobSpec
 from gateway.harness.local_run import RunOutcome, run_app
 from tests.support.flower_envs import flwr139, flwr141
+from tests.support.flower_load import gather_bounded
 from tests.support.paths import GATEWAY_TRANSPORTS, QUICKSTART, gateway_run
 
 HERE = Path(__file__).parent
@@ -28,7 +29,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunOutcome]:
-    """Real Flower runs of the quickstart job, concurrently: flwr 1.41 direct (3 and 2
+    """Real Flower runs of the quickstart job: flwr 1.41 direct (3 and 2
     rounds), flwr 1.41 through the gateway (HTTP dialect) and flwr 1.39 through the
     gateway (gRPC dialect, one ``--grpc-rere`` and one ``--grpc-adapter`` SuperNode)."""
     spec = JobSpec.load(QUICKSTART)
@@ -49,8 +50,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunOutcome]:
         plans[gateway_run(scheme)] = {"mode": "gateway", "install": current, "transport": scheme}
 
     async def all_runs() -> list[RunOutcome]:
-        return await asyncio.gather(
-            *(run_app(spec, workdir=root / name, **plan) for name, plan in plans.items())
+        return await gather_bounded(
+            run_app(spec, workdir=root / name, **plan) for name, plan in plans.items()
         )
 
     return dict(zip(plans, asyncio.run(all_runs()), strict=True))

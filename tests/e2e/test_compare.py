@@ -1,7 +1,8 @@
 """``flgate compare`` on real Flower: each example app gives identical results directly and
 through the gateway, and a real difference (another seed on one side) is caught.
 
-Every comparison of the module runs at once in one fixture (two Flower runs each).
+Every comparison of the module runs in one fixture (two Flower runs each), as many at once
+as :mod:`tests.support.flower_load` allows.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 
 from gateway.cli import build_parser
 from gateway.cli.compare_cmd import compare_and_report, compare_command, options_from
+from tests.support.flower_load import gather_bounded
 from tests.support.paths import QUICKSTART, REPO
 
 pytestmark = pytest.mark.e2e
@@ -63,7 +65,8 @@ def compares(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Done]:
         return Done(await compare_and_report(options, printed), printed.getvalue(), out)
 
     async def everything() -> list[Done]:
-        return await asyncio.gather(*(example(job) for job in ROUNDS), skewed())
+        # A comparison is two runs at once (direct and through the gateway).
+        return await gather_bounded([*(example(job) for job in ROUNDS), skewed()], runs_each=2)
 
     done = asyncio.run(everything())
     return dict(zip([*ROUNDS, SKEWED], done, strict=True))

@@ -17,6 +17,7 @@ from gateway.control.jobs.spec import JobSpec
 from gateway.harness.faultproxy import FaultConfig
 from gateway.harness.local_run import RunOutcome, run_app
 from tests.support.flower_envs import flwr141
+from tests.support.flower_load import gather_bounded
 from tests.support.paths import QUICKSTART
 
 pytestmark = pytest.mark.e2e
@@ -35,18 +36,16 @@ def faulty_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunOutcom
     root = tmp_path_factory.mktemp("faults")
 
     async def all_runs() -> list[RunOutcome]:
-        return await asyncio.gather(
-            *(
-                run_app(
-                    spec,
-                    mode="gateway",
-                    workdir=root / scheme,
-                    install=flwr141(),
-                    faults=FAULTS,
-                    transport=scheme,
-                )
-                for scheme in FAULTY_TRANSPORTS
+        return await gather_bounded(
+            run_app(
+                spec,
+                mode="gateway",
+                workdir=root / scheme,
+                install=flwr141(),
+                faults=FAULTS,
+                transport=scheme,
             )
+            for scheme in FAULTY_TRANSPORTS
         )
 
     return dict(zip(FAULTY_TRANSPORTS, asyncio.run(all_runs()), strict=True))
