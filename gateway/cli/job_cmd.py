@@ -9,13 +9,14 @@ import json
 import sys
 import tarfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 from google.protobuf.json_format import MessageToDict
 
 from ..control.admin import AdminClient
+from ..control.jobs.archive import LeftOut
 from ..control.jobs.store import FINAL_STATES, FINISHED
 from ..core.identity import Role
 from ..proto.control_pb2 import JobInfo
@@ -165,6 +166,16 @@ async def _follow(client: AdminClient, job_id: str) -> JobInfo:
         await asyncio.sleep(1.0)
 
 
+def _print_left_out(left_out: Sequence[LeftOut], *, json_output: bool) -> None:
+    """Say which files of the app were not packed (on stderr under --json, which owns stdout)."""
+    count = len(left_out)
+    print(
+        f"left out {count} file{'s' if count != 1 else ''}: {', '.join(map(str, left_out))}",
+        file=sys.stderr if json_output else sys.stdout,
+        flush=True,
+    )
+
+
 def _submit(args: argparse.Namespace) -> int:
     async def go() -> JobInfo:
         client = _client(args)
@@ -176,6 +187,7 @@ def _submit(args: argparse.Namespace) -> int:
                 run_config=args.run_config,
                 name=args.name,
                 time_limit=args.time_limit,
+                on_left_out=lambda left_out: _print_left_out(left_out, json_output=args.json),
             )
             if not args.json:
                 print(

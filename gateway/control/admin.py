@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..core.config import TLSConfig
@@ -21,8 +23,10 @@ from ..proto.control_pb2 import (
 from ..proto.envelope_pb2 import KIND_ADMIN
 from ..transport import TransportClient, connect
 from .client import control_call
-from .jobs.archive import pack_app
-from .jobs.spec import JobSpec
+from .jobs.archive import LeftOut, pack_app
+from .jobs.spec import JobSpec, check_flower_app, check_job_name, check_time_limit
+
+log = logging.getLogger(__name__)
 
 
 class AdminClient:
@@ -40,11 +44,29 @@ class AdminClient:
         run_config: str = "",
         name: str = "",
         time_limit: float = 0.0,
+        on_left_out: Callable[[Sequence[LeftOut]], None] | None = None,
     ) -> JobInfo:
-        JobSpec.load(app_dir)  # refuse a bad job here, before uploading it
+        """Check the job as the relay will, pack it and submit it.
+
+        ``on_left_out`` hears which files of ``app_dir`` were not packed and why
+        (symbolic links, special files, caches); without it they are logged.
+        """
+        # Refuse a bad job here, before uploading it; the relay checks again.
+        spec = JobSpec.load(app_dir)
+        check_flower_app(app_dir)
+        if name:
+            check_job_name(name, "--name")
+        if time_limit:
+            check_time_limit(time_limit, "--time-limit")
+        packed = pack_app(app_dir)
+        if packed.left_out:
+            if on_left_out is not None:
+                on_left_out(packed.left_out)
+            else:
+                log.info("left out of the app: %s", ", ".join(map(str, packed.left_out)))
         request = SubmitJobRequest(
-            name=name,
-            app_archive=pack_app(app_dir),
+            name=name or spec.name,
+            app_archive=packed.archive,
             sites=sites or [],
             min_sites=min_sites,
             run_config=run_config,

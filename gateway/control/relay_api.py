@@ -114,7 +114,7 @@ class ControlService:
         return self._manager.ship_logs(peer.name, ShipLogsRequest.FromString(body))
 
     async def _submit(self, peer: Peer, body: bytes) -> Message:
-        return job_info(self._manager.submit(peer, SubmitJobRequest.FromString(body)))
+        return job_info(await self._manager.submit(peer, SubmitJobRequest.FromString(body)))
 
     async def _list(self, peer: Peer, body: bytes) -> Message:
         ListJobsRequest.FromString(body)

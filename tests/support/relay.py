@@ -36,7 +36,10 @@ class NoRoutes:
         raise AssertionError("no job runs in these tests")
 
 
-def offline_job_manager(tmp_path: Path) -> JobManager:
-    """A job manager in ``tmp_path/relay`` that can store and answer, never start, a job."""
+def offline_job_manager(tmp_path: Path, *, known_sites: frozenset[str] | None = None) -> JobManager:
+    """A job manager in ``tmp_path/relay`` that can store and answer, never start, a job;
+    ``known_sites``: the sites a submission may name (as the relay's project lists them)."""
     install = flower_not_installed(tmp_path / "no-flower-here")
-    return JobManager(workspace=tmp_path / "relay", routes=NoRoutes(), install=install)
+    return JobManager(
+        workspace=tmp_path / "relay", routes=NoRoutes(), install=install, known_sites=known_sites
+    )

@@ -18,8 +18,10 @@ import contextlib
 import io
 import json
 import logging
+import shlex
 import shutil
 import tarfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -44,12 +46,24 @@ from .board_exchange import BoardExchange
 from .execution import JobRunner, RouteTable
 from .layout import SERVER_LOG, SUPERLINK_LOG, JobPaths
 from .site_tasks import SITE_ONLINE_SECONDS, SiteTasks
-from .spec import JobSpec, parse_run_config
+from .spec import (
+    JobSpec,
+    RunConfigValue,
+    check_flower_app,
+    check_job_name,
+    check_time_limit,
+    parse_run_config,
+)
 from .store import ABORTED, ACTIVE_STATES, SUBMITTED, JobRecord, JobStore, job_info
 
 __all__ = ["JobManager", "RouteTable", "job_info"]
 
 log = logging.getLogger(__name__)
+
+UNPACKS_AT_ONCE = 1
+"""Submitted archives unpacked at the same time: each takes a worker thread and a core,
+so a member admin's flood of submissions waits here instead of taking the relay's
+threads from the parts that stop SuperLinks."""
 
 
 class JobManager:
@@ -75,6 +89,7 @@ class JobManager:
         """Set when a job or a site's report changes: wakes the scheduler and waiting polls."""
         self._scheduler: asyncio.Task[None] | None = None
         self._closing = False
+        self._unpacking = asyncio.Semaphore(UNPACKS_AT_ONCE)
         self.on_event: Callable[[str, str], None] = lambda job_id, text: None
         self._sites = SiteTasks(
             store=self.store,
@@ -188,27 +203,74 @@ class JobManager:
             raise UnknownJobError(f"no job {job_id!r}; `flgate job list` shows the jobs")
         return shared[1]
 
-    def submit(self, peer: Peer, request: SubmitJobRequest) -> JobRecord:
-        """Validate and store a job; the error says what to fix."""
-        job_id = uuid.uuid4().hex[:12]
-        app_dir = self.job_dir(job_id) / "app"
-        try:
-            unpack_app(request.app_archive, app_dir)
-            spec = JobSpec.load(app_dir)
-            overrides = parse_run_config(request.run_config) if request.run_config else {}
-        except ConfigError:
-            shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
-            raise
+    async def submit(self, peer: Peer, request: SubmitJobRequest) -> JobRecord:
+        """Validate and store a job; the error says what to fix.
+
+        All or nothing: the job directory exists only for a job that was stored. The
+        archive is unpacked (and its files checked) in a worker thread, one at a time,
+        so a hostile archive costs the relay a thread, never its event loop.
+        """
+        name = check_job_name(request.name, "the job's name") if request.name else ""
+        time_limit = (
+            check_time_limit(request.time_limit, "the job's time limit")
+            if request.time_limit
+            else 0.0
+        )
+        overrides = parse_run_config(request.run_config) if request.run_config else {}
         sites = sorted(set(request.sites))
         known = self._known_sites if self._known_sites is not None else set(self._sites.last_seen())
-        if sites:
-            unknown = [s for s in sites if s not in known]
-            if unknown:
-                raise ConfigError(
-                    f"unknown site(s) {', '.join(unknown)}; known sites: "
-                    f"{', '.join(sorted(known)) or 'none has connected yet'}"
-                )
-        else:
+        unknown = [s for s in sites if s not in known]
+        if unknown:
+            raise ConfigError(
+                f"unknown site(s) {', '.join(unknown)}; known sites: "
+                f"{', '.join(sorted(known)) or 'none has connected yet'}"
+            )
+        job_id = uuid.uuid4().hex[:12]
+        job_dir = self.job_dir(job_id)
+        async with self._unpacking:
+            spec = await self._unpack(request.app_archive, job_dir)
+        try:
+            record = self._admit(job_id, peer, request, spec, sites, name, time_limit, overrides)
+            self.store.add(record)
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, job_dir, True)
+            raise
+        self._changed.set()
+        log.info(
+            "job submitted", extra={"job": job_id, "by": peer.name, "sites": list(record.sites)}
+        )
+        return record
+
+    async def _unpack(self, archive: bytes, job_dir: Path) -> JobSpec:
+        """The submitted app, unpacked and checked in ``job_dir`` by a worker thread.
+
+        A refusal leaves no ``job_dir`` (the worker removes it). So does a submission
+        given up meanwhile (the client went away, the relay stops): the worker is told
+        to stop and ``job_dir`` is removed once it has, whatever it got to.
+        """
+        job_dir.mkdir(parents=True)  # a new id: never another job's directory to remove
+        stop = threading.Event()
+        work = asyncio.ensure_future(asyncio.to_thread(_unpack_job, archive, job_dir, stop))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            stop.set()
+            work.add_done_callback(lambda done: _remove_after(done, job_dir))
+            raise
+
+    def _admit(
+        self,
+        job_id: str,
+        peer: Peer,
+        request: SubmitJobRequest,
+        spec: JobSpec,
+        sites: list[str],
+        name: str,
+        time_limit: float,
+        overrides: dict[str, RunConfigValue],
+    ) -> JobRecord:
+        """The job's record, once its sites are settled; refused when there are too few."""
+        if not sites:
             wanted = max(request.min_sites or spec.min_sites, 1)
             online = self.online_sites()
             if len(online) < wanted:
@@ -222,20 +284,17 @@ class JobManager:
                 f"job {spec.name} needs at least {spec.min_sites} sites, got {len(sites)}"
             )
         config = {**spec.run_config, **overrides}
-        record = JobRecord(
+        return JobRecord(
             job_id=job_id,
-            name=request.name or spec.name,
+            name=name or spec.name,
             state=SUBMITTED,
             sites=tuple(sites),
             submitted_by=peer.name,
-            run_config=" ".join(f"{k}={v}" for k, v in config.items()),
-            time_limit=request.time_limit or spec.time_limit,
+            # quoted as parse_run_config reads it back when the job starts
+            run_config=" ".join(f"{k}={_quoted(v)}" for k, v in config.items()),
+            time_limit=time_limit or spec.time_limit,
             reason="waiting for its sites",
         )
-        self.store.add(record)
-        self._changed.set()
-        log.info("job submitted", extra={"job": job_id, "by": peer.name, "sites": sites})
-        return record
 
     async def abort(self, job_id: str, reason: str) -> JobRecord:
         record = self._get(job_id)
@@ -326,3 +385,30 @@ class JobManager:
 
     async def _register_node_keys(self, record: JobRecord, flwr_home: Path) -> None:
         await self._runner.register_node_keys(record, flwr_home)
+
+
+def _unpack_job(archive: bytes, job_dir: Path, stop: threading.Event) -> JobSpec:
+    """Unpack and check a submitted app in its new job directory (in a worker thread);
+    on any refusal the job directory is removed."""
+    app_dir = job_dir / "app"
+    try:
+        unpacked = unpack_app(archive, app_dir, stop=stop)
+        spec = JobSpec.load(app_dir, shown_as="the submitted app")
+        check_flower_app(app_dir)
+    except BaseException:
+        shutil.rmtree(job_dir, ignore_errors=True)
+        raise
+    log.debug("app unpacked", extra={"members": unpacked.members, "bytes": unpacked.bytes})
+    return spec
+
+
+def _remove_after(work: asyncio.Future[JobSpec], job_dir: Path) -> None:
+    """Once a given-up unpack has ended (its outcome no longer matters), remove its job
+    directory in a worker thread."""
+    if not work.cancelled():
+        work.exception()  # retrieved: nobody awaits it any more
+    asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, job_dir, True)
+
+
+def _quoted(value: RunConfigValue) -> str:
+    return shlex.quote(value) if isinstance(value, str) else str(value)
