@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 _SIGNATURE = ec.ECDSA(hashes.SHA256())
 MAX_SHARE_BYTES = 16 * 1024 * 1024
 """A share larger than this is refused (it lists tasks and summaries, not data)."""
+BOARD_CONNECTIONS = 2
+"""The board's Redis pool: one exchange at a time, each a pipeline then one read."""
 
 Report = tuple[float, SiteJobState]
 """When a relay received a site's state of a job, and the state."""
@@ -223,7 +225,7 @@ class RedisBoard:
         self.relay = relay
         self._signer = Signer(cert_pem=cert, key_pem=key)
         self._checker = CertificateChecker(ca, revoked=revoked)
-        self._redis = redis_connection(parse_url(url), tls)
+        self._redis = redis_connection(parse_url(url), tls, max_connections=BOARD_CONNECTIONS)
         self._index = f"{namespace}:relays"
         self._prefix = f"{namespace}:share:"
         self._ttl_ms = int(ttl * 1000)

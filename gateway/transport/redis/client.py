@@ -33,6 +33,7 @@ from ...proto.envelope_pb2 import Envelope, Reply
 from ..common import frame_limit
 from ..interface import TransportClient, TransportURL
 from .connection import (
+    DEFAULT_MAX_CONNECTIONS,
     Fields,
     halt,
     redis_connection,
@@ -73,7 +74,9 @@ class RedisTransportClient(TransportClient):
     from relays with these names; default: any certificate with the relay role),
     ``stream_maxlen`` (approximate cap of a request stream while no relay reads
     it), ``key_ttl`` (seconds a job stream lives after its last use; it is
-    re-announced every ``key_ttl / 60`` seconds of use).
+    re-announced every ``key_ttl / 60`` seconds of use), ``max_connections`` (the
+    bound of the connection pool, default
+    :data:`~.connection.DEFAULT_MAX_CONNECTIONS`; one is held by the reply reader).
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class RedisTransportClient(TransportClient):
         relay_names: frozenset[str] | None = None,
         stream_maxlen: int = 10_000,
         key_ttl: float = 3600.0,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         tls = require_tls(tls, url)
@@ -98,7 +102,14 @@ class RedisTransportClient(TransportClient):
         self._layout = Layout(namespace)
         self._reply_stream = self._layout.reply_stream(self._signer.peer.name, uuid.uuid4().hex)
         self._where = str(url)
-        self._redis = redis_connection(url, tls, db=db, username=username, password=password)
+        self._redis = redis_connection(
+            url,
+            tls,
+            db=db,
+            username=username,
+            password=password,
+            max_connections=max_connections,
+        )
         self._max = frame_limit(limits)
         self._stream_maxlen = stream_maxlen
         self._key_ttl = key_ttl

@@ -3,9 +3,13 @@
 :func:`redis_connection` is the one way into Redis: a pool that retries
 nothing (resending is the reliable layer's job), speaks RESP2 (the reply shapes
 :func:`stream_entries` reads) and, for ``rediss://``, trusts the federation's
-root CA only. :func:`translate` turns redis-py's errors into the gateway's, so
-none leaks through the transport's API. The scale-out board
-(:mod:`gateway.control.board`) uses the same connections.
+root CA only. The pool is bounded (:data:`DEFAULT_MAX_CONNECTIONS`): a command
+that finds every connection busy waits for one instead of opening another, so a
+flood of calls costs Redis a fixed number of connections per participant, not
+one per concurrent call (a relay held 51 after a flood before).
+:func:`translate` turns redis-py's errors into the gateway's, so none leaks
+through the transport's API. The scale-out board (:mod:`gateway.control.board`)
+uses the same connections.
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ log = logging.getLogger(__name__)
 _SOCKET_TIMEOUT = 30.0
 """Longest wait for any one Redis command; blocking reads block for less."""
 _MAX_BACKOFF = 2.0
+DEFAULT_MAX_CONNECTIONS = 16
+"""Connections one pool may hold. Commands are short, so a few connections carry
+hundreds of calls in flight; one of them may be held by a blocking read."""
+_MIN_CONNECTIONS = 2
+"""A read loop blocks one connection for seconds: the others must still send."""
 
 Fields = dict[bytes, bytes]
 """A stream entry's fields as Redis returns them."""
@@ -82,8 +91,16 @@ def redis_connection(
     db: int = 0,
     username: str | None = None,
     password: str | None = None,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> aioredis.Redis:
-    """A connection pool; redis-py retries nothing (resending is the reliable layer's job)."""
+    """A pool of at most ``max_connections``; redis-py retries nothing (resending is
+    the reliable layer's job). A command waits up to the socket timeout for a free
+    connection, then fails as a :class:`ConnectError`."""
+    if max_connections < _MIN_CONNECTIONS:
+        raise ConfigError(
+            f"a Redis pool needs at least {_MIN_CONNECTIONS} connections (one may block in "
+            f"a read), not {max_connections}"
+        )
     options: dict[str, Any] = {
         "host": url.host,
         "port": url.port,
@@ -96,12 +113,11 @@ def redis_connection(
         "retry": Retry(NoBackoff(), 0),
         "protocol": 2,  # the reply shapes parsed here are RESP2's
     }
-    if url.scheme != "rediss":
-        return aioredis.Redis(**options)
-    pool = aioredis.ConnectionPool(
-        connection_class=_FederationSSLConnection,
-        federation_context=client_ssl_context(tls),
-        **options,
+    if url.scheme == "rediss":
+        options["connection_class"] = _FederationSSLConnection
+        options["federation_context"] = client_ssl_context(tls)
+    pool = aioredis.BlockingConnectionPool(
+        max_connections=max_connections, timeout=_SOCKET_TIMEOUT, **options
     )
     return aioredis.Redis.from_pool(pool)
 

@@ -12,6 +12,30 @@ Fleet calls. A relay that dies with entries in hand loses nothing: after
 ``claim_idle`` seconds another relay claims and answers them (the reliable
 layer's dedup makes a second execution harmless). A relay keeps the entries it
 is still working on from looking idle by re-claiming them for itself.
+
+Streams nobody reads: a site may write to the stream of a job that no relay
+runs (a job lost with its relay, a mistyped id), and no relay then reads or
+deletes its entries. So entries age out, and streams expire:
+
+- Every relay trims every announced request stream, its own, other relays'
+  and those nobody owns (the registry names them all), with ``XTRIM MINID``:
+  an entry older than ``entry_ttl`` (by Redis's clock, which stamped its id)
+  goes. The default is the nonce window, ``2 * max_clock_skew + 10`` seconds:
+  an older entry would be refused as stale by any relay anyway, and its sender
+  gave up on it long before (a call waits at most tens of seconds).
+- A job's request stream expires ``key_ttl`` after the last time a client
+  announced it (the client sets the TTL as it writes; a relay that creates the
+  stream for its consumer group gives it one too), so an abandoned stream goes
+  whole once its writers stop.
+
+Not chosen: trimming on the client's ``XADD`` (its clock is the one least
+trusted, and an abandoned stream's last entries would stay), or a relay answering
+entries of unknown jobs with a refusal: with several relays, none knows alone
+that no relay runs a job, and a 404 makes Flower drop the call.
+
+Stopping: :meth:`RedisTransportServer.stop_accepting` stops reading new entries
+while those in hand are still answered; what is not read stays in its stream,
+for another relay or this one after a restart.
 """
 
 from __future__ import annotations
@@ -35,6 +59,7 @@ from ...proto.envelope_pb2 import Reply
 from ..common import call_handler, frame_limit
 from ..interface import Handler, TransportServer, TransportURL
 from .connection import (
+    DEFAULT_MAX_CONNECTIONS,
     Fields,
     halt,
     redis_connection,
@@ -59,6 +84,8 @@ from .protocol import (
 log = logging.getLogger(__name__)
 
 _REPLY_MAXLEN = 1000
+_TRIM_INTERVAL = 10.0
+"""Seconds between a relay's trims of stale request entries (see the module's docstring)."""
 _READ_BATCH = 16
 """Entries per read: each may be a whole frame (64 MiB by default), so few at a time."""
 
@@ -79,7 +106,12 @@ class RedisTransportServer(TransportServer):
     ``discovery_interval`` (seconds between looks for new job streams, default
     1, which is also the latency of a new job's first call at worst);
     ``key_ttl`` (job keys unused this long are no longer read, default 3600);
-    ``reply_ttl`` (seconds a reply stream outlives its last reply, default 300).
+    ``reply_ttl`` (seconds a reply stream outlives its last reply, default 300);
+    ``entry_ttl`` (seconds a request entry may wait unread before any relay trims
+    it, default ``2 * max_clock_skew + 10``, see the module's docstring);
+    ``trim_interval`` (seconds between trims, default 10); ``max_connections``
+    (the bound of the connection pool, default
+    :data:`~.connection.DEFAULT_MAX_CONNECTIONS`; the reader holds one).
     """
 
     def __init__(
@@ -102,6 +134,9 @@ class RedisTransportServer(TransportServer):
         discovery_interval: float = 1.0,
         key_ttl: float = 3600.0,
         reply_ttl: float = 300.0,
+        entry_ttl: float | None = None,
+        trim_interval: float = _TRIM_INTERVAL,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         tls = require_tls(tls, url)
@@ -115,13 +150,25 @@ class RedisTransportServer(TransportServer):
         self._verifier = RequestVerifier(
             self._checker, layout=self._layout, max_skew=max_clock_skew
         )
-        self._redis = redis_connection(url, tls, db=db, username=username, password=password)
+        self._redis = redis_connection(
+            url,
+            tls,
+            db=db,
+            username=username,
+            password=password,
+            max_connections=max_connections,
+        )
         self._max = frame_limit(limits)
         self._consumer = consumer or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._serve_ctl = serve_ctl
         self._predicate: KeyPredicate = keys or (lambda _key: True)
         self._claim_idle = claim_idle
         self._nonce_ttl_ms = int((2 * max_clock_skew + 10) * 1000)
+        self._entry_ttl_ms = (
+            self._nonce_ttl_ms if entry_ttl is None else max(1, int(entry_ttl * 1000))
+        )
+        self._trim_interval = trim_interval
+        self._next_trim = 0.0
         self._max_in_flight = max_in_flight
         self._discovery_interval = discovery_interval
         self._key_ttl = key_ttl
@@ -171,11 +218,18 @@ class RedisTransportServer(TransportServer):
         ]
         log.info("relay reading Redis", extra={"url": self._where, "consumer": self._consumer})
 
+    async def stop_accepting(self) -> None:
+        """Stop reading new entries (and claiming idle ones); entries in hand are still
+        answered. Unread entries stay in their streams for another relay, or this one
+        after a restart."""
+        self._closing = True
+        tasks, self._tasks = self._tasks, []
+        if tasks:
+            await halt(tasks, self._redis)
+
     async def aclose(self, grace: float = 1.0) -> None:
         """Stop reading; give entries in hand ``grace`` seconds to be answered."""
-        self._closing = True
-        if self._tasks:
-            await halt(self._tasks, self._redis)
+        await self.stop_accepting()
         if self._in_flight:
             # Unfinished entries stay pending; another relay will claim them.
             _, late = await asyncio.wait(list(self._in_flight.values()), timeout=grace)
@@ -203,6 +257,8 @@ class RedisTransportServer(TransportServer):
             await self._ensure_group(stream)
         self._streams = served
         self._next_discovery = self._clock() + self._discovery_interval
+        if self._clock() >= self._next_trim:
+            await self._trim(sorted({*keys, CTL_KEY}))
 
     async def _ensure_group(self, stream: str) -> None:
         try:
@@ -211,7 +267,23 @@ class RedisTransportServer(TransportServer):
         except redis_errors.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        if self._layout.key_of(stream) != CTL_KEY:
+            # A stream this created (mkstream) would otherwise never expire.
+            await self._redis.pexpire(stream, int(self._key_ttl * 1000), nx=True)
         self._grouped.add(stream)
+
+    async def _trim(self, keys: list[str]) -> None:
+        """Delete request entries older than ``entry_ttl`` from the streams of ``keys``,
+        whoever reads them, so that a stream nobody reads keeps no entry for long."""
+        seconds, micros = await self._redis.time()
+        oldest_ms = seconds * 1000 + micros // 1000 - self._entry_ttl_ms
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                stream = self._layout.request_stream(key)
+                pipe.xtrim(stream, minid=f"{oldest_ms}-0", approximate=False)
+            # A key of the wrong type (anyone may write to Redis) fails alone.
+            await pipe.execute(raise_on_error=False)
+        self._next_trim = self._clock() + self._trim_interval
 
     # -- reading ------------------------------------------------------------
 

@@ -566,3 +566,136 @@ async def test_a_revoked_signer_is_refused_before_the_handler(plain: Env) -> Non
         await plain.client("site-1").send(ctl(), timeout=5)
     assert handler.seen == []
     assert (await plain.client("site-2").send(ctl(), timeout=5)).http_status == 200
+
+
+# -- streams nobody reads, the connection pool, stopping ------------------------
+
+
+async def test_an_entry_for_a_job_nobody_runs_is_gone_after_the_entry_ttl(plain: Env) -> None:
+    """No relay reads job "ghost"'s stream, yet a relay trims its stale entries, and
+    the stream itself expires once its writers stop."""
+    await plain.server(Recorder(), keys=lambda key: key == "mine", entry_ttl=0.5, trim_interval=0.1)
+    ghost = LAYOUT.request_stream("ghost")
+    with pytest.raises(DeadlineError):
+        await plain.client().send(fleet(job="ghost"), timeout=0.3)
+    assert await plain.raw.xlen(ghost) == 1
+    assert 0 < await plain.raw.pttl(ghost) <= 3600 * 1000
+
+    for _ in range(100):
+        if await plain.raw.xlen(ghost) == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert await plain.raw.xlen(ghost) == 0
+
+
+async def test_entries_younger_than_the_entry_ttl_wait_for_the_relay_that_will_run_their_job(
+    plain: Env,
+) -> None:
+    await plain.server(Recorder(name="other"), keys=lambda key: False, trim_interval=0.05)
+    client = plain.client()
+    early = asyncio.create_task(client.send(fleet(job="later", body=b"early"), timeout=10))
+    while not await plain.raw.exists(LAYOUT.request_stream("later")):
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)  # several trims pass over the entry
+
+    await plain.server(Recorder(name="owner"), keys=lambda key: key == "later")
+
+    assert (await early).body == b"owner:site-1:early"
+
+
+async def test_a_job_stream_a_relay_creates_for_its_group_expires(plain: Env) -> None:
+    """The registry may outlive a stream by a moment; the stream the relay then
+    creates (for its consumer group) must not live forever."""
+    await plain.raw.zadd(LAYOUT.registry, {"fresh": int(time.time() * 1000)})
+    await plain.server(Recorder(), key_ttl=60)
+    fresh = LAYOUT.request_stream("fresh")
+    assert await plain.raw.exists(fresh) == 1
+    assert 0 < await plain.raw.pttl(fresh) <= 60 * 1000
+    assert await plain.raw.pttl(CTL) == -1  # ctl is every relay's: it never expires
+
+
+async def _connections_of(raw: aioredis.Redis, user: str) -> int:
+    clients: list[dict[str, Any]] = await raw.client_list()
+    return sum(1 for c in clients if c.get("user") == user)
+
+
+async def test_a_flood_of_calls_keeps_the_relays_and_the_sites_redis_connections_within_the_bound(
+    either: Env,
+) -> None:
+    """Each side has its own Redis user here, so CLIENT LIST tells their connections apart.
+    Unbounded, this flood took about a hundred connections on each side."""
+    users = {"relay-pool": "relay-secret", "site-pool": "site-secret"}
+    for user, password in users.items():
+        await either.raw.acl_setuser(
+            user,
+            enabled=True,
+            passwords=[f"+{password}"],
+            keys=["*"],
+            channels=["*"],
+            commands=["+@all"],
+        )
+    try:
+        bound = 4
+        await either.server(
+            Recorder(delay=0.02),
+            username="relay-pool",
+            password=users["relay-pool"],
+            max_connections=bound,
+        )
+        site = either.pki.federation.sites["site-1"]
+        client = RedisTransportClient(
+            parse_url(either.url),
+            site,
+            Limits(),
+            username="site-pool",
+            password=users["site-pool"],
+            max_connections=bound,
+        )
+        either.clients.append(client)
+        peak = {"relay-pool": 0, "site-pool": 0}
+        flooding = True
+
+        async def watch() -> None:
+            while flooding:
+                for user in peak:
+                    peak[user] = max(peak[user], await _connections_of(either.raw, user))
+                await asyncio.sleep(0.01)
+
+        watcher = asyncio.create_task(watch())
+        envelopes = [fleet(body=str(i).encode()) if i % 2 else ctl() for i in range(300)]
+        replies = await asyncio.gather(*(client.send(e, timeout=30) for e in envelopes))
+        flooding = False
+        await watcher
+
+        assert [r.message_id for r in replies] == [e.message_id for e in envelopes]
+        assert all(r.http_status == 200 for r in replies)
+        assert 1 <= peak["relay-pool"] <= bound
+        assert 1 <= peak["site-pool"] <= bound
+    finally:
+        for user in users:
+            await either.raw.acl_deluser(user)
+
+
+def test_a_pool_too_small_for_a_blocking_read_is_refused(redis_pki: RedisPKI) -> None:
+    site = redis_pki.federation.sites["site-1"]
+    with pytest.raises(ConfigError, match="at least 2 connections"):
+        redis_connection(parse_url("redis://127.0.0.1:1"), site, max_connections=1)
+
+
+async def test_a_relay_that_stops_accepting_answers_the_entries_in_hand_and_leaves_the_rest(
+    plain: Env,
+) -> None:
+    handler = Recorder(delay=0.3)
+    server = await plain.server(handler)
+    client = plain.client()
+    in_hand = asyncio.create_task(client.send(ctl(body=b"in hand"), timeout=10))
+    while not handler.seen:
+        await asyncio.sleep(0.01)
+
+    await server.stop_accepting()
+    with pytest.raises(DeadlineError):
+        await client.send(ctl(body=b"too late"), timeout=0.5)
+
+    assert (await in_hand).body == b"relay:site-1:in hand"
+    assert [e.body for _, e in handler.seen] == [b"in hand"]
+    assert await plain.raw.xlen(CTL) == 1  # the next relay will answer it
