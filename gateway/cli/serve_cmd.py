@@ -1,9 +1,17 @@
-"""``flgate relay start`` and ``flgate site start``: the long-lived processes."""
+"""``flgate relay start`` and ``flgate site start``: the long-lived processes.
+
+SIGTERM and Ctrl-C start an orderly stop that is bounded in time (the relay drains
+its calls, then closes its stores; the site stops its SuperNodes), and the exit
+code is 0. Signals during the stop change nothing: cutting it short would leave
+stores open under calls still running.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -108,7 +116,17 @@ def _workspace(args: argparse.Namespace, kit: Kit | None) -> Path:
     raise ConfigError("missing --workspace DIR (or --kit DIR, whose workspace/ it then uses)")
 
 
+def _stop_signals() -> asyncio.Event:
+    """An event that SIGTERM or SIGINT sets, in place of cancelling the command."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 async def _serve_relay(args: argparse.Namespace) -> None:
+    stop = _stop_signals()
     tls = tls_from(args, Role.RELAY)
     kit = kit_from(args, Role.RELAY)
     if kit is not None:
@@ -127,17 +145,17 @@ async def _serve_relay(args: argparse.Namespace) -> None:
         scheme, _, rest = url.partition("://")
         print(f"relay listening on {scheme}://{rest.rpartition(':')[0]}:{port}", flush=True)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
+        print(f"relay stopping: draining {app.in_flight} calls", file=sys.stderr, flush=True)
         await app.aclose()
 
 
 def _until_stopped(name: str, service: Coroutine[Any, Any, None]) -> int:
     """Serve until SIGTERM or Ctrl-C; a stop is the normal end, exit code 0."""
-    try:
+    with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
         run(service)
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        print(f"{name} stopped", file=sys.stderr)
+    print(f"{name} stopped", file=sys.stderr)
     return EXIT_OK
 
 
@@ -146,6 +164,7 @@ def _relay_start(args: argparse.Namespace) -> int:
 
 
 async def _serve_site(args: argparse.Namespace) -> None:
+    stop = _stop_signals()
     tls = tls_from(args, Role.SITE)
     kit = kit_from(args, Role.SITE)
     relay_url = relay_from(args, Role.SITE)
@@ -160,7 +179,13 @@ async def _serve_site(args: argparse.Namespace) -> None:
         limits=limits_from(args),
     )
     print(f"site {agent.name} dialing {relay_url}", flush=True)
-    await agent.run_forever()
+    running = asyncio.create_task(agent.run_forever(), name="site-agent")
+    stopping = asyncio.create_task(stop.wait(), name="site-stop")
+    await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    running.cancel()  # the agent stops its jobs on the way out
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
 
 
 def _site_start(args: argparse.Namespace) -> int:

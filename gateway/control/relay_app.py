@@ -1,4 +1,9 @@
-"""The relay process: transport listener, dispatcher, LGCs, job manager and control plane."""
+"""The relay process: transport listener, dispatcher, LGCs, job manager and control plane.
+
+It stops in phases, so that nothing touches a store after it is closed: the relay
+stops taking calls and drains those in flight (:meth:`~gateway.relay.server.Relay.drain`),
+then the jobs stop and the job store closes, then the listeners and the dedup store.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from pathlib import Path
 
 from ..core.config import Limits, TLSConfig
 from ..flower.install import FlowerInstall
+from ..proto.envelope_pb2 import KIND_FLEET, Envelope
 from ..provisioning.revocation import RevocationList, tls_ca
 from ..relay.server import Relay
 from ..reliable import SqliteDedupStore
@@ -16,6 +22,13 @@ from ..transport.base import parse_url
 from .board import RedisBoard
 from .jobs.manager import JobManager
 from .relay_api import ControlService
+
+_LONG_POLLS = frozenset({"PollTasks", "GetLogs"})
+"""Control operations that wait for news (``relay_api``): a stop answers them at once."""
+
+
+def _waits_for_news(envelope: Envelope) -> bool:
+    return envelope.kind != KIND_FLEET and envelope.method in _LONG_POLLS
 
 
 class RelayApp:
@@ -69,6 +82,11 @@ class RelayApp:
     def ports(self) -> list[int]:
         return self.relay.ports
 
+    @property
+    def in_flight(self) -> int:
+        """Calls the relay is handling now (what a stop drains)."""
+        return self.relay.in_flight
+
     async def start(self) -> None:
         # Jobs that outlived a restart are routed before the relay listens: the
         # sites' retries arrive at once, and a 404 would make Flower drop a call.
@@ -76,5 +94,9 @@ class RelayApp:
         await self.relay.start()
 
     async def aclose(self) -> None:
+        """Stop taking calls and drain those in flight (long polls are answered at
+        once), then stop the jobs and close the job store, then the listeners and the
+        dedup store: before, the job store closed first, under calls still in flight."""
+        await self.relay.drain(interrupt=_waits_for_news)
         await self.manager.aclose()
         await self.relay.aclose()

@@ -205,7 +205,8 @@ class ReliableReceiver:
     async def aclose(self) -> None:
         """Cancel executions still running (their ids stay pending) and refuse new ones.
 
-        The store is the caller's to close.
+        Their callers get a 504 reply (the call may have reached the SuperLink);
+        the store is the caller's to close, after this returns.
         """
         self._closed = True
         tasks = list(self._tasks)

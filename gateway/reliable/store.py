@@ -163,7 +163,8 @@ class SqliteDedupStore(DedupStore):
 
     The connection belongs to the thread that opened it (the relay's event
     loop); one relay process per file, because the set of ids executing right
-    now lives in that process's memory.
+    now lives in that process's memory. Once closed, every use raises a
+    :class:`DedupStoreError` that says so (not sqlite's ``ProgrammingError``).
     """
 
     def __init__(
@@ -173,6 +174,7 @@ class SqliteDedupStore(DedupStore):
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
     ) -> None:
         self.path = Path(path)
+        self._closed = False
         try:
             # Autocommit: every statement is its own transaction, so a crash
             # never leaves a half-written record.
@@ -199,6 +201,8 @@ class SqliteDedupStore(DedupStore):
             raise
 
     def _run(self, sql: str, params: tuple[object, ...]) -> sqlite3.Cursor:
+        if self._closed:
+            raise DedupStoreError(f"dedup store {self.path} is closed: the relay is stopping")
         try:
             return self._db.execute(sql, params)
         except sqlite3.Error as exc:
@@ -238,4 +242,7 @@ class SqliteDedupStore(DedupStore):
         return count
 
     def close(self) -> None:
-        self._db.close()
+        """Close the file; a second close does nothing."""
+        if not self._closed:
+            self._closed = True
+            self._db.close()

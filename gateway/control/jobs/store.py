@@ -102,18 +102,38 @@ CREATE TABLE IF NOT EXISTS jobs (
 _COLUMNS = [f.name for f in fields(JobRecord)]
 
 
+class _ClosedDatabase:
+    """What a closed :class:`JobStore` reads and writes through: it refuses every use
+    with an error of ours that names the store, not sqlite's ``ProgrammingError``."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def execute(self, sql: str, parameters: object = (), /) -> sqlite3.Cursor:
+        raise JobError(f"the job store {self._path} is closed: the relay is stopping")
+
+    def close(self) -> None:
+        pass
+
+
 class JobStore:
     """Jobs in SQLite; every write is committed before the call returns."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._path = path
+        self._db: sqlite3.Connection | _ClosedDatabase = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        self._db.close()
+        """Close the file; every later use raises :class:`JobError`, a second close nothing."""
+        with self._lock:
+            db, self._db = self._db, _ClosedDatabase(self._path)
+            db.close()
 
     def _row(self, record: JobRecord) -> tuple[object, ...]:
         values = dict(vars(record))
