@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import os
 import signal
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 
 from cryptography import x509
 
-from ..core.config import Limits, MiB, TLSConfig
+from ..core.config import Budgets, Limits, MiB, TLSConfig
 from ..core.exceptions import ConfigError
 from ..core.identity import Role
 from ..provisioning.kit import Kit, load_kit
@@ -107,6 +108,52 @@ def limits_from(args: argparse.Namespace) -> Limits:
     if mib < 0:
         raise ConfigError(f"--max-frame-mib must be 0 (no limit) or positive, not {mib:g}")
     return Limits(max_frame_bytes=int(mib * MiB) if mib else None)
+
+
+_BUDGET_OPTIONS = (
+    # option, Budgets field, unit in bytes (1: a count), what it is
+    ("--max-inflight-mib-per-site", "bytes_per_peer", MiB, "MiB of requests in flight per peer"),
+    ("--max-inflight-mib", "bytes_total", MiB, "MiB of requests in flight from all peers"),
+    ("--max-calls-per-site", "calls_per_peer", 1, "calls in flight per peer"),
+    ("--max-calls", "calls_total", 1, "calls in flight from all peers"),
+    ("--max-connections-per-site", "connections_per_peer", 1, "open connections per peer"),
+)
+
+
+def _env_name(option: str) -> str:
+    return "FLGATE_" + option.removeprefix("--").replace("-", "_").upper()
+
+
+def add_budget_options(parser: argparse.ArgumentParser) -> None:
+    """The relay's admission budgets: what peers may have in flight before it answers
+    "busy" (and the site retries); each defaults to ``FLGATE_<OPTION>``, else Budgets'."""
+    defaults = Budgets()
+    for option, name, unit, what in _BUDGET_OPTIONS:
+        default = getattr(defaults, name)
+        parser.add_argument(
+            option,
+            type=float,
+            metavar="N",
+            help=f"{what}; 0 for no limit (default {default / unit:g}; env {_env_name(option)})",
+        )
+
+
+def budgets_from(args: argparse.Namespace) -> Budgets:
+    values: dict[str, int | None] = {}
+    for option, name, unit, _ in _BUDGET_OPTIONS:
+        value: float | None = getattr(args, option.removeprefix("--").replace("-", "_"))
+        if value is None:
+            text = os.environ.get(_env_name(option), "")
+            if not text:
+                continue
+            try:
+                value = float(text)
+            except ValueError:
+                raise ConfigError(f"{_env_name(option)}={text!r} is not a number") from None
+        if value < 0:
+            raise ConfigError(f"{option} must be 0 (no limit) or positive, not {value:g}")
+        values[name] = int(value * unit) if value else None
+    return dataclasses.replace(Budgets(), **values)
 
 
 def _env_path(name: str) -> Path | None:

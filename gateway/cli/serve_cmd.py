@@ -25,8 +25,10 @@ from ..flower.install import FlowerInstall
 from ..provisioning.kit import Kit
 from .common import (
     EXIT_OK,
+    add_budget_options,
     add_limit_options,
     add_tls_options,
+    budgets_from,
     kit_from,
     limits_from,
     relay_from,
@@ -78,6 +80,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     add_tls_options(start, relay=False)
     add_limit_options(start)
+    add_budget_options(start)
     start.set_defaults(func=_relay_start)
 
     site = commands.add_parser("site", help="a site's agent (one per site)")
@@ -139,6 +142,7 @@ async def _serve_relay(args: argparse.Namespace) -> None:
         known_sites=frozenset(s.strip() for s in args.sites.split(",")) if args.sites else None,
         crl=args.crl or (kit.crl if kit else None),
         limits=limits_from(args),
+        budgets=budgets_from(args),
     )
     await app.start()
     for url, port in zip(app.relay.listen_urls, app.ports, strict=True):

@@ -12,7 +12,7 @@ import socket
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..core.config import Limits, TLSConfig
+from ..core.config import Budgets, Limits, TLSConfig
 from ..flower.install import FlowerInstall
 from ..proto.envelope_pb2 import KIND_FLEET, Envelope
 from ..provisioning.revocation import RevocationList, tls_ca
@@ -43,6 +43,7 @@ class RelayApp:
         install: FlowerInstall,
         known_sites: frozenset[str] | None = None,
         limits: Limits = Limits(),
+        budgets: Budgets = Budgets(),
         crl: Path | None = None,
     ) -> None:
         """``crl``: the federation's revocation list (re-read when it changes)."""
@@ -52,6 +53,7 @@ class RelayApp:
             listen_urls=listen_urls,
             tls=tls,
             limits=limits,
+            budgets=budgets,
             dedup_store=SqliteDedupStore(workspace / "dedup.db"),
         )
         redis_urls = [u for u in listen_urls if parse_url(u).scheme in ("redis", "rediss")]

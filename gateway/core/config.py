@@ -18,6 +18,30 @@ class Limits:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Budgets:
+    """What the relay admits in flight at once, per peer (certificate) and in total, on
+    all its transports together; ``None`` turns a budget off.
+
+    The defaults fit a relay on 2 cores and a few GB: two envelopes of the largest
+    size per site, four in all (260 MiB of bodies; a body costs one to three copies
+    while it is decoded, by transport), many more small calls than Flower makes (a
+    SuperNode has a few in flight; Flower >= 1.20 moves models in 5 MiB objects), and
+    a site's pool of https connections (100 by default).
+    """
+
+    bytes_per_peer: int | None = 2 * (64 + 1) * MiB
+    """Bytes of requests in flight per peer; at least one largest envelope."""
+    bytes_total: int | None = 4 * (64 + 1) * MiB
+    """Bytes of requests in flight from all peers; at least ``bytes_per_peer``."""
+    calls_per_peer: int | None = 1024
+    """Calls in flight per peer."""
+    calls_total: int | None = 8192
+    """Calls in flight from all peers."""
+    connections_per_peer: int | None = 128
+    """Open connections per peer (a site needs one on grpcs and tcps, a pool on https)."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class TLSConfig:
     """PEM files of one participant: the federation's root CA, its cert and key."""
 

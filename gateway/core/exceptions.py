@@ -14,7 +14,8 @@
     ├── TransportError         503  UNAVAILABLE        a transport could not move an envelope
     │   ├── ConnectError       503  UNAVAILABLE        no connection to the peer
     │   ├── DeadlineError      504  UNAVAILABLE        the deadline passed awaiting a reply
-    │   └── FrameTooLargeError 413  RESOURCE_EXHAUSTED a frame over the configured limit
+    │   ├── FrameTooLargeError 413  RESOURCE_EXHAUSTED a frame over the configured limit
+    │   └── RelayBusyError     503  UNAVAILABLE        over the relay's budget; not executed
     ├── NotDeliveredError      503  UNAVAILABLE        surely did not reach the SuperLink
     └── MaybeDeliveredError    504  UNAVAILABLE        may have reached it; no answer came
 
@@ -117,6 +118,12 @@ class FrameTooLargeError(TransportError):
 
     http_status = 413
     grpc_code = fleet.RESOURCE_EXHAUSTED
+
+
+class RelayBusyError(TransportError):
+    """The relay refused the call, unread, because the peer (or all peers together) had
+    as much in flight as its admission budgets allow. Nothing ran: a retry with the same
+    message id is safe, after a backoff."""
 
 
 class NotDeliveredError(GatewayError):

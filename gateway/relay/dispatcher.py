@@ -6,11 +6,16 @@ verified peer is a site, the envelope does not claim another site's name, the
 job runs on this relay, the site takes part in the job, the method is a Fleet
 method and the deadline has not passed. Anything else is refused here, with a
 reason, and reaches no SuperLink.
+
+Refusals are metered per peer (:mod:`gateway.transport.refusals`): their log lines
+are aggregated, and a peer that keeps being refused is blocked for a while, its calls
+answered "busy" unread, here and by the transports.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,6 +26,7 @@ from ..core.exceptions import (
     AuthError,
     DeadlineError,
     GatewayError,
+    RelayBusyError,
     UnknownJobError,
     UnknownMethodError,
 )
@@ -28,6 +34,7 @@ from ..core.failures import reply_for_error
 from ..core.identity import Peer, Role
 from ..proto.envelope_pb2 import KIND_FLEET, Envelope, Reply
 from ..reliable import MemoryDedupStore, ReliableReceiver, dedup_key
+from ..transport.admission import Admission
 from .lgc import Upstream
 
 log = logging.getLogger(__name__)
@@ -63,8 +70,20 @@ class DispatchStats:
 class Dispatcher:
     """Authorizes envelopes and hands them to the LGC of their job."""
 
-    def __init__(self, receiver: ReliableReceiver | None = None, *, ledger: bool = False) -> None:
+    def __init__(
+        self,
+        receiver: ReliableReceiver | None = None,
+        *,
+        ledger: bool = False,
+        admission: Admission | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``admission``: the relay's, shared with its transports (its refusal meter
+        blocks flooding peers everywhere); ``clock``: monotonic seconds."""
         self._jobs: dict[str, JobRoute] = {}
+        self.admission = admission if admission is not None else Admission()
+        self._clock = clock
+        self._flushed = clock()
         self.stats = DispatchStats(ledger=Counter() if ledger else None)
         self.receiver = receiver if receiver is not None else ReliableReceiver(MemoryDedupStore())
         """Executes each message id at most once; its store may be durable."""
@@ -84,19 +103,29 @@ class Dispatcher:
 
     def _refuse(self, envelope: Envelope, peer: Peer, refusal: GatewayError) -> Reply:
         self.stats.refused[envelope.job_id] += 1
-        log.warning(
-            "refused call",
-            extra={
-                "peer": str(peer),
-                "job": envelope.job_id,
-                "method": envelope.method,
-                "status": refusal.http_status,
-                "reason": str(refusal),
-            },
+        lines = self.admission.refusals.refused(
+            str(peer), type(refusal).__name__, str(refusal), self._clock()
         )
+        for line in lines:
+            extra = {**line.extra, "job": envelope.job_id, "method": envelope.method}
+            log.warning(line.message, extra={**extra, "status": refusal.http_status})
         return reply_for_error(envelope.message_id, refusal)
 
+    def _flush_refusal_logs(self) -> None:
+        """Now and then, log the aggregated refusals whose interval is over."""
+        now = self._clock()
+        if now - self._flushed < 1.0:
+            return
+        self._flushed = now
+        for line in self.admission.refusals.flush(now):
+            log.warning(line.message, extra=line.extra)
+
     async def handle(self, peer: Peer, envelope: Envelope) -> Reply:
+        self._flush_refusal_logs()
+        blocked = self.admission.blocked(str(peer), self._clock())
+        if blocked is not None:
+            self.stats.refused[envelope.job_id] += 1
+            return reply_for_error(envelope.message_id, RelayBusyError(blocked.message))
         revocation = self.revoked(peer) if self.revoked is not None else None
         if revocation is not None:
             return self._refuse(envelope, peer, AuthError(revocation))

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from ..core.config import Limits, TLSConfig
+from ..core.config import Budgets, Limits, TLSConfig
 from ..core.exceptions import (
     ConfigError,
     GatewayError,
@@ -30,6 +30,8 @@ from ..core.identity import Peer
 from ..proto.envelope_pb2 import Dialect, Envelope, Reply
 from ..reliable import DedupStore, MemoryDedupStore, ReliableReceiver
 from ..transport import TransportServer, listen
+from ..transport.admission import Admission
+from ..transport.common import frame_limit
 from .dispatcher import Dispatcher, RevocationCheck
 from .lgc import upstream_for
 
@@ -66,15 +68,20 @@ class Relay:
         listen_urls: Sequence[str],
         tls: TLSConfig,
         limits: Limits = Limits(),
+        budgets: Budgets = Budgets(),
         dedup_store: DedupStore | None = None,
         ledger: bool = False,
     ) -> None:
-        """``dedup_store``: where executed message ids are remembered (memory by
+        """``budgets``: what peers may have in flight, on all listeners together.
+        ``dedup_store``: where executed message ids are remembered (memory by
         default; a :class:`SqliteDedupStore` survives a relay restart). ``ledger``
         keeps a count of executions per message id, for audits and tests."""
         # Not `dedup_store or ...`: an empty store has len 0 and would be replaced.
         self._dedup_store = dedup_store if dedup_store is not None else MemoryDedupStore()
-        self.dispatcher = Dispatcher(ReliableReceiver(self._dedup_store), ledger=ledger)
+        self.admission = Admission(budgets, max_frame_bytes=frame_limit(limits))
+        self.dispatcher = Dispatcher(
+            ReliableReceiver(self._dedup_store), ledger=ledger, admission=self.admission
+        )
         self._limits = limits
         self._calls: dict[asyncio.Task[Reply], Envelope] = {}
         """The calls being handled now, for a stop to wait for or cancel."""
@@ -84,7 +91,14 @@ class Relay:
             raise ConfigError("the relay needs at least one URL to listen on")
         self.listen_urls = list(listen_urls)
         self._servers: list[TransportServer] = [
-            listen(url, tls=tls, handler=self._serve, limits=limits) for url in listen_urls
+            listen(
+                url,
+                tls=tls,
+                handler=self._serve,
+                limits=limits,
+                admission=self.admission,
+            )
+            for url in listen_urls
         ]
 
     @property

@@ -23,6 +23,11 @@ log = logging.getLogger(__name__)
 ENVELOPE_OVERHEAD = 1024 * 1024
 """Room for an envelope's own fields around a maximal Fleet body."""
 
+HANDSHAKE_TIMEOUT = 10.0
+"""Seconds a relay listener waits for a TLS handshake before it drops the connection
+(the libraries' own defaults are 60 s for asyncio and 120 s for gRPC: long enough for
+a few thousand idle connections to pin hundreds of MB)."""
+
 _GRPC_INTERNAL = 13  # grpc.StatusCode.INTERNAL, without importing grpc here
 
 # OpenSSL reasons that mean "this certificate was refused": by our own check

@@ -21,7 +21,11 @@ carries one byte of :class:`ErrorCode` and a UTF-8 message; request id 0 means
 the connection is unusable and the sender closes it.
 
 The size limit is checked on the header, *before* any payload is buffered, so
-an oversized frame costs 14 bytes of memory. The first violation (bad magic,
+an oversized frame costs 14 bytes of memory. So is the receiver's admission
+(``admit``): a request it does not admit is skipped unread and reported as a
+:class:`Skipped` event, and the connection goes on. A payload is received into
+one buffer of its announced length, which the :class:`Frame` then holds: one
+copy of it in memory, however large. The first violation (bad magic,
 unknown or unexpected type, oversized frame) is reported once as a
 :class:`FramingError` event, and the protocol then ignores all further input:
 the byte stream cannot be resynchronized, the connection must close.
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..core.exceptions import FrameTooLargeError
@@ -72,6 +77,8 @@ class ErrorCode(enum.IntEnum):
     """A request frame whose payload is not a serialized Envelope (connection survives)."""
     REFUSED = 5
     """The peer's verified certificate does not identify a participant."""
+    BUSY = 6
+    """A request the receiver did not admit, unread (over its budgets); retry later."""
 
 
 class Side(enum.Enum):
@@ -96,7 +103,17 @@ class Frame:
 
     type: FrameType
     request_id: int
-    payload: bytes
+    payload: bytes | bytearray
+    """A ``bytearray`` when it was received (the receive buffer itself, not a copy)."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A request that ``admit`` refused, reported on its header: answer it at once; its
+    payload is dropped unread as it arrives."""
+
+    request_id: int
+    length: int
 
 
 @dataclass(frozen=True)
@@ -120,7 +137,10 @@ class FramingError:
     """The offending frame's request id when its header was readable, else 0."""
 
 
-Event = Frame | PeerError | FramingError
+Event = Frame | Skipped | PeerError | FramingError
+
+Admit = Callable[[int, int], bool]
+"""``admit(request_id, length)``: whether to receive a request's payload."""
 
 
 def encode_error(code: ErrorCode, message: str) -> bytes:
@@ -140,16 +160,22 @@ class FrameProtocol:
     """Parses and builds the frames of one connection, at one side of it.
 
     ``max_payload`` is the largest request or reply payload accepted *and*
-    sent (``None``: the format's own limit of 4 GiB - 1).
+    sent (``None``: the format's own limit of 4 GiB - 1). ``admit`` (server side)
+    decides on each request's header whether its payload is received or skipped.
     """
 
-    def __init__(self, side: Side, *, max_payload: int | None) -> None:
+    def __init__(self, side: Side, *, max_payload: int | None, admit: Admit | None = None) -> None:
         if max_payload is not None and not 0 <= max_payload <= _MAX_LENGTH:
             raise ValueError(f"max_payload must be between 0 and {_MAX_LENGTH}")
         self.side = side
         self.max_payload = _MAX_LENGTH if max_payload is None else max_payload
+        self._admit = admit
         self._buffer = bytearray()
+        """Bytes of a header not yet complete (and what followed it in the same chunk)."""
         self._header: tuple[FrameType, int, int] | None = None
+        self._payload = bytearray()
+        self._filled = 0
+        self._skipping = False
         self._events: list[Event] = []
         self._failed = False
         self._eof = False
@@ -162,7 +188,7 @@ class FrameProtocol:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet part of an event (at most a header plus one payload)."""
-        return len(self._buffer)
+        return len(self._buffer) + (0 if self._skipping else self._filled)
 
     def receive_data(self, data: bytes) -> None:
         """Take bytes from the peer; their meaning appears in :meth:`events`.
@@ -185,7 +211,7 @@ class FrameProtocol:
             if self._header is None:
                 detail = f"{have} of {HEADER.size} header bytes"
             else:
-                detail = f"{have} of {self._header[2]} payload bytes"
+                detail = f"{self._filled} of {self._header[2]} payload bytes"
             self._fail(ErrorCode.TRUNCATED, f"the connection ended inside a frame ({detail})")
 
     def events(self) -> list[Event]:
@@ -193,7 +219,9 @@ class FrameProtocol:
         events, self._events = self._events, []
         return events
 
-    def frame(self, frame_type: FrameType, request_id: int, payload: bytes = b"") -> bytes:
+    def frame(
+        self, frame_type: FrameType, request_id: int, payload: bytes | bytearray = b""
+    ) -> bytes:
         """The bytes of one frame that this side may send.
 
         Raises :class:`~gateway.core.exceptions.FrameTooLargeError` for a payload
@@ -229,6 +257,8 @@ class FrameProtocol:
         self._failed = True
         self._buffer.clear()
         self._header = None
+        self._payload = bytearray()
+        self._filled = 0
         self._events.append(FramingError(code, message, request_id))
 
     def _parse(self) -> None:
@@ -269,15 +299,30 @@ class FrameProtocol:
                     return
                 del buffer[: HEADER.size]
                 self._header = (frame_type, request_id, length)
+                self._skipping = (
+                    frame_type is FrameType.REQUEST
+                    and self._admit is not None
+                    and not self._admit(request_id, length)
+                )
+                if self._skipping:  # answered now; the payload is dropped as it comes
+                    self._events.append(Skipped(request_id, length))
+                self._payload = bytearray(0 if self._skipping else length)
+                self._filled = 0
             frame_type, request_id, length = self._header
-            if len(buffer) < length:
+            take = min(length - self._filled, len(buffer))
+            if take and not self._skipping:
+                with memoryview(buffer) as view:
+                    self._payload[self._filled : self._filled + take] = view[:take]
+            self._filled += take
+            del buffer[:take]
+            if self._filled < length:
                 return
-            with memoryview(buffer) as view:  # one copy, not two (slice, then bytes)
-                payload = bytes(view[:length])
-            del buffer[:length]
-            self._header = None
-            if frame_type is FrameType.ERROR:
-                code, message = decode_error(payload)
+            payload, self._payload = self._payload, bytearray()
+            self._header, self._filled = None, 0
+            if self._skipping:
+                self._skipping = False
+            elif frame_type is FrameType.ERROR:
+                code, message = decode_error(bytes(payload))
                 self._events.append(PeerError(code, message, request_id))
             else:
                 self._events.append(Frame(frame_type, request_id, payload))

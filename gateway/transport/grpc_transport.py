@@ -8,9 +8,13 @@ deliberately absent: without a client certificate a peer has no identity.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import AsyncIterator
+from typing import NoReturn
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
 
 from ..core.config import Limits, TLSConfig
 from ..core.exceptions import (
@@ -18,15 +22,22 @@ from ..core.exceptions import (
     ConnectError,
     DeadlineError,
     FrameTooLargeError,
+    RelayBusyError,
     TransportError,
 )
-from ..core.identity import peer_from_pem
-from ..proto import envelope_pb2_grpc
+from ..core.identity import Peer, peer_from_pem
 from ..proto.envelope_pb2 import Envelope, Reply
 from . import interface
-from .common import call_handler, frame_limit
+from .admission import Admission, Refusal
+from .common import HANDSHAKE_TIMEOUT, call_handler, frame_limit
 
 log = logging.getLogger(__name__)
+
+_METHOD = "/flgate.v1.Relay/Call"
+_BUSY = "flgate-busy"
+"""Trailing metadata key of a call the relay did not admit (answered UNAVAILABLE)."""
+_SIZE = "flgate-size"
+"""Metadata key: the serialized envelope's size, so the relay admits it before reading it."""
 
 _KEEPALIVE_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
@@ -45,6 +56,8 @@ def _size_options(limits: Limits) -> list[tuple[str, int]]:
 def _translate(exc: grpc.aio.AioRpcError, target: str) -> TransportError | AuthError:
     code, details = exc.code(), exc.details() or ""
     where = f"relay at {target}"
+    if any(key == _BUSY for key, _ in exc.trailing_metadata() or ()):
+        return RelayBusyError(f"{where} did not admit the call: {details}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineError(f"no reply from the {where} before the deadline")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -70,14 +83,15 @@ class GrpcTransportClient(interface.TransportClient):
             self._target, credentials, options=_size_options(limits) + _KEEPALIVE_OPTIONS
         )
         self._call = self._channel.unary_unary(
-            "/flgate.v1.Relay/Call",
-            request_serializer=Envelope.SerializeToString,
-            response_deserializer=Reply.FromString,
+            _METHOD, request_serializer=None, response_deserializer=Reply.FromString
         )
 
     async def send(self, envelope: Envelope, *, timeout: float) -> Reply:
+        data = envelope.SerializeToString()
         try:
-            reply: Reply = await self._call(envelope, timeout=timeout)
+            reply: Reply = await self._call(
+                data, timeout=timeout, metadata=((_SIZE, str(len(data))),)
+            )
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, self._target) from exc
         return reply
@@ -86,19 +100,85 @@ class GrpcTransportClient(interface.TransportClient):
         await self._channel.close()
 
 
-class _RelayServicer(envelope_pb2_grpc.RelayServicer):
-    def __init__(self, handler: interface.Handler) -> None:
-        self._handler = handler
+class _RelayService:
+    """``Relay/Call``, admitted before its message is read.
 
-    async def Call(self, request: Envelope, context: grpc.aio.ServicerContext) -> Reply:
+    The method is unary on the wire, but served as client-streaming: a unary handler
+    gets its message only once gRPC has received it whole, a streaming one reads it
+    when it asks. So the peer (from its certificate) and the size it declares
+    (``flgate-size``; the frame limit when absent) are admitted first; a message
+    larger than declared is refused.
+    """
+
+    def __init__(self, handler: interface.Handler, admission: Admission, limit: int | None) -> None:
+        self._handler = handler
+        self._admission = admission
+        self._limit = limit
+
+    def generic_handler(self) -> grpc.GenericRpcHandler:
+        call = grpc.stream_unary_rpc_method_handler(
+            self.call, request_deserializer=None, response_serializer=Reply.SerializeToString
+        )
+        return grpc.method_handlers_generic_handler("flgate.v1.Relay", {"Call": call})
+
+    async def call(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, Reply]
+    ) -> Reply:
+        peer = await self._peer(context)
+        declared = await self._declared_size(context)
+        grant = self._admission.blocked(str(peer), time.monotonic()) or self._admission.admit_call(
+            str(peer), declared
+        )
+        if isinstance(grant, Refusal):
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, grant.message, busy=True)
+        try:
+            request = await anext(aiter(requests), None)
+            if request is None or len(request) > declared:
+                message = "one envelope of at most the declared flgate-size is expected"
+                await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, message)
+            try:
+                envelope = Envelope.FromString(request)
+            except DecodeError as exc:
+                message = f"not a serialized Envelope: {exc}"
+                await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, message)
+            del request
+            return await call_handler(self._handler, peer, envelope)
+        finally:
+            self._admission.release(grant)
+
+    async def _declared_size(self, context: grpc.aio.ServicerContext[bytes, Reply]) -> int:
+        """The declared size (the frame limit when none is), refused unread when over it."""
+        for key, value in context.invocation_metadata() or ():
+            if key == _SIZE and isinstance(value, str) and value.isdigit():
+                size = int(value)
+                if self._limit is not None and size > self._limit:
+                    message = f"envelope of {size} bytes exceeds the frame limit of {self._limit}"
+                    await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+                return size
+        return self._limit or 0
+
+    @staticmethod
+    async def _peer(context: grpc.aio.ServicerContext[bytes, Reply]) -> Peer:
         pem = context.auth_context().get("x509_pem_cert")
         if not pem:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
+            message = "a client certificate is required"
+            await _abort(context, grpc.StatusCode.UNAUTHENTICATED, message)
         try:
-            peer = peer_from_pem(pem[0])
+            return peer_from_pem(pem[0])
         except AuthError as exc:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-        return await call_handler(self._handler, peer, request)
+            await _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(exc))
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext[bytes, Reply],
+    code: grpc.StatusCode,
+    message: str,
+    *,
+    busy: bool = False,
+) -> NoReturn:
+    """End the call with ``code`` (``busy``: marked as not admitted, so retried)."""
+    await context.abort(code, message, trailing_metadata=((_BUSY, "1"),) if busy else ())
+    raise AssertionError("ServicerContext.abort returns only by raising")
 
 
 class GrpcTransportServer(interface.TransportServer):
@@ -110,20 +190,29 @@ class GrpcTransportServer(interface.TransportServer):
         tls: TLSConfig | None,
         limits: Limits,
         handler: interface.Handler,
+        *,
+        admission: Admission | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
+        """``admission``: shared with the relay's other listeners; by default one of
+        this listener's own with the default budgets."""
         assert tls is not None
         self._url = url
         self._tls = tls
+        admission = admission or Admission(max_frame_bytes=frame_limit(limits))
         self._server = grpc.aio.server(
             options=[
                 *_size_options(limits),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_recv_ping_interval_without_data_ms", 20_000),
+                # gRPC reads up to 4 MiB per connection at a time by default: with
+                # many connections sending large calls that alone is hundreds of MB.
+                ("grpc.experimental.tcp_max_read_chunk_size", 256 * 1024),
+                ("grpc.server_handshake_timeout_ms", int(handshake_timeout * 1000)),
             ]
         )
-        envelope_pb2_grpc.add_RelayServicer_to_server(  # type: ignore[no-untyped-call]
-            _RelayServicer(handler), self._server
-        )
+        service = _RelayService(handler, admission, frame_limit(limits))
+        self._server.add_generic_rpc_handlers((service.generic_handler(),))
         self._port = 0
 
     @property

@@ -5,7 +5,8 @@ the answer is ``200`` with the serialized Reply, whatever the Reply's own
 status (a refusal by the relay is a Reply too). Non-200 statuses are the
 transport's own failures, with a plain-text reason: ``400`` a body that is not
 an Envelope, ``403`` a certificate that names no participant, ``413`` a body
-or reply over the frame limit.
+or reply over the frame limit, ``503`` a call the relay did not admit, unread
+(over its budgets, judged by ``Content-Length``; retried).
 
 The relay requires a client certificate signed by the federation's root CA
 and takes the peer's identity from it. The client keeps a pool of keep-alive
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import time
 
 import aiohttp
 from aiohttp import web
@@ -31,12 +33,15 @@ from ..core.exceptions import (
     ConnectError,
     DeadlineError,
     FrameTooLargeError,
+    RelayBusyError,
     TransportError,
 )
 from ..core.identity import Peer
 from ..proto.envelope_pb2 import Envelope, Reply
 from . import interface
+from .admission import Admission, Refusal
 from .common import (
+    HANDSHAKE_TIMEOUT,
     call_handler,
     certificate_refused,
     client_ssl_context,
@@ -155,6 +160,8 @@ class HttpTransportClient(interface.TransportClient):
             raise FrameTooLargeError(f"the {self._where} refused the frame: {reason}")
         if status in (401, 403):
             raise AuthError(f"the {self._where} refused this participant's identity: {reason}")
+        if status == 503:
+            raise RelayBusyError(f"the {self._where} did not admit the call: {reason}")
         raise TransportError(f"the {self._where} failed the call (HTTP {status}): {reason}")
 
     def _translate(self, exc: aiohttp.ClientError) -> Exception:
@@ -182,12 +189,22 @@ class HttpTransportServer(interface.TransportServer):
         tls: TLSConfig | None,
         limits: Limits,
         handler: interface.Handler,
+        *,
+        admission: Admission | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
+        """``admission``: shared with the relay's other listeners; by default one of
+        this listener's own with the default budgets."""
         assert tls is not None
         self._url = url
         self._tls = tls
+        self._handshake_timeout = handshake_timeout
+        self._listener: asyncio.Server | None = None
         self._limit = frame_limit(limits)
         self._handler = handler
+        self._admission = admission or Admission(max_frame_bytes=self._limit)
+        self._connections: dict[asyncio.BaseTransport, str] = {}
+        """Each open connection that carried a call, and its peer (for the connection budget)."""
         app = web.Application(client_max_size=self._limit or _NO_LIMIT)
         app.router.add_post(PATH, self._call)
         self._runner = web.AppRunner(
@@ -207,15 +224,21 @@ class HttpTransportServer(interface.TransportServer):
     async def start(self) -> None:
         context = server_ssl_context(self._tls)
         await self._runner.setup()
-        site = web.TCPSite(
-            self._runner, self._url.host, self._url.port, ssl_context=context, reuse_address=True
-        )
+        assert self._runner.server is not None
         try:
-            await site.start()
+            # Not web.TCPSite: it offers no TLS handshake timeout.
+            self._listener = await asyncio.get_running_loop().create_server(
+                self._runner.server,
+                self._url.host,
+                self._url.port,
+                ssl=context,
+                ssl_handshake_timeout=self._handshake_timeout,
+                reuse_address=True,
+            )
         except OSError as exc:
             await self._runner.cleanup()
             raise ConnectError(f"cannot listen on {self._url}: {exc}") from exc
-        self._port = self._runner.addresses[0][1]
+        self._port = self._listener.sockets[0].getsockname()[1]
         log.info(
             "relay listening", extra={"url": f"{self._url.scheme}://{self._url.host}:{self._port}"}
         )
@@ -231,6 +254,35 @@ class HttpTransportServer(interface.TransportServer):
             return web.Response(status=403, text=str(exc))
         if self._limit is not None and (request.content_length or 0) > self._limit:
             return self._too_large(peer, request.content_length or 0)
+        assert transport is not None
+        refusal = self._admission.blocked(str(peer), time.monotonic()) or self._connection(
+            transport, str(peer)
+        )
+        if refusal is not None:
+            return web.Response(status=503, text=refusal.message, headers={"Connection": "close"})
+        # Without a Content-Length the body may be as large as the frame limit.
+        size = request.content_length if request.content_length is not None else self._limit
+        grant = self._admission.admit_call(str(peer), size or 0)
+        if isinstance(grant, Refusal):
+            return web.Response(status=503, text=grant.message)
+        try:
+            return await self._answer(peer, request)
+        finally:
+            self._admission.release(grant)
+
+    def _connection(self, transport: asyncio.BaseTransport, peer: str) -> Refusal | None:
+        """Count ``transport`` against its peer's connection budget the first time it
+        carries a call; forget connections that closed since."""
+        if transport in self._connections:
+            return None
+        for known in [t for t in self._connections if t.is_closing()]:
+            self._admission.close_connection(self._connections.pop(known))
+        refusal = self._admission.open_connection(peer)
+        if refusal is None:
+            self._connections[transport] = peer
+        return refusal
+
+    async def _answer(self, peer: Peer, request: web.Request) -> web.Response:
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -240,6 +292,7 @@ class HttpTransportServer(interface.TransportServer):
         except DecodeError as exc:
             log.warning("refused a malformed envelope", extra={"peer": str(peer)})
             return web.Response(status=400, text=f"the body is not a serialized Envelope: {exc}")
+        del body
         reply = await call_handler(self._handler, peer, envelope)
         data = reply.SerializeToString()
         if self._limit is not None and len(data) > self._limit:
@@ -257,4 +310,10 @@ class HttpTransportServer(interface.TransportServer):
         return web.Response(status=413, text=text)
 
     async def aclose(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         await self._runner.cleanup()
+        for peer in self._connections.values():
+            self._admission.close_connection(peer)
+        self._connections.clear()

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from ..core.config import Limits, TLSConfig
 from ..core.exceptions import ConfigError
+from .admission import Admission
 from .grpc_transport import GrpcTransportClient, GrpcTransportServer
 from .http_transport import HttpTransportClient, HttpTransportServer
 from .interface import Handler, TransportClient, TransportServer, TransportURL
@@ -23,7 +25,20 @@ from .redis.server import RedisTransportServer
 from .tcp_transport import TcpTransportClient, TcpTransportServer
 
 ClientFactory = Callable[[TransportURL, TLSConfig | None, Limits], TransportClient]
-ServerFactory = Callable[[TransportURL, TLSConfig | None, Limits, Handler], TransportServer]
+
+
+class ServerFactory(Protocol):
+    """Makes the relay's side of a transport; ``admission`` is shared by all listeners."""
+
+    def __call__(
+        self,
+        url: TransportURL,
+        tls: TLSConfig | None,
+        limits: Limits,
+        handler: Handler,
+        *,
+        admission: Admission | None = None,
+    ) -> TransportServer: ...
 
 
 @dataclass(frozen=True)
@@ -94,7 +109,13 @@ def listen(
     tls: TLSConfig | None,
     handler: Handler,
     limits: Limits = Limits(),
+    admission: Admission | None = None,
 ) -> TransportServer:
-    """A server for ``url`` (port 0 picks a free port); call ``start()`` on it."""
+    """A server for ``url`` (port 0 picks a free port); call ``start()`` on it.
+
+    ``admission``: the budgets of what peers may have in flight, shared by all the
+    relay's listeners; by default the listener has its own, with the default budgets.
+    """
     parsed = parse_url(url)
-    return TRANSPORTS[parsed.scheme].server(parsed, _tls_for(parsed, tls), limits, handler)
+    server = TRANSPORTS[parsed.scheme].server
+    return server(parsed, _tls_for(parsed, tls), limits, handler, admission=admission)

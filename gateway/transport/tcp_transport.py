@@ -21,6 +21,8 @@ import contextlib
 import itertools
 import logging
 import ssl
+import time
+from typing import cast
 
 from google.protobuf.message import DecodeError
 
@@ -30,12 +32,15 @@ from ..core.exceptions import (
     ConnectError,
     DeadlineError,
     FrameTooLargeError,
+    RelayBusyError,
     TransportError,
 )
 from ..core.identity import Peer
 from ..proto.envelope_pb2 import Envelope, Reply
 from . import interface
+from .admission import Admission, Grant, Refusal
 from .common import (
+    HANDSHAKE_TIMEOUT,
     call_handler,
     certificate_refused,
     client_ssl_context,
@@ -43,7 +48,16 @@ from .common import (
     peer_from_ssl_object,
     server_ssl_context,
 )
-from .framing import ErrorCode, Frame, FrameProtocol, FrameType, FramingError, PeerError, Side
+from .framing import (
+    ErrorCode,
+    Frame,
+    FrameProtocol,
+    FrameType,
+    FramingError,
+    PeerError,
+    Side,
+    Skipped,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +94,8 @@ def _peer_error(event: PeerError, where: str) -> Exception:
         return FrameTooLargeError(f"{where} refused the frame: {event.message}")
     if event.code == ErrorCode.REFUSED:
         return AuthError(f"{where} refused this participant's identity: {event.message}")
+    if event.code == ErrorCode.BUSY:
+        return RelayBusyError(f"{where} did not admit the call: {event.message}")
     if event.request_id == 0:
         return ConnectError(f"{where} closed the connection: {event.message}")
     return TransportError(f"{where} refused the call: {event.message}")
@@ -117,6 +133,8 @@ class _ClientConnection:
         self._last_rx = self._loop.time()
         self._error: Exception | None = None
         self._draining = False  # the relay announced that it closes this connection
+        self._writes_waiting = 0
+        """Calls whose frame is still going out (``drain`` pending): a ping waits behind them."""
         self._tasks = [asyncio.create_task(self._read_loop())]
         if heartbeat_interval is not None:
             self._tasks.append(
@@ -157,10 +175,13 @@ class _ClientConnection:
         self._pending[request_id] = future
         try:
             self._writer.write(data)
+            self._writes_waiting += 1
             try:
                 await self._writer.drain()
             except OSError as exc:
                 self._fail(_connection_error(exc, self._where))
+            finally:
+                self._writes_waiting -= 1
             return await future
         finally:
             self._pending.pop(request_id, None)
@@ -230,17 +251,17 @@ class _ClientConnection:
                 future = self._pending.get(event.request_id)
                 if future is not None and not future.done():
                     future.set_exception(_peer_error(event, self._where))
-            else:
+            elif isinstance(event, FramingError):
                 self._writer.write(self._protocol.error_frame(event))
                 self._fail(ConnectError(f"the {self._where} sent bad frames: {event.message}"))
                 return
 
-    def _resolve(self, request_id: int, payload: bytes) -> None:
+    def _resolve(self, request_id: int, payload: bytes | bytearray) -> None:
         future = self._pending.get(request_id)
         if future is None or future.done():
             return  # the caller gave up (timeout); the late reply is dropped
         try:
-            future.set_result(Reply.FromString(payload))
+            future.set_result(Reply.FromString(cast(bytes, payload)))  # upb parses any buffer
         except DecodeError as exc:
             future.set_exception(TransportError(f"the {self._where} sent a malformed reply: {exc}"))
 
@@ -257,8 +278,10 @@ class _ClientConnection:
             await asyncio.sleep(timeout)
             if self._last_rx >= sent_at:
                 continue
-            if backlog and transport.get_write_buffer_size() < backlog:
-                continue  # a large frame is still going out: the ping waits behind it
+            if self._writes_waiting or (backlog and transport.get_write_buffer_size() < backlog):
+                # Large frames are still going out, the ping behind them; the calls'
+                # own deadlines bound the wait.
+                continue
             self._fail(
                 ConnectError(
                     f"no data from the {self._where} for {timeout:g} s after a ping;"
@@ -406,11 +429,17 @@ class _ServerConnection:
         *,
         max_payload: int | None,
         idle_timeout: float | None,
+        admission: Admission,
     ) -> None:
         self._reader = reader
         self._writer = writer
         self._handler = handler
-        self._protocol = FrameProtocol(Side.SERVER, max_payload=max_payload)
+        self._admission = admission
+        self._grants: dict[int, Grant] = {}
+        self._refusals: dict[int, Refusal] = {}
+        self._blocked = False
+        """The peer got blocked (refused too often): close after answering."""
+        self._protocol = FrameProtocol(Side.SERVER, max_payload=max_payload, admit=self._admit)
         self._idle_timeout = idle_timeout
         self._loop = asyncio.get_running_loop()
         self._last_rx = self._loop.time()
@@ -425,6 +454,19 @@ class _ServerConnection:
             self._writer.write(self._protocol.error_frame((ErrorCode.REFUSED, str(exc), 0)))
             await _close(self._writer)
             return
+        refusal = self._admission.blocked(
+            str(self._peer), time.monotonic()
+        ) or self._admission.open_connection(str(self._peer))
+        if refusal is not None:
+            log.warning(
+                "refused a tcps connection",
+                extra={"peer": str(self._peer), "error": refusal.message},
+            )
+            self._writer.write(self._protocol.error_frame((ErrorCode.BUSY, refusal.message, 0)))
+            with contextlib.suppress(asyncio.TimeoutError, OSError):
+                await asyncio.wait_for(self._discard_input(), _LINGER)
+            await _close(self._writer)
+            return
         watchdog = asyncio.create_task(self._watchdog()) if self._idle_timeout else None
         try:
             await self._serve(self._peer)
@@ -437,6 +479,11 @@ class _ServerConnection:
                 watchdog.cancel()
             for call in list(self._calls):
                 call.cancel()
+            await asyncio.gather(*self._calls, return_exceptions=True)
+            for grant in self._grants.values():  # admitted, payload never complete
+                self._admission.release(grant)
+            self._grants.clear()
+            self._admission.close_connection(str(self._peer))
             await _close(self._writer)
 
     async def _serve(self, peer: Peer) -> None:
@@ -457,6 +504,19 @@ class _ServerConnection:
                         extra={"peer": str(peer), "code": event.code, "error": event.message},
                     )
                     if event.request_id == 0:
+                        return
+                elif isinstance(event, Skipped):
+                    refusal = self._refusals.pop(event.request_id)
+                    self._writer.write(
+                        self._protocol.error_frame(
+                            (ErrorCode.BUSY, refusal.message, event.request_id)
+                        )
+                    )
+                    if self._blocked:  # disconnect it: it must reconnect, and is refused
+                        frame = (ErrorCode.BUSY, refusal.message, 0)
+                        self._writer.write(self._protocol.error_frame(frame))
+                        with contextlib.suppress(asyncio.TimeoutError, OSError):
+                            await asyncio.wait_for(self._discard_input(), _LINGER)
                         return
                 elif event.type is FrameType.REQUEST:
                     self._start_call(peer, event.request_id, event.payload)
@@ -482,20 +542,44 @@ class _ServerConnection:
             while await asyncio.wait_for(self._reader.read(_READ_CHUNK), _LINGER_QUIET):
                 pass
 
-    def _start_call(self, peer: Peer, request_id: int, payload: bytes) -> None:
+    def _admit(self, request_id: int, length: int) -> bool:
+        """On a request's header: admit its payload, or skip it and answer "busy"."""
+        assert self._peer is not None
+        blocked = self._admission.blocked(str(self._peer), time.monotonic())
+        self._blocked = self._blocked or blocked is not None
+        decision = blocked or self._admission.admit_call(str(self._peer), length)
+        if isinstance(decision, Refusal):
+            self._refusals[request_id] = decision
+            return False
+        previous = self._grants.pop(request_id, None)
+        if previous is not None:  # the peer reused a request id still in flight
+            self._admission.release(previous)
+        self._grants[request_id] = decision
+        return True
+
+    def _start_call(self, peer: Peer, request_id: int, payload: bytes | bytearray) -> None:
+        grant = self._grants.pop(request_id)
         try:
-            envelope = Envelope.FromString(payload)
+            envelope = Envelope.FromString(cast(bytes, payload))  # upb parses any buffer
         except DecodeError as exc:
+            self._admission.release(grant)
             message = f"request {request_id} is not a serialized Envelope: {exc}"
             self._writer.write(
                 self._protocol.error_frame((ErrorCode.BAD_ENVELOPE, message, request_id))
             )
             return
-        call = asyncio.create_task(self._answer(peer, request_id, envelope))
+        del payload  # the envelope holds the body now; the frame's buffer can go
+        call = asyncio.create_task(self._answer(peer, request_id, envelope, grant))
         self._calls.add(call)
         call.add_done_callback(self._calls.discard)
 
-    async def _answer(self, peer: Peer, request_id: int, envelope: Envelope) -> None:
+    async def _answer(self, peer: Peer, request_id: int, envelope: Envelope, grant: Grant) -> None:
+        try:
+            await self._reply(peer, request_id, envelope)
+        finally:
+            self._admission.release(grant)
+
+    async def _reply(self, peer: Peer, request_id: int, envelope: Envelope) -> None:
         reply = await call_handler(self._handler, peer, envelope)
         try:
             data = self._protocol.frame(FrameType.REPLY, request_id, reply.SerializeToString())
@@ -528,14 +612,18 @@ class TcpTransportServer(interface.TransportServer):
         limits: Limits,
         handler: interface.Handler,
         *,
+        admission: Admission | None = None,
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
-        handshake_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
+        """``admission``: shared with the relay's other listeners; by default one of
+        this listener's own with the default budgets."""
         assert tls is not None
         self._url = url
         self._tls = tls
         self._limit = frame_limit(limits)
         self._handler = handler
+        self._admission = admission or Admission(max_frame_bytes=self._limit)
         self._idle_timeout = idle_timeout
         self._handshake_timeout = handshake_timeout
         self._server: asyncio.Server | None = None
@@ -575,6 +663,7 @@ class TcpTransportServer(interface.TransportServer):
                 self._handler,
                 max_payload=self._limit,
                 idle_timeout=self._idle_timeout,
+                admission=self._admission,
             )
             await connection.run()
         finally:

@@ -56,6 +56,7 @@ from ...core.envelope import gateway_reply
 from ...core.identity import Peer
 from ...core.signing import CertificateChecker, Signer
 from ...proto.envelope_pb2 import Reply
+from ..admission import Admission
 from ..common import call_handler, frame_limit
 from ..interface import Handler, TransportServer, TransportURL
 from .connection import (
@@ -138,7 +139,11 @@ class RedisTransportServer(TransportServer):
         trim_interval: float = _TRIM_INTERVAL,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         clock: Callable[[], float] = time.time,
+        admission: Admission | None = None,
     ) -> None:
+        """``admission`` is not used: entries wait in their stream until the relay
+        reads them, ``max_in_flight`` at most, so the stream, not the relay's memory,
+        holds what is not yet admitted."""
         tls = require_tls(tls, url)
         ca, cert, key = tls.read()
         self._url = url

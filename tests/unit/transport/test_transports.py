@@ -311,7 +311,7 @@ class SilentRelay:
                 if event.type is FrameType.PING:
                     writer.write(protocol.frame(FrameType.PONG, event.request_id, event.payload))
                 elif event.type is FrameType.REQUEST:
-                    request = Envelope.FromString(event.payload)
+                    request = Envelope.FromString(bytes(event.payload))
                     reply = Reply(message_id=request.message_id, http_status=200)
                     writer.write(
                         protocol.frame(FrameType.REPLY, event.request_id, reply.SerializeToString())
