@@ -21,6 +21,7 @@ from ..control.relay_app import RelayApp
 from ..control.site_agent import SiteAgent
 from ..core.exceptions import ConfigError
 from ..core.identity import Role
+from ..core.memory import return_large_blocks_at_once
 from ..flower.install import FlowerInstall
 from ..provisioning.kit import Kit
 from .common import (
@@ -129,6 +130,7 @@ def _stop_signals() -> asyncio.Event:
 
 
 async def _serve_relay(args: argparse.Namespace) -> None:
+    return_large_blocks_at_once()  # a burst of peers must not leave the RSS high for good
     stop = _stop_signals()
     tls = tls_from(args, Role.RELAY)
     kit = kit_from(args, Role.RELAY)
