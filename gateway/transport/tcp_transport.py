@@ -462,9 +462,7 @@ class _ServerConnection:
                 "refused a tcps connection",
                 extra={"peer": str(self._peer), "error": refusal.message},
             )
-            self._writer.write(self._protocol.error_frame((ErrorCode.BUSY, refusal.message, 0)))
-            with contextlib.suppress(asyncio.TimeoutError, OSError):
-                await asyncio.wait_for(self._discard_input(), _LINGER)
+            await self._say_last(self._protocol.error_frame((ErrorCode.BUSY, refusal.message, 0)))
             await _close(self._writer)
             return
         watchdog = asyncio.create_task(self._watchdog()) if self._idle_timeout else None
@@ -514,9 +512,7 @@ class _ServerConnection:
                     )
                     if self._blocked:  # disconnect it: it must reconnect, and is refused
                         frame = (ErrorCode.BUSY, refusal.message, 0)
-                        self._writer.write(self._protocol.error_frame(frame))
-                        with contextlib.suppress(asyncio.TimeoutError, OSError):
-                            await asyncio.wait_for(self._discard_input(), _LINGER)
+                        await self._say_last(self._protocol.error_frame(frame))
                         return
                 elif event.type is FrameType.REQUEST:
                     self._start_call(peer, event.request_id, event.payload)
@@ -528,12 +524,16 @@ class _ServerConnection:
                 return
 
     async def _refuse(self, peer: Peer, error: FramingError) -> None:
-        """Send the error frame, then drop input while the peer sends, before the close."""
         log.warning(
             "refused bad tcps frames",
             extra={"peer": str(peer), "code": error.code.name, "error": error.message},
         )
-        self._writer.write(self._protocol.error_frame(error))
+        await self._say_last(self._protocol.error_frame(error))
+
+    async def _say_last(self, frame: bytes) -> None:
+        """Send the connection's last frame (an error), then drop input while the peer
+        sends, before the caller closes (see ``_LINGER``)."""
+        self._writer.write(frame)
         with contextlib.suppress(asyncio.TimeoutError, OSError):
             await asyncio.wait_for(self._discard_input(), _LINGER)
 
