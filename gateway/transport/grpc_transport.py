@@ -7,10 +7,12 @@ deliberately absent: without a client certificate a peer has no identity.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import NoReturn
+from collections.abc import AsyncIterator, Iterator
+from typing import NoReturn, cast
 
 import grpc
 import grpc.aio
@@ -38,6 +40,10 @@ _BUSY = "flgate-busy"
 """Trailing metadata key of a call the relay did not admit (answered UNAVAILABLE)."""
 _SIZE = "flgate-size"
 """Metadata key: the serialized envelope's size, so the relay admits it before reading it."""
+_ADMITTED = "flgate-admitted"
+"""Initial metadata key: the relay admitted a call that the site sends in chunks."""
+CHUNK_BYTES = 1024 * 1024
+"""A larger envelope is sent as a stream of messages of this size (see ``_RelayService``)."""
 
 _KEEPALIVE_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
@@ -79,35 +85,71 @@ class GrpcTransportClient(interface.TransportClient):
             root_certificates=ca, private_key=key, certificate_chain=cert
         )
         self._target = url.hostport
+        self._limit = frame_limit(limits)
         self._channel = grpc.aio.secure_channel(
             self._target, credentials, options=_size_options(limits) + _KEEPALIVE_OPTIONS
         )
         self._call = self._channel.unary_unary(
             _METHOD, request_serializer=None, response_deserializer=Reply.FromString
         )
+        self._stream = self._channel.stream_unary(
+            _METHOD, request_serializer=None, response_deserializer=Reply.FromString
+        )
 
     async def send(self, envelope: Envelope, *, timeout: float) -> Reply:
         data = envelope.SerializeToString()
+        if self._limit is not None and len(data) > self._limit:
+            message = f"envelope of {len(data)} bytes exceeds the frame limit of {self._limit}"
+            raise FrameTooLargeError(message)
+        metadata = ((_SIZE, str(len(data))),)
         try:
-            reply: Reply = await self._call(
-                data, timeout=timeout, metadata=((_SIZE, str(len(data))),)
-            )
+            if len(data) <= CHUNK_BYTES:
+                reply: Reply = await self._call(data, timeout=timeout, metadata=metadata)
+            else:
+                reply = await self._send_in_chunks(data, timeout, metadata)
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, self._target) from exc
+        return reply
+
+    async def _send_in_chunks(
+        self, data: bytes, timeout: float, metadata: tuple[tuple[str, str], ...]
+    ) -> Reply:
+        """Send ``data`` once the relay has admitted it (its initial metadata says so).
+
+        A refused call then costs no upload, and its status is the relay's: gRPC
+        reports a write that meets a finished call as its own INTERNAL error instead.
+        """
+        call = self._stream(timeout=timeout, metadata=metadata)
+        if (_ADMITTED, "1") in tuple(await call.initial_metadata() or ()):
+            with contextlib.suppress(asyncio.InvalidStateError):  # the call ended meanwhile
+                for chunk in _chunks(data):
+                    await call.write(chunk)
+                await call.done_writing()
+        reply: Reply = await call
         return reply
 
     async def aclose(self) -> None:
         await self._channel.close()
 
 
+def _chunks(data: bytes) -> Iterator[bytes]:
+    """``data`` as messages of :data:`CHUNK_BYTES` (gRPC sends only ``bytes``)."""
+    view = memoryview(data)
+    for start in range(0, len(data), CHUNK_BYTES):
+        yield bytes(view[start : start + CHUNK_BYTES])
+
+
 class _RelayService:
     """``Relay/Call``, admitted before its message is read.
 
-    The method is unary on the wire, but served as client-streaming: a unary handler
-    gets its message only once gRPC has received it whole, a streaming one reads it
-    when it asks. So the peer (from its certificate) and the size it declares
-    (``flgate-size``; the frame limit when absent) are admitted first; a message
-    larger than declared is refused.
+    Served as client-streaming: a unary handler gets its message only once gRPC has
+    received it whole, a streaming one reads it when it asks. So the peer (from its
+    certificate) and the size it declares (``flgate-size``; the frame limit when
+    absent) are admitted first. A small envelope comes as one message; a large one in
+    chunks of :data:`CHUNK_BYTES`, copied as they arrive into one buffer of the
+    declared size: gRPC would otherwise hold a whole message in its own buffers, then
+    again as ``bytes``, beside the parsed envelope (about three copies of each large
+    call at once, against one here). More than declared is refused.
     """
 
     def __init__(self, handler: interface.Handler, admission: Admission, limit: int | None) -> None:
@@ -132,19 +174,45 @@ class _RelayService:
         if isinstance(grant, Refusal):
             await _abort(context, grpc.StatusCode.UNAVAILABLE, grant.message, busy=True)
         try:
-            request = await anext(aiter(requests), None)
-            if request is None or len(request) > declared:
-                message = "one envelope of at most the declared flgate-size is expected"
-                await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, message)
-            try:
-                envelope = Envelope.FromString(request)
-            except DecodeError as exc:
-                message = f"not a serialized Envelope: {exc}"
-                await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, message)
-            del request
+            if declared > CHUNK_BYTES:  # the site waits for this before sending its chunks
+                await context.send_initial_metadata(((_ADMITTED, "1"),))
+            envelope = await self._receive(requests, declared, context)
             return await call_handler(self._handler, peer, envelope)
         finally:
             self._admission.release(grant)
+
+    @staticmethod
+    async def _receive(
+        requests: AsyncIterator[bytes],
+        declared: int,
+        context: grpc.aio.ServicerContext[bytes, Reply],
+    ) -> Envelope:
+        """The envelope sent in one or more messages, at most ``declared`` bytes in all."""
+        messages = aiter(requests)
+        first = await anext(messages, None)
+        if first is None:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "no envelope was sent")
+        if len(first) == declared:
+            data: bytes | bytearray = first  # sent whole: no buffer to copy it into
+        else:
+            data = bytearray(declared)
+            received = 0
+            chunk: bytes | None = first
+            while chunk is not None:
+                end = received + len(chunk)
+                if end > declared:
+                    message = f"more than the declared flgate-size of {declared} bytes was sent"
+                    await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, message)
+                data[received:end] = chunk
+                received = end
+                chunk = await anext(messages, None)
+            del data[received:]
+        del first
+        try:
+            return Envelope.FromString(cast(bytes, data))  # upb parses any buffer
+        except DecodeError as exc:
+            message = f"not a serialized Envelope: {exc}"
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, message)
 
     async def _declared_size(self, context: grpc.aio.ServicerContext[bytes, Reply]) -> int:
         """The declared size (the frame limit when none is), refused unread when over it."""

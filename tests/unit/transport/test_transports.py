@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gateway.core.config import Limits, TLSConfig
+from gateway.core.config import Limits, MiB, TLSConfig
 from gateway.core.exceptions import (
     AuthError,
     ConfigError,
@@ -175,6 +175,16 @@ async def test_fifty_concurrent_calls_on_one_client(relay: Relay) -> None:
     relay.echo.on_call = barrier
     async with client_of(relay) as client:
         bodies = [f"call-{i}".encode() for i in range(50)]
+        replies = await asyncio.gather(
+            *(client.send(envelope(body), timeout=100 * UNIT) for body in bodies)
+        )
+    assert [reply.body for reply in replies] == [b"echo:" + body for body in bodies]
+
+
+async def test_large_envelopes_arrive_whole_also_in_parallel(relay: Relay) -> None:
+    # grpcs sends these in 1 MiB messages; the sizes fall on and off that boundary
+    bodies = [bytes([i]) * size for i, size in enumerate((3 * MiB + 17, 2 * MiB - 40, 5 * MiB))]
+    async with client_of(relay) as client:
         replies = await asyncio.gather(
             *(client.send(envelope(body), timeout=100 * UNIT) for body in bodies)
         )
