@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import datetime as dt
 import os
 import signal
@@ -20,6 +19,7 @@ from typing import Any, TypeVar
 
 from cryptography import x509
 
+from ..core.budget_settings import BUDGET_SETTINGS, budgets_with
 from ..core.config import Budgets, Limits, MiB, TLSConfig
 from ..core.exceptions import ConfigError
 from ..core.identity import Role
@@ -110,50 +110,38 @@ def limits_from(args: argparse.Namespace) -> Limits:
     return Limits(max_frame_bytes=int(mib * MiB) if mib else None)
 
 
-_BUDGET_OPTIONS = (
-    # option, Budgets field, unit in bytes (1: a count), what it is
-    ("--max-inflight-mib-per-site", "bytes_per_peer", MiB, "MiB of requests in flight per peer"),
-    ("--max-inflight-mib", "bytes_total", MiB, "MiB of requests in flight from all peers"),
-    ("--max-calls-per-site", "calls_per_peer", 1, "calls in flight per peer"),
-    ("--max-calls", "calls_total", 1, "calls in flight from all peers"),
-    ("--max-connections-per-site", "connections_per_peer", 1, "open connections per peer"),
-)
-
-
-def _env_name(option: str) -> str:
-    return "FLGATE_" + option.removeprefix("--").replace("-", "_").upper()
-
-
 def add_budget_options(parser: argparse.ArgumentParser) -> None:
     """The relay's admission budgets: what peers may have in flight before it answers
-    "busy" (and the site retries); each defaults to ``FLGATE_<OPTION>``, else Budgets'."""
+    "busy" (and the site retries); each defaults to ``FLGATE_<OPTION>``, then to the
+    relay kit's ``budgets`` (from ``project.yml``), then to Budgets'."""
     defaults = Budgets()
-    for option, name, unit, what in _BUDGET_OPTIONS:
-        default = getattr(defaults, name)
+    for setting in BUDGET_SETTINGS:
+        default = getattr(defaults, setting.field)
+        shown = "none" if default is None else f"{default / setting.unit:g}"
         parser.add_argument(
-            option,
+            setting.option,
             type=float,
             metavar="N",
-            help=f"{what}; 0 for no limit (default {default / unit:g}; env {_env_name(option)})",
+            help=f"{setting.what}; 0 for no limit (default {shown}; env {setting.env})",
         )
 
 
-def budgets_from(args: argparse.Namespace) -> Budgets:
-    values: dict[str, int | None] = {}
-    for option, name, unit, _ in _BUDGET_OPTIONS:
-        value: float | None = getattr(args, option.removeprefix("--").replace("-", "_"))
+def budgets_from(args: argparse.Namespace, kit: Kit | None = None) -> Budgets:
+    values = dict(kit.budgets) if kit is not None else {}
+    for setting in BUDGET_SETTINGS:
+        value: float | None = getattr(args, setting.option.removeprefix("--").replace("-", "_"))
         if value is None:
-            text = os.environ.get(_env_name(option), "")
+            text = os.environ.get(setting.env, "")
             if not text:
                 continue
             try:
                 value = float(text)
             except ValueError:
-                raise ConfigError(f"{_env_name(option)}={text!r} is not a number") from None
+                raise ConfigError(f"{setting.env}={text!r} is not a number") from None
         if value < 0:
-            raise ConfigError(f"{option} must be 0 (no limit) or positive, not {value:g}")
-        values[name] = int(value * unit) if value else None
-    return dataclasses.replace(Budgets(), **values)
+            raise ConfigError(f"{setting.option} must be 0 (no limit) or positive, not {value:g}")
+        values[setting.key] = value
+    return budgets_with(values)
 
 
 def _env_path(name: str) -> Path | None:

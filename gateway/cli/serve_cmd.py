@@ -144,7 +144,7 @@ async def _serve_relay(args: argparse.Namespace) -> None:
         known_sites=frozenset(s.strip() for s in args.sites.split(",")) if args.sites else None,
         crl=args.crl or (kit.crl if kit else None),
         limits=limits_from(args),
-        budgets=budgets_from(args),
+        budgets=budgets_from(args, kit),
     )
     await app.start()
     for url, port in zip(app.relay.listen_urls, app.ports, strict=True):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ..core.budget_settings import check_budget_values
 from ..core.config import TLSConfig
 from ..core.exceptions import AuthError, ConfigError
 from ..core.identity import AdminRole, Role, peer_from_certificate
@@ -114,6 +116,8 @@ def _config(
     if role is Role.RELAY:
         config["listen"] = [t.listen_url(relay.listen_host) for t in relay.transports]
         config["crl"] = CRL_FILE
+        if relay.budgets:
+            config["budgets"] = dict(relay.budgets)
     config["tls"] = {"ca": CA_FILE, "cert": CERT_FILE, "key": KEY_FILE}
     if role is Role.SITE:
         config["flower_node_key"] = NODE_KEY_FILE
@@ -190,6 +194,9 @@ class Kit:
     """Every transport the relay offers, by scheme."""
     listen_urls: tuple[str, ...]
     """Where the relay binds (relay kits only)."""
+    budgets: Mapping[str, float]
+    """The relay's admission budgets from ``project.yml`` (relay kits only; see
+    :mod:`gateway.core.budget_settings`); options and FLGATE_* variables override them."""
     tls: TLSConfig
     crl: Path | None
     flower_node_key: Path | None
@@ -348,6 +355,7 @@ def _load(path: Path, *, role: Role | None, ca: x509.Certificate | None, now: dt
 
     crl: Path | None = None
     listen: tuple[str, ...] = ()
+    budgets: dict[str, float] = {}
     if kit_role is Role.RELAY:
         # The CRL is signed by the CA itself, so it lives outside the manifest and
         # can be replaced by a newer one; a relay kit without one would forget
@@ -366,6 +374,10 @@ def _load(path: Path, *, role: Role | None, ca: x509.Certificate | None, now: dt
         if not isinstance(listen_value, list):
             raise KitError(f"{CONFIG_FILE}: listen must be a list of URLs")
         listen = tuple(str(u) for u in listen_value)
+        budgets_value = config.get("budgets") or {}
+        if not isinstance(budgets_value, dict):
+            raise KitError(f"{CONFIG_FILE}: budgets must map a budget to a number")
+        budgets = check_budget_values(budgets_value, f"{CONFIG_FILE}: budgets")
     return Kit(
         path=path,
         project=signed.project,
@@ -375,6 +387,7 @@ def _load(path: Path, *, role: Role | None, ca: x509.Certificate | None, now: dt
         relay_url=relay_url,
         relay_urls=relay_urls,
         listen_urls=listen,
+        budgets=budgets,
         tls=tls,
         crl=crl,
         flower_node_key=node_key,

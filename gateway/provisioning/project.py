@@ -8,13 +8,14 @@ documented example.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..core.budget_settings import check_budget_values
 from ..core.exceptions import ConfigError
 from ..core.identity import AdminRole
 
@@ -60,6 +61,9 @@ class RelaySpec:
     hosts: tuple[str, ...]
     listen_host: str
     transports: tuple[Transport, ...]
+    budgets: Mapping[str, float] = field(default_factory=dict)
+    """Admission budgets by key of :data:`~gateway.core.budget_settings.BUDGET_SETTINGS`
+    (``relay.budgets`` in ``project.yml``); written into the relay's kit."""
 
     def transport(self, scheme: str | None) -> Transport:
         """The transport ``scheme``, or the relay's first (preferred) one."""
@@ -149,6 +153,7 @@ class Project:
                 "hosts": list(self.relay.hosts),
                 "listen_host": self.relay.listen_host,
                 "transports": transports,
+                **({"budgets": dict(self.relay.budgets)} if self.relay.budgets else {}),
             },
             "sites": [
                 {"name": s.name, **({"transport": s.transport} if s.transport else {})}
@@ -270,7 +275,7 @@ class _Parser:
             value,
             "relay",
             required=("hosts", "transports"),
-            optional=("name", "listen_host"),
+            optional=("name", "listen_host", "budgets"),
         )
         name = self.name(relay.get("name", "relay"), "relay.name")
         hosts_value = relay["hosts"]
@@ -290,7 +295,17 @@ class _Parser:
                 f"must map a scheme ({', '.join(SCHEMES)}) to a port, e.g. {{grpcs: 8443}}",
             )
         transports = tuple(self.transport(scheme, spec, hosts[0]) for scheme, spec in raw.items())
-        return RelaySpec(name=name, hosts=hosts, listen_host=listen_host, transports=transports)
+        raw_budgets = relay.get("budgets") or {}
+        if not isinstance(raw_budgets, dict):
+            raise self.error("relay.budgets", "must map a budget to a number, e.g. {calls: 4096}")
+        budgets = check_budget_values(raw_budgets, f"{self.source}: relay.budgets")
+        return RelaySpec(
+            name=name,
+            hosts=hosts,
+            listen_host=listen_host,
+            transports=transports,
+            budgets=budgets,
+        )
 
     def transport(self, scheme: object, spec: object, default_host: str) -> Transport:
         where = f"relay.transports.{scheme}"
