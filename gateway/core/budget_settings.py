@@ -43,6 +43,21 @@ BUDGET_SETTINGS = (
     BudgetSetting("calls_per_site", "calls_per_peer", 1, "calls in flight per peer"),
     BudgetSetting("calls", "calls_total", 1, "calls in flight from all peers"),
     BudgetSetting("connections_per_site", "connections_per_peer", 1, "open connections per peer"),
+    BudgetSetting(
+        "handshakes_per_source",
+        "handshakes_per_source",
+        1,
+        "TLS handshakes in progress per source address (tcps, https)",
+    ),
+    BudgetSetting(
+        "handshakes", "handshakes_total", 1, "TLS handshakes in progress in all (tcps, https)"
+    ),
+    BudgetSetting(
+        "grpcs_connections",
+        "grpcs_connections",
+        1,
+        "connections open at once on grpcs, pending and established",
+    ),
 )
 
 

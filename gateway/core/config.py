@@ -20,7 +20,8 @@ class Limits:
 @dataclass(frozen=True, kw_only=True)
 class Budgets:
     """What the relay admits in flight at once, per peer (certificate) and in total, on
-    all its transports together; ``None`` turns a budget off.
+    all its transports together, and, before a peer is known (during the TLS
+    handshake), per source address; ``None`` turns a budget off.
 
     The defaults fit a relay on 2 cores and a few GB: two envelopes of the largest
     size per site, four in all (260 MiB of bodies; a body costs one to three copies
@@ -39,6 +40,22 @@ class Budgets:
     """Calls in flight from all peers."""
     connections_per_peer: int | None = 128
     """Open connections per peer (a site needs one on grpcs and tcps, a pool on https)."""
+    handshakes_per_source: int | None = 256
+    """TLS handshakes in progress per source address (an IPv4 address, an IPv6 /64) on
+    tcps and https; a connection over it is closed at once, unread. An honest site has
+    one connection on tcps, a pool of at most 100 on https, and a handshake takes
+    milliseconds: the rest is room for a few sites behind one NAT address."""
+    handshakes_total: int | None = 1024
+    """TLS handshakes in progress from all addresses on tcps and https together. Each
+    costs about 300 KiB until it ends (asyncio's TLS layer holds a 256 KiB read buffer
+    per connection), so a flood of handshakes that never finish holds about 300 MiB at
+    most, for the handshake timeout (10 s); ten https pools opening at once still fit."""
+    grpcs_connections: int | None = 1024
+    """Connections open at once on each grpcs listener, pending *and* established
+    (gRPC's ``grpc.max_allowed_incoming_connections``; gRPC closes one over it at once).
+    gRPC core does the TLS handshake itself, out of the relay's sight, so the two
+    handshake budgets above, per source and in total, and the handshake logs do not
+    exist on grpcs: this is its only cap on connections. A site keeps one there."""
 
 
 @dataclass(frozen=True, kw_only=True)

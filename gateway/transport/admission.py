@@ -11,7 +11,9 @@ message id after a backoff, and at its deadline answers 503, which Flower retrie
 
 A peer that keeps being refused is blocked for a while by the relay's
 :class:`~.refusals.RefusalMeter`, which the admission holds: the transports then refuse
-its calls and connections too (:meth:`Admission.blocked`).
+its calls and connections too (:meth:`Admission.blocked`). Before a peer is known, while
+its TLS handshake runs, the tcps and https listeners count the connection against its
+source address in the admission's :class:`~.handshakes.PendingHandshakes`.
 
 One :class:`Admission` serves every listener of a relay, so the totals hold across
 transports. A pure core: no I/O, no asyncio; time is passed in.
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 
 from ..core.config import Budgets, MiB
 from ..core.exceptions import ConfigError
+from .handshakes import PendingHandshakes
 from .refusals import RefusalMeter
 
 
@@ -60,10 +63,13 @@ class Admission:
         *,
         max_frame_bytes: int | None = None,
         refusals: RefusalMeter | None = None,
+        handshakes: PendingHandshakes | None = None,
     ) -> None:
         """``max_frame_bytes``: the largest envelope the transports accept; the byte
         budgets must each fit one, or such an envelope could never be admitted.
-        ``refusals``: the relay's meter of refused calls (its blocked peers)."""
+        ``refusals``: the relay's meter of refused calls (its blocked peers).
+        ``handshakes``: the TLS handshakes in progress; by default counted against the
+        budgets' handshake budgets, logged at the refusals' log interval."""
         for name in ("bytes_per_peer", "bytes_total"):
             budget = getattr(budgets, name)
             if budget is not None and max_frame_bytes is not None and budget < max_frame_bytes:
@@ -73,6 +79,11 @@ class Admission:
                 )
         self.budgets = budgets
         self.refusals = refusals if refusals is not None else RefusalMeter()
+        self.handshakes = (
+            handshakes
+            if handshakes is not None
+            else PendingHandshakes(budgets, log_interval=self.refusals.policy.log_interval)
+        )
         self._peers: dict[str, _InFlight] = {}
         self._total = _InFlight()
         self.refused: Counter[str] = Counter()

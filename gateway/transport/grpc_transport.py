@@ -3,6 +3,13 @@
 The relay requires a client certificate signed by the federation's root CA and
 takes the peer's identity from that verified certificate. Plain ``grpc://`` is
 deliberately absent: without a client certificate a peer has no identity.
+
+gRPC core accepts connections and does their TLS handshakes itself, out of the
+relay's sight: unlike tcps and https, grpcs has no budget of handshakes per source
+address, and no log of refused or failed handshakes. It caps the connections open
+at once instead, pending and established together (``Budgets.grpcs_connections``;
+gRPC closes a connection over it as soon as it is accepted), and drops a handshake
+after the handshake timeout.
 """
 
 from __future__ import annotations
@@ -268,9 +275,15 @@ class GrpcTransportServer(interface.TransportServer):
         self._url = url
         self._tls = tls
         admission = admission or Admission(max_frame_bytes=frame_limit(limits))
+        connections = admission.budgets.grpcs_connections
         self._server = grpc.aio.server(
             options=[
                 *_size_options(limits),
+                *(
+                    []
+                    if connections is None
+                    else [("grpc.max_allowed_incoming_connections", connections)]
+                ),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_recv_ping_interval_without_data_ms", 20_000),
                 # gRPC reads up to 4 MiB per connection at a time by default: with

@@ -49,6 +49,7 @@ from .common import (
     peer_from_ssl_object,
     server_ssl_context,
 )
+from .tls_listener import TLSListener
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ class HttpTransportServer(interface.TransportServer):
         self._url = url
         self._tls = tls
         self._handshake_timeout = handshake_timeout
-        self._listener: asyncio.Server | None = None
+        self._listener: TLSListener | None = None
         self._limit = frame_limit(limits)
         self._handler = handler
         self._admission = admission or Admission(max_frame_bytes=self._limit)
@@ -225,20 +226,20 @@ class HttpTransportServer(interface.TransportServer):
         context = server_ssl_context(self._tls)
         await self._runner.setup()
         assert self._runner.server is not None
+        # Not web.TCPSite: it offers no TLS handshake timeout, nor caps on pending
+        # handshakes, nor says which failed (see tls_listener).
+        listener = TLSListener(
+            self._runner.server,
+            context,
+            self._admission.handshakes,
+            handshake_timeout=self._handshake_timeout,
+        )
         try:
-            # Not web.TCPSite: it offers no TLS handshake timeout.
-            self._listener = await asyncio.get_running_loop().create_server(
-                self._runner.server,
-                self._url.host,
-                self._url.port,
-                ssl=context,
-                ssl_handshake_timeout=self._handshake_timeout,
-                reuse_address=True,
-            )
+            self._port = await listener.start(self._url.host, self._url.port)
         except OSError as exc:
             await self._runner.cleanup()
             raise ConnectError(f"cannot listen on {self._url}: {exc}") from exc
-        self._port = self._listener.sockets[0].getsockname()[1]
+        self._listener = listener
         log.info(
             "relay listening", extra={"url": f"{self._url.scheme}://{self._url.host}:{self._port}"}
         )
@@ -310,10 +311,12 @@ class HttpTransportServer(interface.TransportServer):
         return web.Response(status=413, text=text)
 
     async def aclose(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
         await self._runner.cleanup()
+        if listener is not None:
+            await listener.wait_closed()
         for peer in self._connections.values():
             self._admission.close_connection(peer)
         self._connections.clear()

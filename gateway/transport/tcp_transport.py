@@ -58,6 +58,7 @@ from .framing import (
     Side,
     Skipped,
 )
+from .tls_listener import TLSListener
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 """Seconds for TCP connect, TLS handshake and the first ping's pong."""
 
 _READ_CHUNK = 256 * 1024
+_STREAM_LIMIT = 64 * 1024  # asyncio.start_server's: the reader pauses the socket at twice this
 # After an error frame, input is read and dropped until the peer is quiet for
 # _LINGER_QUIET seconds (at most _LINGER): closing with unread input would
 # reset the connection and could destroy the error frame before the peer reads it.
@@ -626,7 +628,7 @@ class TcpTransportServer(interface.TransportServer):
         self._admission = admission or Admission(max_frame_bytes=self._limit)
         self._idle_timeout = idle_timeout
         self._handshake_timeout = handshake_timeout
-        self._server: asyncio.Server | None = None
+        self._listener: TLSListener | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._port = 0
 
@@ -635,22 +637,29 @@ class TcpTransportServer(interface.TransportServer):
         return self._port
 
     async def start(self) -> None:
-        context = server_ssl_context(self._tls)
+        # Not asyncio.start_server(ssl=...): it can neither cap pending handshakes nor
+        # say which failed (see tls_listener).
+        listener = TLSListener(
+            self._stream_protocol,
+            server_ssl_context(self._tls),
+            self._admission.handshakes,
+            handshake_timeout=self._handshake_timeout,
+        )
         try:
-            self._server = await asyncio.start_server(
-                self._accept,
-                self._url.host,
-                self._url.port,
-                ssl=context,
-                ssl_handshake_timeout=self._handshake_timeout,
-                reuse_address=True,
-            )
+            self._port = await listener.start(self._url.host, self._url.port)
         except OSError as exc:
             raise ConnectError(f"cannot listen on {self._url}: {exc}") from exc
-        self._port = self._server.sockets[0].getsockname()[1]
+        self._listener = listener
         log.info(
             "relay listening", extra={"url": f"{self._url.scheme}://{self._url.host}:{self._port}"}
         )
+
+    def _stream_protocol(self) -> asyncio.StreamReaderProtocol:
+        """What ``asyncio.start_server`` makes for each connection: ``_accept`` runs
+        once the connection is made, with a reader and a writer."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=_STREAM_LIMIT, loop=loop)
+        return asyncio.StreamReaderProtocol(reader, self._accept, loop=loop)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -670,11 +679,11 @@ class TcpTransportServer(interface.TransportServer):
             self._connections.discard(task)
 
     async def aclose(self) -> None:
-        if self._server is None:
+        if self._listener is None:
             return
-        self._server.close()
+        self._listener.close()
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
-        await self._server.wait_closed()
-        self._server = None
+        await self._listener.wait_closed()
+        self._listener = None
