@@ -10,7 +10,7 @@ Every frame is a fixed 14-byte header followed by its payload::
 
     offset  size  field
     0       1     magic and version: 0xF1 (flgate framing, version 1)
-    1       1     frame type: 1 request, 2 reply, 3 ping, 4 pong, 5 error
+    1       1     frame type: 1 request, 2 reply, 3 ping, 4 pong, 5 error, 6 ask, 7 go
     2       8     request id, unsigned big-endian; 0 names the connection
     10      4     payload length, unsigned big-endian
 
@@ -19,6 +19,12 @@ same request id, so that many calls share one connection. Ping and pong carry
 an opaque token of at most :data:`MAX_CONTROL_PAYLOAD` bytes. An error frame
 carries one byte of :class:`ErrorCode` and a UTF-8 message; request id 0 means
 the connection is unusable and the sender closes it.
+
+A client may announce a large request first: an ask frame carries the request's
+id and its payload length (8 bytes, big-endian), and the server answers go (the
+request is admitted: send it) or a ``BUSY`` error for that id. A refused large
+request then costs the bytes of two headers, not an upload that the server must
+read to the end and drop; an admitted one skips the admission on its header.
 
 The size limit is checked on the header, *before* any payload is buffered, so
 an oversized frame costs 14 bytes of memory. So is the receiver's admission
@@ -59,6 +65,8 @@ class FrameType(enum.IntEnum):
     PING = 3
     PONG = 4
     ERROR = 5
+    ASK = 6
+    GO = 7
 
 
 _TYPE_VALUES = frozenset(int(t) for t in FrameType)
@@ -79,6 +87,8 @@ class ErrorCode(enum.IntEnum):
     """The peer's verified certificate does not identify a participant."""
     BUSY = 6
     """A request the receiver did not admit, unread (over its budgets); retry later."""
+    CANCELLED = 7
+    """The client gave up a request it asked for: the server forgets its admission."""
 
 
 class Side(enum.Enum):
@@ -89,11 +99,17 @@ class Side(enum.Enum):
 
 
 _CONTROL = frozenset({FrameType.PING, FrameType.PONG, FrameType.ERROR})
+_SMALL = _CONTROL | {FrameType.ASK, FrameType.GO}
+"""Frames whose payload is at most :data:`MAX_CONTROL_PAYLOAD`."""
 # What each side may receive (and its peer may send).
 _RECEIVES: dict[Side, frozenset[FrameType]] = {
-    Side.SERVER: _CONTROL | {FrameType.REQUEST},
-    Side.CLIENT: _CONTROL | {FrameType.REPLY},
+    Side.SERVER: _CONTROL | {FrameType.REQUEST, FrameType.ASK},
+    Side.CLIENT: _CONTROL | {FrameType.REPLY, FrameType.GO},
 }
+ASK_PAYLOAD = struct.Struct(">Q")
+"""An ask frame's payload: the announced request's payload length."""
+_CALL_FRAMES = frozenset({FrameType.REQUEST, FrameType.REPLY, FrameType.ASK, FrameType.GO})
+"""Frames about one call: request id 0 is invalid for them."""
 _PEER = {Side.SERVER: Side.CLIENT, Side.CLIENT: Side.SERVER}
 
 
@@ -111,6 +127,14 @@ class Frame:
 class Skipped:
     """A request that ``admit`` refused, reported on its header: answer it at once; its
     payload is dropped unread as it arrives."""
+
+    request_id: int
+    length: int
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """An asked request that ``admit`` admitted: answer go; its request frame follows."""
 
     request_id: int
     length: int
@@ -137,7 +161,7 @@ class FramingError:
     """The offending frame's request id when its header was readable, else 0."""
 
 
-Event = Frame | Skipped | PeerError | FramingError
+Event = Frame | Skipped | Admitted | PeerError | FramingError
 
 Admit = Callable[[int, int], bool]
 """``admit(request_id, length)``: whether to receive a request's payload."""
@@ -177,6 +201,8 @@ class FrameProtocol:
         self._filled = 0
         self._skipping = False
         self._events: list[Event] = []
+        self._asked: dict[int, int] = {}
+        """Request ids admitted on an ask, with the length they were admitted for."""
         self._failed = False
         self._eof = False
 
@@ -232,7 +258,7 @@ class FrameProtocol:
             raise ValueError(f"a {self.side.value} does not send {frame_type.name} frames")
         if not 0 <= request_id <= MAX_REQUEST_ID:
             raise ValueError(f"request id {request_id} does not fit in 64 bits")
-        if frame_type in (FrameType.REQUEST, FrameType.REPLY) and request_id == 0:
+        if frame_type in _CALL_FRAMES and request_id == 0:
             raise ValueError("request id 0 names the connection, not a call")
         limit = self._limit(frame_type)
         if len(payload) > limit:
@@ -251,7 +277,7 @@ class FrameProtocol:
         return self.frame(FrameType.ERROR, request_id, encode_error(code, message))
 
     def _limit(self, frame_type: FrameType) -> int:
-        return MAX_CONTROL_PAYLOAD if frame_type in _CONTROL else self.max_payload
+        return MAX_CONTROL_PAYLOAD if frame_type in _SMALL else self.max_payload
 
     def _fail(self, code: ErrorCode, message: str, request_id: int = 0) -> None:
         self._failed = True
@@ -285,8 +311,18 @@ class FrameProtocol:
                     return
                 _, type_value, request_id, length = HEADER.unpack_from(buffer)
                 frame_type = FrameType(type_value)
-                if frame_type in (FrameType.REQUEST, FrameType.REPLY) and request_id == 0:
+                if frame_type in _CALL_FRAMES and request_id == 0:
                     self._fail(ErrorCode.MALFORMED, f"{frame_type.name.lower()} with request id 0")
+                    return
+                asked = (
+                    self._asked.pop(request_id, None) if frame_type is FrameType.REQUEST else None
+                )
+                if asked is not None and length > asked:
+                    self._fail(
+                        ErrorCode.MALFORMED,
+                        f"request {request_id} of {length} bytes, after asking for {asked}",
+                        request_id,
+                    )
                     return
                 limit = self._limit(frame_type)
                 if length > limit:
@@ -301,6 +337,7 @@ class FrameProtocol:
                 self._header = (frame_type, request_id, length)
                 self._skipping = (
                     frame_type is FrameType.REQUEST
+                    and asked is None
                     and self._admit is not None
                     and not self._admit(request_id, length)
                 )
@@ -323,6 +360,30 @@ class FrameProtocol:
                 self._skipping = False
             elif frame_type is FrameType.ERROR:
                 code, message = decode_error(bytes(payload))
+                if code == ErrorCode.CANCELLED:
+                    self._asked.pop(request_id, None)
                 self._events.append(PeerError(code, message, request_id))
+            elif frame_type is FrameType.ASK:
+                if not self._ask(request_id, payload):
+                    return
             else:
                 self._events.append(Frame(frame_type, request_id, payload))
+
+    def _ask(self, request_id: int, payload: bytearray) -> bool:
+        """An ask frame: admitted or skipped, as a request's header would be."""
+        if len(payload) != ASK_PAYLOAD.size:
+            self._fail(ErrorCode.MALFORMED, f"an ask frame of {len(payload)} bytes", request_id)
+            return False
+        (length,) = ASK_PAYLOAD.unpack(payload)
+        if length > self.max_payload:
+            message = (
+                f"request of {length} bytes exceeds the frame limit of {self.max_payload} bytes"
+            )
+            self._fail(ErrorCode.TOO_LARGE, message, request_id)
+            return False
+        if self._admit is None or self._admit(request_id, length):
+            self._asked[request_id] = length
+            self._events.append(Admitted(request_id, length))
+        else:
+            self._events.append(Skipped(request_id, length))
+        return True

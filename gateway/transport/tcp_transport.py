@@ -49,6 +49,8 @@ from .common import (
     server_ssl_context,
 )
 from .framing import (
+    ASK_PAYLOAD,
+    Admitted,
     ErrorCode,
     Frame,
     FrameProtocol,
@@ -71,6 +73,9 @@ DEFAULT_IDLE_TIMEOUT = 60.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
 """Seconds for TCP connect, TLS handshake and the first ping's pong."""
 
+ASK_ABOVE = 1024 * 1024
+"""A request with a larger payload is announced first (ask) and sent once admitted
+(go): refused unasked, the relay would still have to read it to the end."""
 _READ_CHUNK = 256 * 1024
 _STREAM_LIMIT = 64 * 1024  # asyncio.start_server's: the reader pauses the socket at twice this
 # After an error frame, input is read and dropped until the peer is quiet for
@@ -131,6 +136,8 @@ class _ClientConnection:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Reply]] = {}
         self._pongs: dict[int, asyncio.Future[None]] = {}
+        self._gos: dict[int, asyncio.Future[None]] = {}
+        """Large requests asked for and not yet admitted (go) or refused."""
         self._loop = asyncio.get_running_loop()
         self._last_rx = self._loop.time()
         self._error: Exception | None = None
@@ -173,6 +180,8 @@ class _ClientConnection:
             raise type(self._error)(str(self._error))
         request_id = next(self._ids)
         data = self._protocol.frame(FrameType.REQUEST, request_id, payload)
+        if len(payload) > ASK_ABOVE:
+            await self._ask(request_id, len(payload))
         future: asyncio.Future[Reply] = self._loop.create_future()
         self._pending[request_id] = future
         try:
@@ -188,6 +197,23 @@ class _ClientConnection:
         finally:
             self._pending.pop(request_id, None)
 
+    async def _ask(self, request_id: int, length: int) -> None:
+        """Until the relay admits the request (go); raises what it answered instead."""
+        go: asyncio.Future[None] = self._loop.create_future()
+        self._gos[request_id] = go
+        try:
+            self._writer.write(
+                self._protocol.frame(FrameType.ASK, request_id, ASK_PAYLOAD.pack(length))
+            )
+            await go
+        except asyncio.CancelledError:  # gave up (a deadline): the relay may have admitted it
+            if self._error is None:
+                frame = (ErrorCode.CANCELLED, "the call was given up", request_id)
+                self._writer.write(self._protocol.error_frame(frame))
+            raise
+        finally:
+            self._gos.pop(request_id, None)
+
     async def aclose(self) -> None:
         self._fail(ConnectError(f"the connection to the {self._where} was closed"), abort=False)
         await _close(self._writer)
@@ -202,6 +228,7 @@ class _ClientConnection:
         waiters: list[asyncio.Future[Reply] | asyncio.Future[None]] = [
             *self._pending.values(),
             *self._pongs.values(),
+            *self._gos.values(),
         ]
         for future in waiters:
             if not future.done():
@@ -240,17 +267,18 @@ class _ClientConnection:
                     self._writer.write(
                         self._protocol.frame(FrameType.PONG, event.request_id, event.payload)
                     )
-                elif event.type is FrameType.PONG:
-                    pong = self._pongs.get(event.request_id)
-                    if pong is not None and not pong.done():
-                        pong.set_result(None)
+                elif event.type in (FrameType.PONG, FrameType.GO):
+                    waiters = self._pongs if event.type is FrameType.PONG else self._gos
+                    waiter = waiters.get(event.request_id)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(None)
             elif isinstance(event, PeerError):
                 if event.request_id == 0:
                     self._fail(_peer_error(event, self._where))
                     return
                 if event.code in _CLOSES_CONNECTION:
                     self._draining = True  # calls in flight may still be answered
-                future = self._pending.get(event.request_id)
+                future = self._pending.get(event.request_id) or self._gos.get(event.request_id)
                 if future is not None and not future.done():
                     future.set_exception(_peer_error(event, self._where))
             elif isinstance(event, FramingError):
@@ -498,7 +526,11 @@ class _ServerConnection:
                 if isinstance(event, FramingError):
                     await self._refuse(peer, event)
                     return
-                if isinstance(event, PeerError):
+                if isinstance(event, PeerError) and event.code == ErrorCode.CANCELLED:
+                    grant = self._grants.pop(event.request_id, None)
+                    if grant is not None:  # asked for, admitted, then given up
+                        self._admission.release(grant)
+                elif isinstance(event, PeerError):
                     log.info(
                         "tcps peer reported an error",
                         extra={"peer": str(peer), "code": event.code, "error": event.message},
@@ -516,6 +548,8 @@ class _ServerConnection:
                         frame = (ErrorCode.BUSY, refusal.message, 0)
                         await self._say_last(self._protocol.error_frame(frame))
                         return
+                elif isinstance(event, Admitted):  # asked for, admitted: let it come
+                    self._writer.write(self._protocol.frame(FrameType.GO, event.request_id))
                 elif event.type is FrameType.REQUEST:
                     self._start_call(peer, event.request_id, event.payload)
                 elif event.type is FrameType.PING:

@@ -279,3 +279,38 @@ async def test_a_connection_over_the_peers_budget_is_refused_until_one_closes(
             await first.aclose()
             await second.aclose()
         assert held.seen == [b"1", b"3"]
+
+
+@pytest.mark.parametrize("scheme", ["grpcs", "tcps"])
+async def test_a_large_call_is_admitted_before_it_is_uploaded_and_a_refused_one_never_is(
+    scheme: str, federation: FederationKits
+) -> None:
+    # Over 1 MiB, grpcs and tcps ask the relay before they send the body.
+    limits = Limits(max_frame_bytes=8 * MiB)
+    held = Held()
+    admission = Admission(Budgets(bytes_per_peer=9 * MiB), max_frame_bytes=8 * MiB)
+    server = listen(
+        f"{scheme}://127.0.0.1:0",
+        tls=federation.relay,
+        handler=held,
+        limits=limits,
+        admission=admission,
+    )
+    await server.start()
+    client = connect(
+        f"{scheme}://localhost:{server.port}", tls=federation.sites["site-1"], limits=limits
+    )
+    try:
+        first = asyncio.ensure_future(client.send(_envelope(b"1" * 5 * MiB), timeout=50 * UNIT))
+        await asyncio.wait_for(held.arrived.wait(), 50 * UNIT)
+        with pytest.raises(RelayBusyError, match="in flight from site:site-1 at most"):
+            await client.send(_envelope(b"2" * 5 * MiB), timeout=50 * UNIT)
+        held.release.set()
+        assert (await first).http_status == 200
+        assert (await client.send(_envelope(b"3" * 5 * MiB), timeout=50 * UNIT)).http_status == 200
+    finally:
+        await client.aclose()
+        await server.aclose()
+    assert [body[:1] for body in held.seen] == [b"1", b"3"]
+    assert [len(body) for body in held.seen] == [5 * MiB, 5 * MiB]
+    assert admission.in_flight()[:2] == (0, 0)

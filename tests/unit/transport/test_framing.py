@@ -10,9 +10,11 @@ from hypothesis import strategies as st
 
 from gateway.core.exceptions import FrameTooLargeError
 from gateway.transport.framing import (
+    ASK_PAYLOAD,
     HEADER,
     MAGIC,
     MAX_CONTROL_PAYLOAD,
+    Admitted,
     ErrorCode,
     Event,
     Frame,
@@ -21,6 +23,7 @@ from gateway.transport.framing import (
     FramingError,
     PeerError,
     Side,
+    Skipped,
     decode_error,
     encode_error,
 )
@@ -289,3 +292,69 @@ def test_fuzz_oversized_lengths_are_refused_before_any_payload(
         )
     ]
     assert server.buffered == 0
+
+
+def _asking_server(admitted: set[int], calls: list[tuple[int, int]]) -> FrameProtocol:
+    def admit(request_id: int, length: int) -> bool:
+        calls.append((request_id, length))
+        return request_id in admitted
+
+    return FrameProtocol(Side.SERVER, max_payload=LIMIT, admit=admit)
+
+
+def test_an_asked_request_is_admitted_once_and_its_request_then_arrives_unasked() -> None:
+    client, _ = pair()
+    calls: list[tuple[int, int]] = []
+    server = _asking_server({7}, calls)
+    ask = client.frame(FrameType.ASK, 7, ASK_PAYLOAD.pack(600))
+    assert feed(server, ask) == [Admitted(7, 600)]
+    assert feed(server, client.frame(FrameType.REQUEST, 7, b"x" * 600)) == [
+        Frame(FrameType.REQUEST, 7, bytearray(b"x" * 600))
+    ]
+    assert calls == [(7, 600)]  # the request's header was not admitted again
+
+
+def test_a_refused_ask_is_skipped_and_costs_no_payload() -> None:
+    client, _ = pair()
+    calls: list[tuple[int, int]] = []
+    server = _asking_server(set(), calls)
+    assert feed(server, client.frame(FrameType.ASK, 3, ASK_PAYLOAD.pack(900))) == [Skipped(3, 900)]
+    assert server.buffered == 0
+
+
+def test_a_request_larger_than_it_asked_for_breaks_the_connection() -> None:
+    client, _ = pair()
+    server = _asking_server({5}, [])
+    feed(server, client.frame(FrameType.ASK, 5, ASK_PAYLOAD.pack(10)))
+    (event,) = feed(server, client.frame(FrameType.REQUEST, 5, b"x" * 11))
+    assert isinstance(event, FramingError) and "after asking for 10" in event.message
+
+
+@pytest.mark.parametrize(
+    ("payload", "needle"),
+    [(b"\0" * 7, "ask frame of 7 bytes"), (ASK_PAYLOAD.pack(LIMIT + 1), "exceeds the frame limit")],
+)
+def test_a_malformed_or_oversized_ask_breaks_the_connection(payload: bytes, needle: str) -> None:
+    server = _asking_server({1}, [])
+    (event,) = feed(server, header(FrameType.ASK, 1, len(payload)) + payload)
+    assert isinstance(event, FramingError) and needle in event.message
+
+
+def test_a_cancelled_ask_is_forgotten_and_the_id_is_admitted_afresh() -> None:
+    client, _ = pair()
+    calls: list[tuple[int, int]] = []
+    server = _asking_server({4}, calls)
+    feed(server, client.frame(FrameType.ASK, 4, ASK_PAYLOAD.pack(10)))
+    (cancelled,) = feed(server, client.error_frame((ErrorCode.CANCELLED, "gave up", 4)))
+    assert cancelled == PeerError(ErrorCode.CANCELLED, "gave up", 4)
+    feed(server, client.frame(FrameType.REQUEST, 4, b"x" * 20))
+    assert calls == [(4, 10), (4, 20)]
+
+
+def test_ask_and_go_need_a_request_id_and_go_only_to_the_client() -> None:
+    client, server = pair()
+    with pytest.raises(ValueError, match="request id 0"):
+        client.frame(FrameType.ASK, 0, ASK_PAYLOAD.pack(1))
+    assert feed(client, server.frame(FrameType.GO, 9)) == [Frame(FrameType.GO, 9, bytearray())]
+    with pytest.raises(ValueError, match="does not send GO"):
+        client.frame(FrameType.GO, 9)
