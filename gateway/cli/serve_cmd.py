@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import resource
 import signal
 import sys
 from collections.abc import Coroutine
@@ -120,6 +121,17 @@ def _workspace(args: argparse.Namespace, kit: Kit | None) -> Path:
     raise ConfigError("missing --workspace DIR (or --kit DIR, whose workspace/ it then uses)")
 
 
+def _allow_many_open_files() -> None:
+    """Raise the soft limit on open files to the hard one, as servers do: every
+    connection and pending handshake is a file, and the relay's caps (1024 pending
+    handshakes, 1024 grpcs connections, per-site pools) exceed the usual soft 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def _stop_signals() -> asyncio.Event:
     """An event that SIGTERM or SIGINT sets, in place of cancelling the command."""
     stop = asyncio.Event()
@@ -131,6 +143,7 @@ def _stop_signals() -> asyncio.Event:
 
 async def _serve_relay(args: argparse.Namespace) -> None:
     return_large_blocks_at_once()  # a burst of peers must not leave the RSS high for good
+    _allow_many_open_files()
     stop = _stop_signals()
     tls = tls_from(args, Role.RELAY)
     kit = kit_from(args, Role.RELAY)

@@ -24,15 +24,16 @@ class Budgets:
     handshake), per source address; ``None`` turns a budget off.
 
     The defaults fit a relay on 2 cores and a few GB: two envelopes of the largest
-    size per site, four in all (260 MiB of bodies; a body costs one to three copies
-    while it is decoded, by transport), many more small calls than Flower makes (a
+    size per site, three in all (195 MiB of bodies; a body costs up to two copies
+    while it is decoded, its receive buffer and the parsed envelope, so at most about
+    400 MiB above the relay's base of about 80), many more small calls than Flower makes (a
     SuperNode has a few in flight; Flower >= 1.20 moves models in 5 MiB objects), and
     a site's pool of https connections (100 by default).
     """
 
     bytes_per_peer: int | None = 2 * (64 + 1) * MiB
     """Bytes of requests in flight per peer; at least one largest envelope."""
-    bytes_total: int | None = 4 * (64 + 1) * MiB
+    bytes_total: int | None = 3 * (64 + 1) * MiB
     """Bytes of requests in flight from all peers; at least ``bytes_per_peer``."""
     calls_per_peer: int | None = 1024
     """Calls in flight per peer."""

@@ -9,14 +9,17 @@ a refused certificate is recognized among connection errors.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
+import time
 
 from ..core.config import Limits, TLSConfig
 from ..core.exceptions import AuthError, ConfigError
 from ..core.identity import Peer, peer_from_pem
 from ..proto.envelope_pb2 import ORIGIN_GATEWAY, Envelope, Reply
 from .interface import Handler
+from .refusals import RefusalMeter
 
 log = logging.getLogger(__name__)
 
@@ -112,3 +115,14 @@ async def call_handler(handler: Handler, peer: Peer, envelope: Envelope) -> Repl
     except Exception:
         log.exception("relay handler failed", extra={"peer": str(peer)})
         return failure_reply(envelope)
+
+
+async def hold_refusal(refusals: RefusalMeter, peer: str) -> None:
+    """Wait before refusing a call of a blocked ``peer`` (a tarpit, see
+    :attr:`~.refusals.RefusalPolicy.hold_seconds`); at once when it holds too many."""
+    seconds = refusals.hold(peer, time.monotonic())
+    if seconds > 0:
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            refusals.unhold(peer)

@@ -38,7 +38,7 @@ from ..core.identity import Peer, peer_from_pem
 from ..proto.envelope_pb2 import Envelope, Reply
 from . import interface
 from .admission import Admission, Refusal
-from .common import HANDSHAKE_TIMEOUT, call_handler, frame_limit
+from .common import HANDSHAKE_TIMEOUT, call_handler, frame_limit, hold_refusal
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,8 @@ class _RelayService:
             str(peer), declared
         )
         if isinstance(grant, Refusal):
+            if grant.budget == "blocked":
+                await hold_refusal(self._admission.refusals, str(peer))
             await _abort(context, grpc.StatusCode.UNAVAILABLE, grant.message, busy=True)
         try:
             if declared > CHUNK_BYTES:  # the site waits for this before sending its chunks

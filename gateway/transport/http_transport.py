@@ -46,6 +46,7 @@ from .common import (
     certificate_refused,
     client_ssl_context,
     frame_limit,
+    hold_refusal,
     peer_from_ssl_object,
     server_ssl_context,
 )
@@ -260,6 +261,8 @@ class HttpTransportServer(interface.TransportServer):
             transport, str(peer)
         )
         if refusal is not None:
+            if refusal.budget == "blocked":
+                await hold_refusal(self._admission.refusals, str(peer))
             return web.Response(status=503, text=refusal.message, headers={"Connection": "close"})
         # Without a Content-Length the body may be as large as the frame limit.
         size = request.content_length if request.content_length is not None else self._limit

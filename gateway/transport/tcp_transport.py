@@ -45,6 +45,7 @@ from .common import (
     certificate_refused,
     client_ssl_context,
     frame_limit,
+    hold_refusal,
     peer_from_ssl_object,
     server_ssl_context,
 )
@@ -488,10 +489,13 @@ class _ServerConnection:
             str(self._peer), time.monotonic()
         ) or self._admission.open_connection(str(self._peer))
         if refusal is not None:
-            log.warning(
-                "refused a tcps connection",
-                extra={"peer": str(self._peer), "error": refusal.message},
-            )
+            if refusal.budget == "blocked":  # counted by the meter, logged when unblocked
+                await hold_refusal(self._admission.refusals, str(self._peer))
+            else:
+                log.warning(
+                    "refused a tcps connection",
+                    extra={"peer": str(self._peer), "error": refusal.message},
+                )
             await self._say_last(self._protocol.error_frame((ErrorCode.BUSY, refusal.message, 0)))
             await _close(self._writer)
             return
@@ -539,12 +543,14 @@ class _ServerConnection:
                         return
                 elif isinstance(event, Skipped):
                     refusal = self._refusals.pop(event.request_id)
+                    if self._blocked:  # answer late (a tarpit), then disconnect it
+                        await hold_refusal(self._admission.refusals, str(peer))
                     self._writer.write(
                         self._protocol.error_frame(
                             (ErrorCode.BUSY, refusal.message, event.request_id)
                         )
                     )
-                    if self._blocked:  # disconnect it: it must reconnect, and is refused
+                    if self._blocked:  # it must reconnect, and is refused
                         frame = (ErrorCode.BUSY, refusal.message, 0)
                         await self._say_last(self._protocol.error_frame(frame))
                         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 
 import pytest
@@ -67,6 +68,30 @@ def test_a_flood_of_ten_thousand_refusals_makes_a_handful_of_log_lines() -> None
     assert len(lines) <= 5, lines
 
 
+def test_a_blocked_peers_refusals_are_held_until_the_block_ends_and_only_so_many() -> None:
+    meter = RefusalMeter(RefusalPolicy(rate=1.0, burst=1.0, block_seconds=8.0, hold_calls=2))
+    assert meter.hold("site:evil", now=0.0) == 0.0  # not blocked: refused at once
+    meter.refused("site:evil", "AuthError", "no", now=0.0)
+    meter.refused("site:evil", "AuthError", "no", now=0.0)  # blocked until 8.0
+    assert meter.hold("site:evil", now=1.0) == 5.0  # hold_seconds
+    assert meter.hold("site:evil", now=6.0) == 2.0  # until the block ends
+    assert meter.hold("site:evil", now=6.0) == 0.0  # two held already
+    meter.unhold("site:evil")
+    meter.unhold("site:evil")
+    assert meter.hold("site:evil", now=8.0) == 0.0  # the block is over
+
+
+def test_a_peer_with_held_calls_is_not_forgotten() -> None:
+    meter = RefusalMeter(RefusalPolicy(rate=1.0, burst=1.0, block_seconds=8.0))
+    meter.refused("site:evil", "AuthError", "no", now=0.0)
+    meter.refused("site:evil", "AuthError", "no", now=0.0)
+    assert meter.hold("site:evil", now=1.0) > 0
+    meter.flush(now=3600.0)
+    meter.unhold("site:evil")  # would fail with a KeyError had it been forgotten
+    meter.flush(now=3601.0)
+    assert meter._peers == {}
+
+
 def test_idle_peers_are_forgotten() -> None:
     meter = RefusalMeter(POLICY)
     for i in range(100):
@@ -108,13 +133,12 @@ class _Answering(Upstream):
         pass
 
 
-@pytest.mark.parametrize("scheme", ["https", "tcps"])
-async def test_a_blocked_site_is_disconnected_and_refused_on_reconnect_while_others_are_served(
+@pytest.mark.parametrize("scheme", ["grpcs", "https", "tcps"])
+async def test_a_blocked_site_is_answered_late_and_refused_on_reconnect_while_others_are_served(
     scheme: str, federation: FederationKits
 ) -> None:
-    admission = Admission(
-        Budgets(), refusals=RefusalMeter(RefusalPolicy(rate=1.0, burst=5.0, block_seconds=3.0))
-    )
+    policy = RefusalPolicy(rate=1.0, burst=5.0, block_seconds=3.0, hold_seconds=5 * UNIT)
+    admission = Admission(Budgets(), refusals=RefusalMeter(policy))
     dispatcher = Dispatcher(admission=admission)
     dispatcher.add_job("job-a", frozenset({"site-1"}), _Answering())
     server = listen(
@@ -132,9 +156,11 @@ async def test_a_blocked_site_is_disconnected_and_refused_on_reconnect_while_oth
         for _ in range(6):
             statuses.append((await evil.send(_fleet("job-a"), timeout=50 * UNIT)).http_status)
         assert statuses == [403] * 6  # not part of job-a; the sixth empties the bucket
+        started = time.monotonic()
         with pytest.raises(RelayBusyError, match="refused too often"):
             await evil.send(_fleet("job-a"), timeout=50 * UNIT)
-        with pytest.raises(RelayBusyError):  # a new connection is refused too
+        assert time.monotonic() - started >= 5 * UNIT  # held: a tarpit
+        with pytest.raises(RelayBusyError):  # a new connection (or call) is refused too
             await evil.send(_fleet("job-a"), timeout=50 * UNIT)
         mine = Envelope(job_id="job-a", site="site-1", message_id="m1", method="PullMessages")
         assert (await honest.send(mine, timeout=50 * UNIT)).http_status == 200
