@@ -669,6 +669,7 @@ class TcpTransportServer(interface.TransportServer):
         self._idle_timeout = idle_timeout
         self._handshake_timeout = handshake_timeout
         self._listener: TLSListener | None = None
+        self._closing = False
         self._connections: set[asyncio.Task[None]] = set()
         self._port = 0
 
@@ -715,12 +716,18 @@ class TcpTransportServer(interface.TransportServer):
                 admission=self._admission,
             )
             await connection.run()
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise
+            # Cancelled by aclose: end quietly, as asyncio's stream callback (3.11)
+            # would log a cancelled connection task as an error with its traceback.
         finally:
             self._connections.discard(task)
 
     async def aclose(self) -> None:
         if self._listener is None:
             return
+        self._closing = True
         self._listener.close()
         for task in list(self._connections):
             task.cancel()

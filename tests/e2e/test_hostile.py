@@ -136,7 +136,9 @@ def test_forty_large_envelopes_at_once_keep_the_relay_within_its_memory_budget(
     # cores an admitted tcps call may outlast its client's liveness window (the relay
     # reads and drops the refused frames too), which that client reports as ConnectError.
     assert set(outcomes) <= {"busy", "404", "ConnectError"} and outcomes["busy"] >= 20, outcomes
-    assert _rss_mib(fed.relay.pid, "VmHWM") <= PEAK_RSS_MIB
+    peak = _rss_mib(fed.relay.pid, "VmHWM")
+    print(f"40 x 63.5 MiB from {senders}: {dict(outcomes)}; relay peak RSS so far {peak} MiB")
+    assert peak <= PEAK_RSS_MIB
     asyncio.run(_admin_is_served(fed))
 
 
@@ -168,8 +170,10 @@ def test_stuck_handshakes_are_closed_soon_and_memory_is_given_back(
         for sock in stuck:
             sock.close()
     assert closed_after < 15
-    time.sleep(2)
-    assert _rss_mib(fed.relay.pid, "VmRSS") - before <= 50
+    time.sleep(3)  # the relay collects what the failed handshakes left 2 s after them
+    after = _rss_mib(fed.relay.pid, "VmRSS")
+    print(f"3000 stuck handshakes: all closed in {closed_after:.1f} s; RSS {before} -> {after} MiB")
+    assert after - before <= 50
     assert "refused or failed TLS connections" in log.read_text()
     asyncio.run(_admin_is_served(fed))
 
