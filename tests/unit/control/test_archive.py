@@ -460,15 +460,23 @@ def test_packing_leaves_out_links_special_files_and_caches_and_says_so(tmp_path:
 
 
 def test_packing_a_directory_nested_a_thousand_levels_is_a_clear_error(tmp_path: Path) -> None:
-    deep = tmp_path / "app"
-    deep.mkdir()
-    (deep / "pyproject.toml").write_text(PYPROJECT)
+    levels = [tmp_path / "app"]
+    levels[0].mkdir()
+    (levels[0] / "pyproject.toml").write_text(PYPROJECT)
     for _ in range(1000):  # os.makedirs would recurse a thousand times too
-        deep = deep / "d"
-        deep.mkdir()
-    (deep / "bottom.py").write_text("")
-    with pytest.raises(ConfigError, match=f"nests deeper than {MAX_DEPTH} levels at 'd/d/d"):
-        pack_app(tmp_path / "app")
+        levels.append(levels[-1] / "d")
+        levels[-1].mkdir()
+    (levels[-1] / "bottom.py").write_text("")
+    try:
+        with pytest.raises(ConfigError, match=f"nests deeper than {MAX_DEPTH} levels at 'd/d/d"):
+            pack_app(tmp_path / "app")
+    finally:
+        # Removed here, bottom up: pytest's own clean-up (shutil.rmtree) recurses once
+        # per level, fails with a RecursionError and leaves the tree behind.
+        (levels[-1] / "bottom.py").unlink()
+        (levels[0] / "pyproject.toml").unlink()
+        for level in reversed(levels):
+            level.rmdir()
 
 
 def test_packing_refuses_what_the_relay_would_refuse(tmp_path: Path) -> None:

@@ -183,15 +183,15 @@ def _envelope(body: bytes) -> Envelope:
 
 @contextlib.asynccontextmanager
 async def _relay(
-    scheme: str, federation: FederationKits, budgets: Budgets
+    scheme: str, federation: FederationKits, budgets: Budgets, limits: Limits = SMALL
 ) -> AsyncIterator[tuple[TransportServer, Held, Admission]]:
     held = Held()
-    admission = Admission(budgets, max_frame_bytes=FRAME)
+    admission = Admission(budgets, max_frame_bytes=frame_limit(limits))
     server = listen(
         f"{scheme}://127.0.0.1:0",
         tls=federation.relay,
         handler=held,
-        limits=SMALL,
+        limits=limits,
         admission=admission,
     )
     await server.start()
@@ -203,10 +203,14 @@ async def _relay(
 
 
 def _client(
-    scheme: str, server: TransportServer, federation: FederationKits, site: str
+    scheme: str,
+    server: TransportServer,
+    federation: FederationKits,
+    site: str,
+    limits: Limits = SMALL,
 ) -> TransportClient:
     url = f"{scheme}://localhost:{server.port}"
-    return connect(url, tls=federation.sites[site], limits=SMALL)
+    return connect(url, tls=federation.sites[site], limits=limits)
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -287,30 +291,20 @@ async def test_a_large_call_is_admitted_before_it_is_uploaded_and_a_refused_one_
 ) -> None:
     # Over 1 MiB, grpcs and tcps ask the relay before they send the body.
     limits = Limits(max_frame_bytes=8 * MiB)
-    held = Held()
-    admission = Admission(Budgets(bytes_per_peer=9 * MiB), max_frame_bytes=8 * MiB)
-    server = listen(
-        f"{scheme}://127.0.0.1:0",
-        tls=federation.relay,
-        handler=held,
-        limits=limits,
-        admission=admission,
-    )
-    await server.start()
-    client = connect(
-        f"{scheme}://localhost:{server.port}", tls=federation.sites["site-1"], limits=limits
-    )
-    try:
-        first = asyncio.ensure_future(client.send(_envelope(b"1" * 5 * MiB), timeout=50 * UNIT))
-        await asyncio.wait_for(held.arrived.wait(), 50 * UNIT)
-        with pytest.raises(RelayBusyError, match="in flight from site:site-1 at most"):
-            await client.send(_envelope(b"2" * 5 * MiB), timeout=50 * UNIT)
-        held.release.set()
-        assert (await first).http_status == 200
-        assert (await client.send(_envelope(b"3" * 5 * MiB), timeout=50 * UNIT)).http_status == 200
-    finally:
-        await client.aclose()
-        await server.aclose()
+    budgets = Budgets(bytes_per_peer=9 * MiB)
+    async with _relay(scheme, federation, budgets, limits) as (server, held, admission):
+        client = _client(scheme, server, federation, "site-1", limits)
+        try:
+            big = 5 * MiB
+            first = asyncio.ensure_future(client.send(_envelope(b"1" * big), timeout=50 * UNIT))
+            await asyncio.wait_for(held.arrived.wait(), 50 * UNIT)
+            with pytest.raises(RelayBusyError, match="in flight from site:site-1 at most"):
+                await client.send(_envelope(b"2" * big), timeout=50 * UNIT)
+            held.release.set()
+            assert (await first).http_status == 200
+            assert (await client.send(_envelope(b"3" * big), timeout=50 * UNIT)).http_status == 200
+        finally:
+            await client.aclose()
     assert [body[:1] for body in held.seen] == [b"1", b"3"]
     assert [len(body) for body in held.seen] == [5 * MiB, 5 * MiB]
     assert admission.in_flight()[:2] == (0, 0)
