@@ -156,7 +156,8 @@ class _RelayService:
     chunks of :data:`CHUNK_BYTES`, copied as they arrive into one buffer of the
     declared size: gRPC would otherwise hold a whole message in its own buffers, then
     again as ``bytes``, beside the parsed envelope (about three copies of each large
-    call at once, against one here). More than declared is refused.
+    call at once; here two while it is parsed, one after). More than declared is
+    refused.
     """
 
     def __init__(self, handler: interface.Handler, admission: Admission, limit: int | None) -> None:
