@@ -26,7 +26,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.control.client import control_call
-from gateway.core.config import TLSConfig
+from gateway.core.config import Limits, TLSConfig
 from gateway.core.envelope import make_envelope, now_ms
 from gateway.core.exceptions import AuthError, ConnectError
 from gateway.core.identity import AdminRole, Role
@@ -42,6 +42,7 @@ from gateway.proto.envelope_pb2 import DIALECT_HTTP, KIND_ADMIN, KIND_AGENT
 from gateway.provisioning.certs import CertificateAuthority, write_participant
 from gateway.provisioning.kit import load_kit, write_kit
 from gateway.transport import TransportClient, connect
+from gateway.transport.common import frame_limit
 from gateway.transport.framing import HEADER, MAGIC, FrameProtocol, FrameType, PeerError, Side
 from gateway.transport.http_transport import PATH
 from tests.support.federation import RunningFederation, until_state
@@ -129,7 +130,11 @@ async def relay_serves_everyone(fed: RunningFederation) -> None:
 
 FUZZ_EXAMPLES = 40
 NOT_PROTOBUF = b"\x07"  # field 0, wire type 7: no protobuf message starts so
-ENVELOPE_LIMIT = 64 * 1024 * 1024  # the relay's default frame limit
+_DEFAULT_LIMIT = frame_limit(Limits())
+assert _DEFAULT_LIMIT is not None
+ENVELOPE_LIMIT: int = _DEFAULT_LIMIT
+"""The relay's default frame limit: 64 MiB plus the envelope's overhead (a length just
+over 64 MiB is within it, and waits for its body instead of being refused)."""
 _HTTP_HEAD = f"POST {PATH} HTTP/1.1\r\nHost: localhost\r\ncontent-type: application/x-protobuf\r\n"
 
 
@@ -232,6 +237,14 @@ def fuzzed(fed: RunningFederation) -> int:
     @example(case=("tcps", "truncated", _tcps_frame(FrameType.REQUEST, 99, b"x")), tls=True)
     @example(
         case=("https", "oversized", f"{_HTTP_HEAD}content-length: {2**40}\r\n\r\n".encode()),
+        tls=True,
+    )
+    @example(  # one byte over the limit: the counterexample CI found with 64 MiB + 1
+        case=(
+            "https",
+            "oversized",
+            f"{_HTTP_HEAD}content-length: {ENVELOPE_LIMIT + 1}\r\n\r\n".encode(),
+        ),
         tls=True,
     )
     @example(
