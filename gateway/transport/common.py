@@ -118,8 +118,9 @@ async def call_handler(handler: Handler, peer: Peer, envelope: Envelope) -> Repl
 
 
 async def hold_refusal(refusals: RefusalMeter, peer: str) -> None:
-    """Wait before refusing a call of a blocked ``peer`` (a tarpit, see
-    :attr:`~.refusals.RefusalPolicy.hold_seconds`); at once when it holds too many."""
+    """Wait before refusing a call of ``peer`` while it is blocked (a tarpit, see
+    :attr:`~.refusals.RefusalPolicy.hold_seconds`); at once when it is not blocked or
+    holds too many already, so a transport calls it before every refusal."""
     seconds = refusals.hold(peer, time.monotonic())
     if seconds > 0:
         try:

@@ -167,6 +167,10 @@ Admit = Callable[[int, int], bool]
 """``admit(request_id, length)``: whether to receive a request's payload."""
 
 
+def _too_large(frame_type: FrameType, length: int, limit: int) -> str:
+    return f"{frame_type.name.lower()} of {length} bytes exceeds the frame limit of {limit} bytes"
+
+
 def encode_error(code: ErrorCode, message: str) -> bytes:
     """The payload of an error frame, the message cut to fit :data:`MAX_CONTROL_PAYLOAD`."""
     text = message.encode("utf-8")[: MAX_CONTROL_PAYLOAD - 1]
@@ -262,10 +266,7 @@ class FrameProtocol:
             raise ValueError("request id 0 names the connection, not a call")
         limit = self._limit(frame_type)
         if len(payload) > limit:
-            raise FrameTooLargeError(
-                f"{frame_type.name.lower()} of {len(payload)} bytes exceeds"
-                f" the frame limit of {limit} bytes"
-            )
+            raise FrameTooLargeError(_too_large(frame_type, len(payload), limit))
         return HEADER.pack(MAGIC, frame_type, request_id, len(payload)) + payload
 
     def error_frame(self, error: FramingError | tuple[ErrorCode, str, int]) -> bytes:
@@ -327,10 +328,7 @@ class FrameProtocol:
                 limit = self._limit(frame_type)
                 if length > limit:
                     self._fail(
-                        ErrorCode.TOO_LARGE,
-                        f"{frame_type.name.lower()} of {length} bytes exceeds"
-                        f" the frame limit of {limit} bytes",
-                        request_id,
+                        ErrorCode.TOO_LARGE, _too_large(frame_type, length, limit), request_id
                     )
                     return
                 del buffer[: HEADER.size]
@@ -376,9 +374,7 @@ class FrameProtocol:
             return False
         (length,) = ASK_PAYLOAD.unpack(payload)
         if length > self.max_payload:
-            message = (
-                f"request of {length} bytes exceeds the frame limit of {self.max_payload} bytes"
-            )
+            message = _too_large(FrameType.REQUEST, length, self.max_payload)
             self._fail(ErrorCode.TOO_LARGE, message, request_id)
             return False
         if self._admit is None or self._admit(request_id, length):

@@ -180,8 +180,7 @@ class _RelayService:
             str(peer), declared
         )
         if isinstance(grant, Refusal):
-            if grant.budget == "blocked":
-                await hold_refusal(self._admission.refusals, str(peer))
+            await hold_refusal(self._admission.refusals, str(peer))
             await _abort(context, grpc.StatusCode.UNAVAILABLE, grant.message, busy=True)
         try:
             if declared > CHUNK_BYTES:  # the site waits for this before sending its chunks

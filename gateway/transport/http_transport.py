@@ -261,8 +261,7 @@ class HttpTransportServer(interface.TransportServer):
             transport, str(peer)
         )
         if refusal is not None:
-            if refusal.budget == "blocked":
-                await hold_refusal(self._admission.refusals, str(peer))
+            await hold_refusal(self._admission.refusals, str(peer))
             return web.Response(status=503, text=refusal.message, headers={"Connection": "close"})
         # Without a Content-Length the body may be as large as the frame limit.
         size = request.content_length if request.content_length is not None else self._limit

@@ -489,9 +489,8 @@ class _ServerConnection:
             str(self._peer), time.monotonic()
         ) or self._admission.open_connection(str(self._peer))
         if refusal is not None:
-            if refusal.budget == "blocked":  # counted by the meter, logged when unblocked
-                await hold_refusal(self._admission.refusals, str(self._peer))
-            else:
+            await hold_refusal(self._admission.refusals, str(self._peer))
+            if refusal.budget != "blocked":  # a blocked peer's are counted, logged unblocked
                 log.warning(
                     "refused a tcps connection",
                     extra={"peer": str(self._peer), "error": refusal.message},
@@ -543,8 +542,7 @@ class _ServerConnection:
                         return
                 elif isinstance(event, Skipped):
                     refusal = self._refusals.pop(event.request_id)
-                    if self._blocked:  # answer late (a tarpit), then disconnect it
-                        await hold_refusal(self._admission.refusals, str(peer))
+                    await hold_refusal(self._admission.refusals, str(peer))  # if blocked
                     self._writer.write(
                         self._protocol.error_frame(
                             (ErrorCode.BUSY, refusal.message, event.request_id)

@@ -28,9 +28,9 @@ from .handshakes import PendingHandshakes, source_of
 log = logging.getLogger(__name__)
 
 _LOG_CHECKS_PER_INTERVAL = 4
+"""How often per log interval the listener asks for the lines of floods that stopped."""
 _COLLECT_DELAY = 2.0
 """Seconds after a failed handshake before the garbage collector runs (see ``_collect_soon``)."""
-"""How often per log interval the listener asks for the lines of floods that stopped."""
 
 
 def _failure(exc: BaseException, elapsed: float, timeout: float) -> str:
