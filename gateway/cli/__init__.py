@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,9 @@ from .common import (
     EXIT_JOB_FAILED,
     EXIT_OK,
     EXIT_USAGE,
+    LOG_FORMAT_ENV,
+    add_log_options,
+    log_format_from,
     run,
 )
 
@@ -59,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
     )
+    add_log_options(parser, default=os.environ.get(LOG_FORMAT_ENV, "text"))
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = commands.add_parser(
@@ -91,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SCHEME",
         help="how sites reach the relay: " + ", ".join(schemes()) + " (default: grpcs)",
     )
+    add_log_options(demo)
     demo.set_defaults(func=_cmd_demo)
     serve_cmd.add_commands(commands)
     compare_cmd.add_commands(commands)
@@ -106,8 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    logs.configure(args.verbose)
     try:
+        logs.configure(args.verbose, log_format_from(args))
         code: int = args.func(args)
     except ConfigError as exc:
         print(f"flgate: error: {exc}", file=sys.stderr)

@@ -14,7 +14,7 @@ from ..bench.report import NUMERIC_COLUMNS, TABLE_HEADER, BenchReport, table_row
 from ..bench.suite import BenchOptions, run_bench
 from ..harness.demo import default_job_dir
 from ..transport import schemes
-from .common import EXIT_GATEWAY_ERROR, EXIT_OK, run
+from .common import EXIT_GATEWAY_ERROR, EXIT_OK, add_log_options, run
 from .table import format_table
 
 DEFAULT_OUT = Path("bench.json")
@@ -79,6 +79,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="write cProfile stats of the relay and site processes into DIR "
         "(slows them down: figures from such a run are not comparable)",
     )
+    add_log_options(parser)
     parser.set_defaults(func=_cmd_bench)
 
 

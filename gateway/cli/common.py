@@ -1,4 +1,4 @@
-"""Pieces every command shares: exit codes, running a coroutine, TLS options.
+"""Pieces every command shares: exit codes, running a coroutine, log, TLS and limit options.
 
 A participant names its TLS files and the relay's address either with a kit
 (``--kit DIR``, made by ``flgate provision``, verified before use) or one by one
@@ -23,6 +23,7 @@ from ..core.budget_settings import BUDGET_SETTINGS, budgets_with
 from ..core.config import Budgets, Limits, MiB, TLSConfig
 from ..core.exceptions import ConfigError
 from ..core.identity import Role
+from ..core.logs import LOG_FORMATS
 from ..provisioning.kit import Kit, load_kit
 
 EXIT_OK = 0
@@ -34,6 +35,7 @@ EXIT_INTERRUPTED = 130
 
 T = TypeVar("T")
 DEFAULT_FRAME_MIB = 64.0
+LOG_FORMAT_ENV = "FLGATE_LOG_FORMAT"
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -46,6 +48,35 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         return await coro
 
     return asyncio.run(main())
+
+
+def add_log_options(parser: argparse.ArgumentParser, *, default: str = argparse.SUPPRESS) -> None:
+    """--log-format: on the top-level parser, with FLGATE_LOG_FORMAT (else text) as its
+    ``default``, and again on each long-running command, where operators put it after
+    the command's name in a service unit.
+
+    On a command it has no default (SUPPRESS): argparse copies a subcommand's defaults
+    over the top-level namespace, which would undo ``flgate --log-format json demo``.
+    """
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=default,
+        help="how log lines on stderr are written: text (time level logger message "
+        "key=value ...) or json (one object per line, for log collectors) "
+        f"(default: text; env {LOG_FORMAT_ENV})",
+    )
+
+
+def log_format_from(args: argparse.Namespace) -> str:
+    """The --log-format to use; argparse checks a value given as an option, not the one
+    that came from the environment as the default, so that one is checked here."""
+    value: str = args.log_format
+    if value not in LOG_FORMATS:
+        raise ConfigError(
+            f"{LOG_FORMAT_ENV}={value!r} is not a log format; use one of: {', '.join(LOG_FORMATS)}"
+        )
+    return value
 
 
 def add_tls_options(parser: argparse.ArgumentParser, *, relay: bool = True) -> None:

@@ -15,7 +15,7 @@ from ..harness.compare.report import NUMERIC_COLUMNS, TABLE_HEADER, table_rows, 
 from ..harness.compare.runs import CompareOptions, compare_app
 from ..harness.local_run import Progress
 from ..transport import schemes
-from .common import EXIT_JOB_FAILED, EXIT_OK, run
+from .common import EXIT_JOB_FAILED, EXIT_OK, add_log_options, run
 from .table import format_table
 
 
@@ -67,6 +67,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="keep the runs' certificates and Flower logs here (default: a temp dir, "
         "removed when both runs completed)",
     )
+    add_log_options(parser)
     parser.set_defaults(func=_cmd_compare)
 
 
