@@ -12,6 +12,7 @@ from cryptography import x509
 
 from ..core.exceptions import ConfigError
 from ..core.identity import AdminRole
+from ..observability.endpoint import SITE_DEFAULT
 from ..provisioning.kit import KitError, load_kit
 from ..provisioning.project import Project
 from ..provisioning.revocation import REASONS, parse_crl
@@ -87,6 +88,13 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     add_site.add_argument(
         "--transport", metavar="SCHEME", help="the transport it dials (default: the relay's first)"
     )
+    add_site.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="where its agent serves metrics, written into its kit; 'off' to disable "
+        "(default: the project's sites_metrics_listen, else none: `site start` takes "
+        f"{SITE_DEFAULT}, or a free port when that one is taken)",
+    )
     workspace_option(add_site)
     add_site.set_defaults(func=_add_site)
 
@@ -160,7 +168,10 @@ def _init(args: argparse.Namespace) -> int:
 def _add_site(args: argparse.Namespace) -> int:
     workspace = ProvisioningWorkspace.open(args.workspace)
     with workspace.locked():
-        _print([workspace.add_site(args.name, transport=args.transport)])
+        outcome = workspace.add_site(
+            args.name, transport=args.transport, metrics_listen=args.metrics_listen
+        )
+        _print([outcome])
     return EXIT_OK
 
 

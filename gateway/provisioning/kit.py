@@ -32,6 +32,7 @@ from ..core.budget_settings import check_budget_values
 from ..core.config import TLSConfig
 from ..core.exceptions import AuthError, ConfigError
 from ..core.identity import AdminRole, Role, peer_from_certificate
+from ..observability.endpoint import parse_listen
 from . import manifest
 from .certs import CertificateAuthority, cert_pem, key_pem, write_private
 from .project import Project
@@ -99,6 +100,7 @@ def _config(
     *,
     admin_role: AdminRole | None,
     transport: str | None,
+    metrics_listen: str | None,
 ) -> dict[str, Any]:
     relay = project.relay
     config: dict[str, Any] = {
@@ -122,6 +124,13 @@ def _config(
     if role is Role.SITE:
         config["flower_node_key"] = NODE_KEY_FILE
         config["flower_node_public_key"] = NODE_PUBLIC_KEY_FILE
+    served = {
+        Role.RELAY: relay.metrics_listen,
+        Role.SITE: project.site_metrics_listen(metrics_listen),
+        Role.ADMIN: None,
+    }[role]
+    if served is not None:
+        config["metrics_listen"] = served
     return config
 
 
@@ -133,9 +142,14 @@ def write_kit(
     cert: x509.Certificate,
     key: ec.EllipticCurvePrivateKey,
     transport: str | None = None,
+    metrics_listen: str | None = None,
     crl: bytes | None = None,
 ) -> None:
-    """Write the kit of the participant that ``cert`` names into ``directory`` (new)."""
+    """Write the kit of the participant that ``cert`` names into ``directory`` (new).
+
+    ``transport``, ``metrics_listen``: a site's own entry (``None``: the relay's first
+    transport, the project's ``sites_metrics_listen``); the relay's come from its spec.
+    """
     peer = peer_from_certificate(cert)
     directory.mkdir(parents=True, mode=0o700)
     (directory / CA_FILE).write_bytes(cert_pem(ca.cert))
@@ -147,7 +161,14 @@ def write_kit(
         write_private(directory / NODE_KEY_FILE, private)
         (directory / NODE_PUBLIC_KEY_FILE).write_bytes(public)
         files += [NODE_KEY_FILE, NODE_PUBLIC_KEY_FILE]
-    config = _config(project, peer.name, peer.role, admin_role=peer.admin_role, transport=transport)
+    config = _config(
+        project,
+        peer.name,
+        peer.role,
+        admin_role=peer.admin_role,
+        transport=transport,
+        metrics_listen=metrics_listen,
+    )
     header = (
         f"# flgate kit of {peer} in project {project.name}, written by `flgate provision`.\n"
         "# Signed with the rest of the kit (manifest.sig): an edited kit is refused.\n"
@@ -203,6 +224,10 @@ class Kit:
     flower_node_public_key: Path | None
     certificate: x509.Certificate
     ca_certificate: x509.Certificate
+    metrics_listen: str | None = None
+    """Where the relay or site serves metrics (``HOST:PORT`` or ``off``, as
+    :func:`~gateway.observability.endpoint.parse_listen` reads it), from ``project.yml``;
+    ``None``: the kit names none. ``--metrics-listen`` and FLGATE_METRICS_LISTEN override it."""
 
     def describe(self) -> str:
         role = f"{self.role.value}" + (f", {self.admin_role.value}" if self.admin_role else "")
@@ -255,6 +280,18 @@ def _relative(kit: Path, value: object, key: str) -> Path:
     return kit / value
 
 
+def _metrics_listen(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise KitError(f"{CONFIG_FILE}: metrics_listen must be HOST:PORT or 'off', not {value!r}")
+    try:
+        parse_listen(value)
+    except ConfigError as exc:
+        raise KitError(f"{CONFIG_FILE}: metrics_listen: {exc}") from None
+    return value
+
+
 def load_kit(
     path: Path,
     *,
@@ -298,6 +335,7 @@ def _load(path: Path, *, role: Role | None, ca: x509.Certificate | None, now: dt
         relay_url = str(relay["url"])
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise KitError(f"{CONFIG_FILE} is incomplete or malformed ({exc!r})") from None
+    metrics_listen = _metrics_listen(config.get("metrics_listen"))
     if (name, kit_role.value) != (signed.participant, signed.role):
         raise KitError(f"{CONFIG_FILE} and {manifest.MANIFEST} name different participants")
     tls = TLSConfig(
@@ -394,4 +432,5 @@ def _load(path: Path, *, role: Role | None, ca: x509.Certificate | None, now: dt
         flower_node_public_key=node_public,
         certificate=cert,
         ca_certificate=ca_cert,
+        metrics_listen=metrics_listen,
     )

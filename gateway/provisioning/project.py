@@ -18,6 +18,7 @@ import yaml
 from ..core.budget_settings import check_budget_values
 from ..core.exceptions import ConfigError
 from ..core.identity import AdminRole
+from ..observability.endpoint import OFF, parse_listen
 
 SCHEMES = ("grpcs", "https", "tcps", "rediss", "redis")
 """Transports a relay can offer: mutual TLS, or Redis with signed entries."""
@@ -26,6 +27,15 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 """Participant names: a certificate CN and a directory name at once."""
 DEFAULT_VALIDITY_DAYS = 365
 DEFAULT_CA_VALIDITY_DAYS = 3650
+
+
+def metrics_listen_value(value: object) -> str:
+    """``value`` as a kit carries it: ``HOST:PORT`` or ``off``; ``ConfigError`` otherwise.
+
+    A bare ``off`` in YAML reads as ``false`` (YAML 1.1), so ``False`` means ``off`` too.
+    """
+    text = OFF if value is False else str(value).strip()
+    return OFF if parse_listen(text) is None else text
 
 
 def _url_host(host: str) -> str:
@@ -64,6 +74,9 @@ class RelaySpec:
     budgets: Mapping[str, float] = field(default_factory=dict)
     """Admission budgets by key of :data:`~gateway.core.budget_settings.BUDGET_SETTINGS`
     (``relay.budgets`` in ``project.yml``); written into the relay's kit."""
+    metrics_listen: str | None = None
+    """Where the relay serves metrics (``HOST:PORT`` or ``off``; ``relay.metrics_listen``);
+    ``None``: the kit names none and ``relay start`` takes its default."""
 
     def transport(self, scheme: str | None) -> Transport:
         """The transport ``scheme``, or the relay's first (preferred) one."""
@@ -81,6 +94,9 @@ class SiteSpec:
     name: str
     transport: str | None = None
     """The scheme this site dials; ``None``: the relay's first transport."""
+    metrics_listen: str | None = None
+    """Where this site's agent serves metrics (``HOST:PORT`` or ``off``); ``None``: the
+    project's ``sites_metrics_listen``."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +115,9 @@ class Project:
     admins: tuple[AdminSpec, ...] = ()
     validity_days: int = DEFAULT_VALIDITY_DAYS
     ca_validity_days: int = DEFAULT_CA_VALIDITY_DAYS
+    sites_metrics_listen: str | None = None
+    """The metrics address of every site that names none (``HOST:PORT`` or ``off``);
+    ``None``: such kits name none and ``site start`` takes its default."""
 
     @classmethod
     def load(cls, path: Path) -> Project:
@@ -116,6 +135,10 @@ class Project:
     def parse(cls, data: object, *, source: str = "project.yml") -> Project:
         """The project described by ``data`` (parsed YAML); ``ConfigError`` says what is wrong."""
         return _Parser(source).project(data)
+
+    def site_metrics_listen(self, own: str | None) -> str | None:
+        """What a site's kit carries: the site's ``own`` address, else the project's default."""
+        return own or self.sites_metrics_listen
 
     def participants(self) -> list[str]:
         return [self.relay.name, *(s.name for s in self.sites), *(a.name for a in self.admins)]
@@ -144,19 +167,30 @@ class Project:
             if t.listen:
                 entry["listen"] = t.listen
             transports[t.scheme] = entry if len(entry) > 1 else t.port
+        relay = self.relay
         return {
             "name": self.name,
             "validity_days": self.validity_days,
             "ca_validity_days": self.ca_validity_days,
             "relay": {
-                "name": self.relay.name,
-                "hosts": list(self.relay.hosts),
-                "listen_host": self.relay.listen_host,
+                "name": relay.name,
+                "hosts": list(relay.hosts),
+                "listen_host": relay.listen_host,
                 "transports": transports,
-                **({"budgets": dict(self.relay.budgets)} if self.relay.budgets else {}),
+                **({"budgets": dict(relay.budgets)} if relay.budgets else {}),
+                **({"metrics_listen": relay.metrics_listen} if relay.metrics_listen else {}),
             },
+            **(
+                {"sites_metrics_listen": self.sites_metrics_listen}
+                if self.sites_metrics_listen
+                else {}
+            ),
             "sites": [
-                {"name": s.name, **({"transport": s.transport} if s.transport else {})}
+                {
+                    "name": s.name,
+                    **({"transport": s.transport} if s.transport else {}),
+                    **({"metrics_listen": s.metrics_listen} if s.metrics_listen else {}),
+                }
                 for s in self.sites
             ],
             "admins": [{"name": a.name, "role": a.role.value} for a in self.admins],
@@ -211,6 +245,14 @@ class _Parser:
             raise self.error(where, f"must be a whole number from {low} to {high}, not {value!r}")
         return value
 
+    def metrics_listen(self, value: object, where: str) -> str | None:
+        if value is None:
+            return None
+        try:
+            return metrics_listen_value(value)
+        except ConfigError as exc:
+            raise self.error(where, str(exc)) from None
+
     def items(self, value: object, where: str) -> list[Any]:
         if value is None:
             return []
@@ -223,7 +265,13 @@ class _Parser:
             data,
             "top level",
             required=("name", "relay"),
-            optional=("validity_days", "ca_validity_days", "sites", "admins"),
+            optional=(
+                "validity_days",
+                "ca_validity_days",
+                "sites_metrics_listen",
+                "sites",
+                "admins",
+            ),
         )
         name = self.name(top["name"], "name")
         validity = self.integer(
@@ -242,6 +290,9 @@ class _Parser:
                 "no certificate may outlive the root CA",
             )
         relay = self.relay(top["relay"])
+        sites_metrics_listen = self.metrics_listen(
+            top.get("sites_metrics_listen"), "sites_metrics_listen"
+        )
         sites = tuple(
             self.site(item, f"sites[{i}]", relay)
             for i, item in enumerate(self.items(top.get("sites"), "sites"))
@@ -268,6 +319,7 @@ class _Parser:
             admins=admins,
             validity_days=validity,
             ca_validity_days=ca_validity,
+            sites_metrics_listen=sites_metrics_listen,
         )
 
     def relay(self, value: object) -> RelaySpec:
@@ -275,7 +327,7 @@ class _Parser:
             value,
             "relay",
             required=("hosts", "transports"),
-            optional=("name", "listen_host", "budgets"),
+            optional=("name", "listen_host", "budgets", "metrics_listen"),
         )
         name = self.name(relay.get("name", "relay"), "relay.name")
         hosts_value = relay["hosts"]
@@ -305,6 +357,7 @@ class _Parser:
             listen_host=listen_host,
             transports=transports,
             budgets=budgets,
+            metrics_listen=self.metrics_listen(relay.get("metrics_listen"), "relay.metrics_listen"),
         )
 
     def transport(self, scheme: object, spec: object, default_host: str) -> Transport:
@@ -334,7 +387,9 @@ class _Parser:
     def site(self, value: object, where: str, relay: RelaySpec) -> SiteSpec:
         if isinstance(value, str):
             value = {"name": value}
-        site = self.mapping(value, where, required=("name",), optional=("transport",))
+        site = self.mapping(
+            value, where, required=("name",), optional=("transport", "metrics_listen")
+        )
         name = self.name(site["name"], f"{where}.name")
         scheme = site.get("transport")
         if scheme is not None:
@@ -342,7 +397,13 @@ class _Parser:
                 relay.transport(str(scheme))
             except ConfigError as exc:
                 raise self.error(f"{where}.transport", str(exc)) from None
-        return SiteSpec(name=name, transport=None if scheme is None else str(scheme))
+        return SiteSpec(
+            name=name,
+            transport=None if scheme is None else str(scheme),
+            metrics_listen=self.metrics_listen(
+                site.get("metrics_listen"), f"{where}.metrics_listen"
+            ),
+        )
 
     def admin(self, value: object, where: str) -> AdminSpec:
         admin = self.mapping(value, where, required=("name", "role"), optional=())

@@ -34,7 +34,7 @@ from ..core.exceptions import ConfigError
 from ..core.identity import AdminRole, Role
 from .certs import CertificateAuthority, cert_pem, key_pem, write_private
 from .kit import CRL_FILE, write_crl, write_kit
-from .project import SCHEMES, AdminSpec, Project, SiteSpec
+from .project import SCHEMES, AdminSpec, Project, SiteSpec, metrics_listen_value
 from .revocation import REASONS, Revocation, build_crl, crl_pem
 
 STATE = "state"
@@ -53,6 +53,8 @@ class Issued:
     not_after: str
     admin_role: str | None = None
     transport: str | None = None
+    metrics_listen: str | None = None
+    """The metrics address written into the kit (``None``: it names none)."""
     revoked_at: str | None = None
     reason: str | None = None
 
@@ -195,10 +197,20 @@ class ProvisioningWorkspace:
                     "gone; to issue a new kit, revoke the old one first: "
                     f"flgate provision revoke {name} -w {self.root}"
                 )
-        outcomes = [self._ensure(project.relay.name, Role.RELAY, None, None)]
-        outcomes += [self._ensure(s.name, Role.SITE, None, s.transport) for s in project.sites]
-        outcomes += [self._ensure(a.name, Role.ADMIN, a.role, None) for a in project.admins]
-        merged = replace(self.project, validity_days=project.validity_days)
+        # New kits follow the project file's validity and site default.
+        merged = replace(
+            self.project,
+            validity_days=project.validity_days,
+            sites_metrics_listen=project.sites_metrics_listen,
+        )
+        self.project = merged
+        relay = project.relay
+        outcomes = [self._ensure(relay.name, Role.RELAY, None, None, relay.metrics_listen)]
+        outcomes += [
+            self._ensure(s.name, Role.SITE, None, s.transport, s.metrics_listen)
+            for s in project.sites
+        ]
+        outcomes += [self._ensure(a.name, Role.ADMIN, a.role, None, None) for a in project.admins]
         known = set(merged.participants())
         for site in project.sites:
             if site.name not in known:
@@ -210,9 +222,17 @@ class ProvisioningWorkspace:
         self._save_project()
         return outcomes
 
-    def add_site(self, name: str, *, transport: str | None = None) -> Outcome:
-        """A kit for a new site (or a revoked one), from the same CA; no other kit changes."""
-        site = SiteSpec(name=name, transport=transport)
+    def add_site(
+        self, name: str, *, transport: str | None = None, metrics_listen: str | None = None
+    ) -> Outcome:
+        """A kit for a new site (or a revoked one), from the same CA; no other kit changes.
+
+        ``metrics_listen``: where its agent serves metrics (``HOST:PORT`` or ``off``);
+        ``None``: the project's ``sites_metrics_listen``, if any.
+        """
+        if metrics_listen is not None:
+            metrics_listen = metrics_listen_value(metrics_listen)
+        site = SiteSpec(name=name, transport=transport, metrics_listen=metrics_listen)
         known = next((s for s in self.project.sites if s.name == name), None)
         if known is None:
             self.project = self.project.with_site(site)
@@ -222,7 +242,7 @@ class ProvisioningWorkspace:
             self.project = replace(
                 self.project, sites=tuple(site if s is known else s for s in self.project.sites)
             )
-        outcome = self._issue(name, Role.SITE, None, transport)
+        outcome = self._issue(name, Role.SITE, None, transport, metrics_listen)
         self._save_project()
         return outcome
 
@@ -238,7 +258,7 @@ class ProvisioningWorkspace:
                 self.project,
                 admins=tuple(admin if a is known else a for a in self.project.admins),
             )
-        outcome = self._issue(name, Role.ADMIN, role, None)
+        outcome = self._issue(name, Role.ADMIN, role, None, None)
         self._save_project()
         return outcome
 
@@ -252,13 +272,24 @@ class ProvisioningWorkspace:
             )
 
     def _ensure(
-        self, name: str, role: Role, admin_role: AdminRole | None, transport: str | None
+        self,
+        name: str,
+        role: Role,
+        admin_role: AdminRole | None,
+        transport: str | None,
+        metrics_listen: str | None,
     ) -> Outcome:
+        """``metrics_listen``: the participant's own entry (a site's, or the relay's)."""
         current = self.active(name)
         if current is None:
-            return self._issue(name, role, admin_role, transport)
-        wanted = (role.value, admin_role.value if admin_role else None, transport)
-        had = (current.role, current.admin_role, current.transport)
+            return self._issue(name, role, admin_role, transport, metrics_listen)
+        wanted = (
+            role.value,
+            admin_role.value if admin_role else None,
+            transport,
+            self._served(role, metrics_listen),
+        )
+        had = (current.role, current.admin_role, current.transport, current.metrics_listen)
         detail = f"kit exists (certificate {current.serial}, issued {current.not_before[:10]})"
         if wanted != had:
             detail += (
@@ -268,8 +299,19 @@ class ProvisioningWorkspace:
             )
         return Outcome(name, "kept", detail)
 
+    def _served(self, role: Role, metrics_listen: str | None) -> str | None:
+        """The metrics address a kit carries, given the participant's own entry."""
+        if role is Role.SITE:
+            return self.project.site_metrics_listen(metrics_listen)
+        return metrics_listen if role is Role.RELAY else None
+
     def _issue(
-        self, name: str, role: Role, admin_role: AdminRole | None, transport: str | None
+        self,
+        name: str,
+        role: Role,
+        admin_role: AdminRole | None,
+        transport: str | None,
+        metrics_listen: str | None,
     ) -> Outcome:
         current = self.active(name)
         if current is not None:
@@ -301,6 +343,7 @@ class ProvisioningWorkspace:
             cert=cert,
             key=key,
             transport=transport,
+            metrics_listen=metrics_listen if role is Role.SITE else None,
             crl=crl,
         )
         record = Issued(
@@ -311,6 +354,7 @@ class ProvisioningWorkspace:
             not_after=cert.not_valid_after_utc.isoformat(),
             admin_role=admin_role.value if admin_role else None,
             transport=transport,
+            metrics_listen=self._served(role, metrics_listen),
         )
         self._save_issued([*self.issued(), record])
         return Outcome(
@@ -371,13 +415,15 @@ class ProvisioningWorkspace:
             write_crl(relay_kit / CRL_FILE, data)
 
 
-def _describe(entry: tuple[str, str | None, str | None]) -> str:
-    role, admin_role, transport = entry
+def _describe(entry: tuple[str, str | None, str | None, str | None]) -> str:
+    role, admin_role, transport, metrics_listen = entry
     parts = [role]
     if admin_role:
         parts.append(admin_role)
     if transport:
         parts.append(f"transport {transport}")
+    if metrics_listen:
+        parts.append(f"metrics_listen {metrics_listen}")
     return " ".join(parts)
 
 

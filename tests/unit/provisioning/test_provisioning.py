@@ -135,6 +135,20 @@ def _relay_with(**changes: Any) -> dict[str, Any]:
             r"ca_validity_days: 300 is shorter than validity_days \(400\)",
         ),
         ({"validity_days": "a year"}, r"validity_days: must be a whole number"),
+        (
+            {"relay": _relay_with(metrics_listen="9464")},
+            r"relay\.metrics_listen: metrics listen address '9464' is not HOST:PORT "
+            r"\(e\.g\. 127\.0\.0\.1:9464\) or 'off'",
+        ),
+        (
+            {"sites_metrics_listen": True},
+            r"sites_metrics_listen: metrics listen address 'True' is not HOST:PORT",
+        ),
+        (
+            {"sites": ["site-1", {"name": "site-2", "metrics_listen": "localhost:http"}]},
+            r"sites\[1\]\.metrics_listen: metrics listen address 'localhost:http' is not "
+            r"HOST:PORT \(e\.g\. 127\.0\.0\.1:9464\) or 'off'",
+        ),
     ],
 )
 def test_project_mistakes_are_reported_with_their_place(data: dict[str, Any], message: str) -> None:
@@ -154,6 +168,35 @@ def test_redis_transports_meet_at_the_redis_server() -> None:
     project = Project.parse(project_data(relay=relay, sites=[{"name": "s", "transport": "rediss"}]))
     rediss = project.relay.transport("rediss")
     assert rediss.url == rediss.listen_url("0.0.0.0") == "rediss://redis.x:6380"
+
+
+def metrics_project_data() -> dict[str, Any]:
+    return project_data(
+        relay=_relay_with(metrics_listen="0.0.0.0:9464"),
+        sites_metrics_listen=False,  # what YAML makes of a bare `off`
+        sites=["site-1", {"name": "site-2", "metrics_listen": " [::1]:9500 "}],
+    )
+
+
+def test_metrics_addresses_parse_and_survive_the_provisioned_copy() -> None:
+    project = Project.parse(metrics_project_data())
+    assert project.relay.metrics_listen == "0.0.0.0:9464"
+    assert project.sites_metrics_listen == "off"
+    assert [s.metrics_listen for s in project.sites] == [None, "[::1]:9500"]
+    assert [project.site_metrics_listen(s.metrics_listen) for s in project.sites] == [
+        "off",
+        "[::1]:9500",
+    ]
+    assert Project.parse(yaml.safe_load(yaml.safe_dump(project.to_dict()))) == project
+
+
+def test_a_project_without_metrics_addresses_names_none() -> None:
+    project = Project.parse(project_data(sites_metrics_listen=None))
+    assert project.relay.metrics_listen is None
+    assert project.sites_metrics_listen is None
+    assert all(s.metrics_listen is None for s in project.sites)
+    data = project.to_dict()
+    assert "sites_metrics_listen" not in data and "metrics_listen" not in data["relay"]
 
 
 # --- manifest ------------------------------------------------------------------
@@ -533,6 +576,98 @@ def test_provisioning_again_after_a_kit_was_deleted_says_to_revoke(
     shutil.rmtree(workspace.kits / "site-1")
     with pytest.raises(ConfigError, match="revoke the old one first"):
         workspace.provision(Project.parse(project_data()))
+
+
+@pytest.fixture
+def metrics_workspace(tmp_path: Path) -> ProvisioningWorkspace:
+    project = Project.parse(metrics_project_data())
+    ws, _ = ProvisioningWorkspace.create_or_open(tmp_path / "metrics-ws", project)
+    ws.provision(project)
+    return ws
+
+
+def test_kits_carry_the_metrics_addresses_of_the_project_file(
+    metrics_workspace: ProvisioningWorkspace,
+) -> None:
+    kits = metrics_workspace.kits
+    assert load_kit(kits / "relay", role=Role.RELAY).metrics_listen == "0.0.0.0:9464"
+    assert load_kit(kits / "site-1", role=Role.SITE).metrics_listen == "off"
+    assert load_kit(kits / "site-2", role=Role.SITE).metrics_listen == "[::1]:9500"
+    assert load_kit(kits / "admin@example.org").metrics_listen is None
+    config = yaml.safe_load((kits / "site-1" / "config.yaml").read_text())
+    assert config["metrics_listen"] == "off"
+    assert "metrics_listen" not in yaml.safe_load(
+        (kits / "admin@example.org" / "config.yaml").read_text()
+    )
+
+
+def test_kits_of_a_project_without_metrics_addresses_name_none(
+    workspace: ProvisioningWorkspace,
+) -> None:
+    for kit in workspace.kits.iterdir():
+        assert load_kit(kit).metrics_listen is None
+        assert "metrics_listen" not in yaml.safe_load((kit / "config.yaml").read_text())
+
+
+def test_a_kit_with_a_bad_metrics_address_is_refused_naming_config_yaml(
+    workspace: ProvisioningWorkspace, tmp_path: Path
+) -> None:
+    cert, key = workspace.ca.issue("site-9", Role.SITE, validity=dt.timedelta(days=1))
+    kit = tmp_path / "bad-metrics"
+    write_kit(
+        kit,
+        project=workspace.project,
+        ca=workspace.ca,
+        cert=cert,
+        key=key,
+        metrics_listen="everywhere",
+    )
+    with pytest.raises(
+        KitError,
+        match=r"config\.yaml: metrics_listen: metrics listen address 'everywhere' is not "
+        r"HOST:PORT",
+    ):
+        load_kit(kit)
+
+
+def test_add_site_carries_its_metrics_address_or_the_projects_default(
+    metrics_workspace: ProvisioningWorkspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ws = str(metrics_workspace.root)
+    argv = ["provision", "add-site", "site-3", "-w", ws, "--metrics-listen", "127.0.0.1:9600"]
+    assert main(argv) == 0
+    assert main(["provision", "add-site", "site-4", "-w", ws]) == 0
+    capsys.readouterr()
+    kits = metrics_workspace.kits
+    assert load_kit(kits / "site-3").metrics_listen == "127.0.0.1:9600"
+    assert load_kit(kits / "site-4").metrics_listen == "off"
+    reopened = ProvisioningWorkspace.open(metrics_workspace.root)
+    assert {s.name: s.metrics_listen for s in reopened.project.sites} == {
+        "site-1": None,
+        "site-2": "[::1]:9500",
+        "site-3": "127.0.0.1:9600",
+        "site-4": None,
+    }
+    assert reopened.project.sites_metrics_listen == "off"
+
+    assert main(["provision", "add-site", "site-5", "-w", ws, "--metrics-listen", "9600"]) == 3
+    assert "metrics listen address '9600' is not HOST:PORT" in capsys.readouterr().err
+    assert not (kits / "site-5").exists()
+
+
+def test_provisioning_again_reports_a_kept_site_whose_metrics_address_changed(
+    metrics_workspace: ProvisioningWorkspace,
+) -> None:
+    data = metrics_project_data()
+    data["sites"][1]["metrics_listen"] = "127.0.0.1:9501"
+    outcomes = {o.name: o for o in metrics_workspace.provision(Project.parse(data))}
+    assert outcomes["site-1"].detail.endswith(")")  # unchanged: no note
+    assert outcomes["site-2"].action == "kept"
+    assert (
+        "its entry changed (site metrics_listen [::1]:9500 -> site metrics_listen "
+        "127.0.0.1:9501) but the kit was kept" in outcomes["site-2"].detail
+    )
+    assert load_kit(metrics_workspace.kits / "site-2").metrics_listen == "[::1]:9500"
 
 
 # --- kit verification ------------------------------------------------------------
