@@ -24,6 +24,7 @@ from ..core.config import Budgets, Limits, MiB, TLSConfig
 from ..core.exceptions import ConfigError
 from ..core.identity import Role
 from ..core.logs import LOG_FORMATS
+from ..observability.endpoint import MetricsListen, parse_listen
 from ..provisioning.kit import Kit, load_kit
 
 EXIT_OK = 0
@@ -36,6 +37,7 @@ EXIT_INTERRUPTED = 130
 T = TypeVar("T")
 DEFAULT_FRAME_MIB = 64.0
 LOG_FORMAT_ENV = "FLGATE_LOG_FORMAT"
+METRICS_LISTEN_ENV = "FLGATE_METRICS_LISTEN"
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -77,6 +79,31 @@ def log_format_from(args: argparse.Namespace) -> str:
             f"{LOG_FORMAT_ENV}={value!r} is not a log format; use one of: {', '.join(LOG_FORMATS)}"
         )
     return value
+
+
+def add_metrics_options(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics and /healthz, /readyz here; 'off' to disable, port 0 "
+        f"for any free one (default: the kit's, else {default}, or a free port when that "
+        f"one is taken; env {METRICS_LISTEN_ENV})",
+    )
+
+
+def metrics_listen_from(
+    args: argparse.Namespace, kit: Kit | None, default: str
+) -> MetricsListen | None:
+    """The option, else FLGATE_METRICS_LISTEN, else the kit's, else ``default`` (which
+    gives way to a free port when taken); ``None``: off."""
+    explicit = (
+        args.metrics_listen
+        or os.environ.get(METRICS_LISTEN_ENV)
+        or getattr(kit, "metrics_listen", None)
+    )
+    if explicit:
+        return parse_listen(explicit)
+    return parse_listen(default, default=True)
 
 
 def add_tls_options(parser: argparse.ArgumentParser, *, relay: bool = True) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import resource
 import signal
 import sys
@@ -18,21 +19,26 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from ..control import telemetry
 from ..control.relay_app import RelayApp
 from ..control.site_agent import SiteAgent
 from ..core.exceptions import ConfigError
 from ..core.identity import Role
 from ..core.memory import return_large_blocks_at_once
 from ..flower.install import FlowerInstall
+from ..observability.endpoint import RELAY_DEFAULT, SITE_DEFAULT, MetricsEndpoint, Readiness
 from ..provisioning.kit import Kit
 from .common import (
     EXIT_OK,
     add_budget_options,
     add_limit_options,
+    add_log_options,
+    add_metrics_options,
     add_tls_options,
     budgets_from,
     kit_from,
     limits_from,
+    metrics_listen_from,
     relay_from,
     run,
     tls_from,
@@ -83,6 +89,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     add_tls_options(start, relay=False)
     add_limit_options(start)
     add_budget_options(start)
+    add_metrics_options(start, RELAY_DEFAULT)
+    add_log_options(start)
     start.set_defaults(func=_relay_start)
 
     site = commands.add_parser("site", help="a site's agent (one per site)")
@@ -110,6 +118,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )  # fmt: skip
     add_tls_options(start)
     add_limit_options(start)
+    add_metrics_options(start, SITE_DEFAULT)
+    add_log_options(start)
     start.set_defaults(func=_site_start)
 
 
@@ -149,25 +159,42 @@ async def _serve_relay(args: argparse.Namespace) -> None:
     kit = kit_from(args, Role.RELAY)
     if kit is not None:
         print(f"relay: {kit.describe()}", flush=True)
+    install = FlowerInstall.find(args.flower_bin)
+    metrics_listen = metrics_listen_from(args, kit, RELAY_DEFAULT)
     app = RelayApp(
         listen_urls=args.listen or (kit.listen_urls if kit else None) or ["grpcs://0.0.0.0:8443"],
         tls=tls,
         workspace=_workspace(args, kit),
-        install=FlowerInstall.find(args.flower_bin),
+        install=install,
         known_sites=frozenset(s.strip() for s in args.sites.split(",")) if args.sites else None,
         crl=args.crl or (kit.crl if kit else None),
         limits=limits_from(args),
         budgets=budgets_from(args, kit),
     )
-    await app.start()
-    for url, port in zip(app.relay.listen_urls, app.ports, strict=True):
-        scheme, _, rest = url.partition("://")
-        print(f"relay listening on {scheme}://{rest.rpartition(':')[0]}:{port}", flush=True)
+    endpoint = MetricsEndpoint(metrics_listen, app.not_ready) if metrics_listen else None
     try:
-        await stop.wait()
+        if endpoint is not None:
+            await _serve_metrics("relay", endpoint)
+            telemetry.observe_relay(app, flower=await telemetry.flower_release(install))
+        await app.start()
+        for url, port in zip(app.relay.listen_urls, app.ports, strict=True):
+            scheme, _, rest = url.partition("://")
+            print(f"relay listening on {scheme}://{rest.rpartition(':')[0]}:{port}", flush=True)
+        try:
+            await stop.wait()
+        finally:
+            print(f"relay stopping: draining {app.in_flight} calls", file=sys.stderr, flush=True)
+            await app.aclose()
     finally:
-        print(f"relay stopping: draining {app.in_flight} calls", file=sys.stderr, flush=True)
-        await app.aclose()
+        if endpoint is not None:
+            await endpoint.aclose()
+
+
+async def _serve_metrics(name: str, endpoint: MetricsEndpoint) -> None:
+    """Start the endpoint before the service, so /healthz answers (and /readyz says
+    why not) while it starts."""
+    await endpoint.start()
+    print(f"{name} metrics on {endpoint.url}", flush=True)
 
 
 def _until_stopped(name: str, service: Coroutine[Any, Any, None]) -> int:
@@ -189,22 +216,33 @@ async def _serve_site(args: argparse.Namespace) -> None:
     relay_url = relay_from(args, Role.SITE)
     if kit is not None:
         print(f"site: {kit.describe()}", flush=True)
+    install = FlowerInstall.find(args.flower_bin)
+    metrics_listen = metrics_listen_from(args, kit, SITE_DEFAULT)
     agent = SiteAgent(
         relay_url=relay_url,
         tls=tls,
         workspace=_workspace(args, kit),
-        install=FlowerInstall.find(args.flower_bin),
+        install=install,
         flower_node_key=args.flower_node_key or (kit.flower_node_key if kit else None),
         limits=limits_from(args),
     )
-    print(f"site {agent.name} dialing {relay_url}", flush=True)
-    running = asyncio.create_task(agent.run_forever(), name="site-agent")
-    stopping = asyncio.create_task(stop.wait(), name="site-stop")
-    await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
-    running.cancel()  # the agent stops its jobs on the way out
-    with contextlib.suppress(asyncio.CancelledError):
-        await running
+    ready: Readiness = functools.partial(telemetry.site_not_ready, agent)
+    endpoint = MetricsEndpoint(metrics_listen, ready) if metrics_listen else None
+    try:
+        if endpoint is not None:
+            await _serve_metrics("site", endpoint)
+            telemetry.observe_site(agent, flower=await telemetry.flower_release(install))
+        print(f"site {agent.name} dialing {relay_url}", flush=True)
+        running = asyncio.create_task(agent.run_forever(), name="site-agent")
+        stopping = asyncio.create_task(stop.wait(), name="site-stop")
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        running.cancel()  # the agent stops its jobs on the way out
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    finally:
+        if endpoint is not None:
+            await endpoint.aclose()
 
 
 def _site_start(args: argparse.Namespace) -> int:

@@ -79,6 +79,7 @@ class RelayApp:
         self.relay.dispatcher.control = ControlService(self.manager).handle
         if revocations is not None:
             self.relay.refuse_revoked(revocations.refusal)
+        self._started = False
 
     @property
     def ports(self) -> list[int]:
@@ -94,6 +95,17 @@ class RelayApp:
         # sites' retries arrive at once, and a 404 would make Flower drop a call.
         await self.manager.start()
         await self.relay.start()
+        self._started = True
+
+    def not_ready(self) -> str | None:
+        """Why the relay cannot take work now (``/readyz``), or ``None``."""
+        if not self._started:
+            return "starting: the listeners are not open yet"
+        if self.relay.stopping:
+            return "stopping"
+        if self.manager.store.closed:
+            return "the job store is closed"
+        return None
 
     async def aclose(self) -> None:
         """Stop taking calls and drain those in flight (long polls are answered at

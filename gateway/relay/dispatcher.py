@@ -32,6 +32,7 @@ from ..core.exceptions import (
 )
 from ..core.failures import reply_for_error
 from ..core.identity import Peer, Role
+from ..observability import metrics
 from ..proto.envelope_pb2 import KIND_FLEET, Envelope, Reply
 from ..reliable import MemoryDedupStore, ReliableReceiver, dedup_key
 from ..transport.admission import Admission
@@ -64,6 +65,9 @@ class DispatchStats:
     replayable: int = 0
     """Forwarded calls that a retry runs again (``fleet.REPLAYED_NOT_CACHED``)."""
     refused: Counter[str] = field(default_factory=Counter)
+    answered: Counter[str] = field(default_factory=Counter)
+    """Fleet calls answered per job after the checks (executed, replayed or joined):
+    what the relay's ``flgate_relay_fleet_calls_total`` counts."""
     received: int = 0
 
 
@@ -101,8 +105,10 @@ class Dispatcher:
     def jobs(self) -> list[JobRoute]:
         return list(self._jobs.values())
 
-    def _refuse(self, envelope: Envelope, peer: Peer, refusal: GatewayError) -> Reply:
+    def _refuse(self, envelope: Envelope, peer: Peer, refusal: GatewayError, reason: str) -> Reply:
+        """``reason``: the class of the refusal in the metrics (``auth``, ``not_in_job``...)."""
         self.stats.refused[envelope.job_id] += 1
+        metrics.refusal(reason)
         lines = self.admission.refusals.refused(
             str(peer), type(refusal).__name__, str(refusal), self._clock()
         )
@@ -128,7 +134,7 @@ class Dispatcher:
             return reply_for_error(envelope.message_id, RelayBusyError(blocked.message))
         revocation = self.revoked(peer) if self.revoked is not None else None
         if revocation is not None:
-            return self._refuse(envelope, peer, AuthError(revocation))
+            return self._refuse(envelope, peer, AuthError(revocation), "revoked")
         if envelope.kind != KIND_FLEET:
             if self.control is None:
                 return reply_for_error(
@@ -141,6 +147,7 @@ class Dispatcher:
                 envelope,
                 peer,
                 AuthError(f"{peer} is not a site certificate; only sites call the Fleet API"),
+                "not_a_site",
             )
         if envelope.site and envelope.site != peer.name:
             return self._refuse(
@@ -150,6 +157,7 @@ class Dispatcher:
                     f"certificate names site {peer.name!r} but the envelope claims "
                     f"{envelope.site!r}"
                 ),
+                "wrong_site",
             )
         route = self._jobs.get(envelope.job_id)
         if route is None:
@@ -157,19 +165,38 @@ class Dispatcher:
                 envelope,
                 peer,
                 UnknownJobError(f"job {envelope.job_id!r} is not running on this relay"),
+                "unknown_job",
             )
         if peer.name not in route.sites:
             return self._refuse(
                 envelope,
                 peer,
                 AuthError(f"site {peer.name!r} is not part of job {envelope.job_id!r}"),
+                "not_in_job",
             )
         if not fleet.is_fleet_method(envelope.method):
             return self._refuse(
                 envelope,
                 peer,
                 UnknownMethodError(f"{envelope.method!r} is not a Fleet API method; not forwarded"),
+                "not_fleet",
             )
+        if envelope.attempt > 1:
+            metrics.relay_retry(envelope.job_id, peer.name)
+        reply = await self._answer(peer, envelope, route)
+        self.stats.answered[envelope.job_id] += 1
+        metrics.relay_call(
+            envelope.job_id,
+            peer.name,
+            envelope.method,
+            reply.http_status,
+            len(envelope.body),
+            len(reply.body),
+        )
+        return reply
+
+    async def _answer(self, peer: Peer, envelope: Envelope, route: JobRoute) -> Reply:
+        """Run an authorized Fleet call (at most once, unless Flower replays it anyway)."""
         remaining = (
             (envelope.deadline_unix_ms - now_ms()) / 1000
             if envelope.deadline_unix_ms
@@ -182,9 +209,14 @@ class Dispatcher:
                 DeadlineError("the call's deadline passed before it reached the relay"),
             )
 
-        def forward() -> Awaitable[Reply]:
+        async def forward() -> Reply:
             self.stats.forwarded[envelope.job_id] += 1
-            return route.upstream.call(envelope, timeout=min(remaining, fleet.DEFAULT_CALL_BUDGET))
+            started = time.perf_counter()
+            reply = await route.upstream.call(
+                envelope, timeout=min(remaining, fleet.DEFAULT_CALL_BUDGET)
+            )
+            metrics.superlink_call(envelope.method, time.perf_counter() - started)
+            return reply
 
         if envelope.method in fleet.REPLAYED_NOT_CACHED:
             self.stats.replayable += 1

@@ -27,6 +27,7 @@ from ..core.exceptions import (
 )
 from ..core.failures import reply_for_error
 from ..core.identity import Peer
+from ..observability import metrics
 from ..proto.envelope_pb2 import Dialect, Envelope, Reply
 from ..reliable import DedupStore, MemoryDedupStore, ReliableReceiver
 from ..transport import TransportServer, listen
@@ -145,6 +146,7 @@ class Relay:
 
     async def remove_job(self, job_id: str) -> None:
         route = self.dispatcher.remove_job(job_id)
+        metrics.job_ended(job_id)
         if route is not None:
             await route.upstream.aclose()
 
@@ -152,6 +154,24 @@ class Relay:
     def in_flight(self) -> int:
         """Calls being handled now."""
         return len(self._calls)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def connections(self) -> dict[str, int]:
+        """Connections open per listener's scheme, where the transport knows them."""
+        counts: dict[str, int] = {}
+        for url, server in zip(self.listen_urls, self._servers, strict=True):
+            if server.connections is not None:
+                scheme = url.partition("://")[0]
+                counts[scheme] = counts.get(scheme, 0) + server.connections
+        return counts
+
+    def pending_entries(self) -> int | None:
+        """Entries of shared queues taken and not acknowledged (Redis listeners), if any."""
+        known = [s.pending_entries for s in self._servers if s.pending_entries is not None]
+        return sum(known) if known else None
 
     async def _serve(self, peer: Peer, envelope: Envelope) -> Reply:
         """Every listener's handler: the dispatcher's, refused once the relay stops,

@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError
 
 from ..core.exceptions import MaybeDeliveredError, NotDeliveredError
 from ..core.failures import reply_for_error, surely_not_delivered
+from ..observability import metrics
 from ..proto.envelope_pb2 import Reply
 from .protocol import DEFAULT_POLICY, Cached, Execute, ReceiverProtocol, Refuse, RetryPolicy
 from .store import DedupStore, DedupStoreError
@@ -116,6 +117,8 @@ class ReliableReceiver:
                 NotDeliveredError(f"relay: dedup store unavailable, not executed: {exc}"),
             )
         if isinstance(decision, Cached):
+            metrics.dedup_answer("cached")
+            log.info("answered a retry from the dedup store", extra={"message_id": message_id})
             try:
                 return Reply.FromString(decision.reply)
             except DecodeError:
@@ -127,6 +130,7 @@ class ReliableReceiver:
                     ),
                 )
         if isinstance(decision, Refuse):
+            metrics.dedup_answer("refused")
             log.warning(
                 "refused duplicate", extra={"message_id": message_id, "reason": decision.reason}
             )
@@ -139,6 +143,8 @@ class ReliableReceiver:
             task.add_done_callback(lambda t: self._executed(t, key, message_id, future))
         else:
             future = self._results[key]
+            metrics.dedup_answer("joined")
+            log.info("joined a retry to its execution in flight", extra={"message_id": message_id})
         # shield: a caller that goes away must not cancel the shared result.
         return await asyncio.shield(future)
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from ..core.exceptions import AuthError, DeadlineError, FrameTooLargeError, TransportError
+from ..observability import metrics
 from ..proto.envelope_pb2 import Envelope, Reply
 from ..transport import TransportClient
 from .protocol import DEFAULT_POLICY, GiveUp, Retry, RetryPolicy, SenderProtocol
@@ -119,6 +120,7 @@ class ReliableSender:
                         attempts=decision.attempts,
                     ) from exc
                 self.retries += 1
+                metrics.site_retry(envelope.job_id, envelope.method)
                 log.info(
                     "retrying relay call",
                     extra={
@@ -138,6 +140,7 @@ class ReliableSender:
 
     def _gave_up(self, envelope: Envelope, decision: GiveUp, exc: BaseException) -> None:
         self.give_ups += 1
+        metrics.site_give_up(envelope.job_id, envelope.method)
         log.warning(
             "gave up on relay call",
             extra={

@@ -13,12 +13,30 @@ there the LGS serves TLS with a loopback certificate (:class:`LoopbackTLS`).
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Awaitable, Callable
 
+from ..observability import metrics
 from ..proto.envelope_pb2 import Dialect, Reply
 
 Forward = Callable[[str, Dialect, list[tuple[str, bytes]], bytes], Awaitable[Reply]]
 """forward(method, dialect, headers, body) -> reply; see JobForwarder.forward."""
+
+
+def metered(forward: Forward, *, job: str, site: str) -> Forward:
+    """``forward``, its calls counted and timed end to end (``flgate_site_*``)."""
+
+    async def call(
+        method: str, dialect: Dialect, headers: list[tuple[str, bytes]], body: bytes
+    ) -> Reply:
+        started = time.perf_counter()
+        reply = await forward(method, dialect, headers, body)
+        elapsed = time.perf_counter() - started
+        metrics.site_call(job, site, method, reply.http_status, elapsed, len(body), len(reply.body))
+        return reply
+
+    return call
+
 
 REFUSAL_DETAIL = "the gateway serves only the Flower Fleet API ({what}); {request} is not forwarded"
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from ..core.config import Budgets, MiB
 from ..core.exceptions import ConfigError
+from ..observability import metrics
 from .handshakes import PendingHandshakes
 from .refusals import RefusalMeter
 
@@ -94,6 +95,7 @@ class Admission:
         if not self.refusals.blocked(peer, now):
             return None
         self.refused["blocked"] += 1
+        metrics.refusal("blocked")
         seconds = self.refusals.policy.block_seconds
         return Refusal(
             "blocked",
@@ -121,6 +123,7 @@ class Admission:
         for name, wanted, budget, unit, whose in checks:
             if budget is not None and wanted > budget:
                 self.refused[name] += 1
+                metrics.refusal("busy")
                 amount = f"{budget / MiB:.1f} MiB" if unit == "bytes" else f"{budget} calls"
                 return Refusal(
                     name,
@@ -149,6 +152,7 @@ class Admission:
         state = self._peers.setdefault(peer, _InFlight())
         if budget is not None and state.connections + 1 > budget:
             self.refused["connections_per_peer"] += 1
+            metrics.refusal("busy")
             self._forget_if_idle(peer, state)
             return Refusal(
                 "connections_per_peer",

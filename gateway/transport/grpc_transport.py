@@ -35,6 +35,7 @@ from ..core.exceptions import (
     TransportError,
 )
 from ..core.identity import Peer, peer_from_pem
+from ..observability import metrics
 from ..proto.envelope_pb2 import Envelope, Reply
 from . import interface
 from .admission import Admission, Refusal
@@ -107,6 +108,7 @@ class GrpcTransportClient(interface.TransportClient):
         data = envelope.SerializeToString()
         if self._limit is not None and len(data) > self._limit:
             message = f"envelope of {len(data)} bytes exceeds the frame limit of {self._limit}"
+            metrics.oversized("grpc")
             raise FrameTooLargeError(message)
         metadata = ((_SIZE, str(len(data))),)
         try:
@@ -230,6 +232,7 @@ class _RelayService:
                 size = int(value)
                 if self._limit is not None and size > self._limit:
                     message = f"envelope of {size} bytes exceeds the frame limit of {self._limit}"
+                    metrics.oversized("grpc")
                     await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
                 return size
         return self._limit or 0

@@ -33,6 +33,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ..core.config import Budgets
+from ..observability import metrics
 from .refusals import LogLine
 
 MAX_LOGGED_SOURCES = 4096
@@ -191,6 +192,7 @@ class PendingHandshakes:
 
     def _refuse(self, budget: str, source: str, reason: str, now: float) -> None:
         self.refused[budget] += 1
+        metrics.refusal("handshakes")
         key, tally = self._tally(source)
         tally.refused += 1
         tally.refusal = reason

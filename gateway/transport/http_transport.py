@@ -37,6 +37,7 @@ from ..core.exceptions import (
     TransportError,
 )
 from ..core.identity import Peer
+from ..observability import metrics
 from ..proto.envelope_pb2 import Envelope, Reply
 from . import interface
 from .admission import Admission, Refusal
@@ -132,6 +133,7 @@ class HttpTransportClient(interface.TransportClient):
             raise ConnectError(f"the client of the {self._where} is closed")
         data = envelope.SerializeToString()
         if self._limit is not None and len(data) > self._limit:
+            metrics.oversized("http")
             raise FrameTooLargeError(_too_large("envelope", len(data), self._limit))
         session = self._open_session()
         try:
@@ -144,6 +146,7 @@ class HttpTransportClient(interface.TransportClient):
                 status = response.status
                 size = response.content_length
                 if status == 200 and self._limit is not None and (size or 0) > self._limit:
+                    metrics.oversized("http")
                     raise FrameTooLargeError(
                         _too_large("reply", size or 0, self._limit) + " (of this site)"
                     )
@@ -218,6 +221,10 @@ class HttpTransportServer(interface.TransportServer):
             shutdown_timeout=_SHUTDOWN_TIMEOUT,
         )
         self._port = 0
+
+    @property
+    def connections(self) -> int:
+        return sum(1 for transport in self._connections if not transport.is_closing())
 
     @property
     def port(self) -> int:
@@ -299,6 +306,7 @@ class HttpTransportServer(interface.TransportServer):
         reply = await call_handler(self._handler, peer, envelope)
         data = reply.SerializeToString()
         if self._limit is not None and len(data) > self._limit:
+            metrics.oversized("http")
             return web.Response(status=413, text=_too_large("reply", len(data), self._limit))
         return web.Response(body=_body(data), content_type=CONTENT_TYPE)
 
@@ -309,6 +317,7 @@ class HttpTransportServer(interface.TransportServer):
             if size is not None
             else f"envelope exceeds the frame limit of {self._limit} bytes"
         )
+        metrics.oversized("http")
         log.warning("refused an oversized envelope", extra={"peer": str(peer), "error": text})
         return web.Response(status=413, text=text)
 

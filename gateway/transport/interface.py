@@ -63,6 +63,16 @@ class TransportServer(abc.ABC):
         default this does nothing.
         """
 
+    @property
+    def connections(self) -> int | None:
+        """Connections open now, or ``None`` where the library keeps them (gRPC core)."""
+        return None
+
+    @property
+    def pending_entries(self) -> int | None:
+        """Calls taken from a shared queue and not yet acknowledged (Redis), else ``None``."""
+        return None
+
     def refuse_revoked(self, revoked: Callable[[Peer], str | None]) -> None:  # noqa: B027
         """Refuse entries signed by a revoked certificate (``revoked`` says why).
 

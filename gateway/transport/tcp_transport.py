@@ -36,6 +36,7 @@ from ..core.exceptions import (
     TransportError,
 )
 from ..core.identity import Peer
+from ..observability import metrics
 from ..proto.envelope_pb2 import Envelope, Reply
 from . import interface
 from .admission import Admission, Grant, Refusal
@@ -355,6 +356,7 @@ class TcpTransportClient(interface.TransportClient):
             raise ConnectError(f"the client of the {self._where} is closed")
         payload = envelope.SerializeToString()
         if self._limit is not None and len(payload) > self._limit:
+            metrics.oversized("tcp")
             raise FrameTooLargeError(
                 f"envelope of {len(payload)} bytes exceeds the frame limit of {self._limit} bytes"
             )
@@ -564,6 +566,8 @@ class _ServerConnection:
                 return
 
     async def _refuse(self, peer: Peer, error: FramingError) -> None:
+        if error.code == ErrorCode.TOO_LARGE:
+            metrics.oversized("tcp")
         log.warning(
             "refused bad tcps frames",
             extra={"peer": str(peer), "code": error.code.name, "error": error.message},
@@ -624,6 +628,7 @@ class _ServerConnection:
         try:
             data = self._protocol.frame(FrameType.REPLY, request_id, reply.SerializeToString())
         except FrameTooLargeError as exc:
+            metrics.oversized("tcp")
             data = self._protocol.error_frame((ErrorCode.TOO_LARGE, str(exc), request_id))
         if self._writer.is_closing():
             return
@@ -670,6 +675,10 @@ class TcpTransportServer(interface.TransportServer):
         self._closing = False
         self._connections: set[asyncio.Task[None]] = set()
         self._port = 0
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
 
     @property
     def port(self) -> int:

@@ -113,6 +113,10 @@ class JobRunner:
     def __contains__(self, job_id: str) -> bool:
         return job_id in self._live
 
+    def superlinks_running(self) -> int:
+        """The jobs' SuperLink processes that are alive now."""
+        return sum(1 for live in self._live.values() if live.superlink and live.superlink.alive())
+
     # --- starting and stopping -----------------------------------------------
 
     def start(self, record: JobRecord) -> None:

@@ -129,6 +129,16 @@ class JobStore:
         self._db.execute(_SCHEMA)
         self._lock = threading.Lock()
 
+    @property
+    def closed(self) -> bool:
+        return isinstance(self._db, _ClosedDatabase)
+
+    def count_by_state(self) -> dict[str, int]:
+        """How many jobs are in each state (states without a job are left out)."""
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        return {str(state): int(count) for state, count in rows}
+
     def close(self) -> None:
         """Close the file; every later use raises :class:`JobError`, a second close nothing."""
         with self._lock:

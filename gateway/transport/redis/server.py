@@ -182,6 +182,7 @@ class RedisTransportServer(TransportServer):
         self._streams: set[str] = set()
         self._grouped: set[str] = set()
         self._in_flight: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._pending = 0
         self._slot_freed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._next_discovery = 0.0
@@ -206,6 +207,12 @@ class RedisTransportServer(TransportServer):
         """
         self._predicate = owns
         self._next_discovery = 0.0
+
+    @property
+    def pending_entries(self) -> int:
+        """Entries read from the served streams and not yet acknowledged, by any relay
+        (sampled at each recovery round)."""
+        return self._pending
 
     def refuse_revoked(self, revoked: Callable[[Peer], str | None]) -> None:
         """Refuse entries signed by a revoked certificate (``revoked`` says why)."""
@@ -362,6 +369,7 @@ class RedisTransportServer(TransportServer):
                     mine.setdefault(stream, []).append(entry_id)
                 for stream, ids in mine.items():
                     await self._redis.xclaim(stream, GROUP, self._consumer, 0, ids, justid=True)
+                self._pending = await self._count_pending()
                 for stream in sorted(self._streams):
                     free = min(_READ_BATCH, self._max_in_flight - len(self._in_flight))
                     if free <= 0:
@@ -382,6 +390,17 @@ class RedisTransportServer(TransportServer):
             except redis_errors.RedisError as exc:
                 error = translate(exc, self._where)
                 log.warning("recovering pending entries failed", extra={"error": str(error)})
+
+    async def _count_pending(self) -> int:
+        """Entries of the served streams read by any relay and not yet acknowledged."""
+        total = 0
+        for stream in sorted(self._streams):
+            try:
+                summary = await self._redis.xpending(stream, GROUP)
+            except redis_errors.ResponseError:  # NOGROUP: nothing read from it yet
+                continue
+            total += int(summary.get("pending", 0)) if isinstance(summary, dict) else 0
+        return total
 
     # -- one entry ----------------------------------------------------------
 

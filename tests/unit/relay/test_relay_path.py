@@ -7,6 +7,7 @@ header and status can be inspected; the end-to-end tests use real Flower.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from aiohttp import web
 
 from gateway.core.config import TLSConfig
 from gateway.core.envelope import make_envelope, now_ms
+from gateway.observability import metrics
 from gateway.proto.envelope_pb2 import DIALECT_GRPC, DIALECT_HTTP, ORIGIN_GATEWAY
 from gateway.proto.grpc_adapter_pb2 import AdapterContainer
 from gateway.relay.server import Relay
@@ -126,6 +128,7 @@ async def test_superlink_status_passes_through_unchanged(path: Path_) -> None:
         got, body, _ = await _post(lgs.port, "/v1/fleet/send-node-heartbeat")
         assert got == status
         assert json.loads(body)["detail"] == "from superlink"
+    assert path.site.call_window.counts(time.monotonic()) == (3, 3)  # the SuperLink's errors
 
 
 @pytest.mark.parametrize(
@@ -318,6 +321,7 @@ async def test_traffic_of_one_job_never_reaches_another_jobs_superlink(
         assert (await _post(lgs_b.port, "/v1/fleet/pull-messages", b"B"))[0] == 200
         assert [body for _, _, body in path.superlink.seen] == [b"A", b"A", b"A"]
         assert [body for _, _, body in other.seen] == [b"B"]
+        assert path.site.call_window.counts(time.monotonic()) == (4, 0)  # both jobs, one window
         # site-2 is in job-a only: job-b refuses it, and job-b's SuperLink sees nothing.
         site2 = SiteGateway(name="site-2", relay_url=path.relay_url, tls=federation.sites["site-2"])
         try:
@@ -328,3 +332,51 @@ async def test_traffic_of_one_job_never_reaches_another_jobs_superlink(
         assert len(other.seen) == 1
     finally:
         await runner.cleanup()
+
+
+def _sample(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_the_relay_counts_calls_retries_dedup_answers_and_refusals(
+    path: Path_, federation: FederationKits
+) -> None:
+    metrics.enable()
+    calls = {"job": "job-a", "site": "site-1", "method": "PushMessages", "status": "200"}
+    before = {
+        "calls": _sample("flgate_relay_fleet_calls_total", **calls),
+        "retries": _sample("flgate_relay_retries_total", job="job-a", site="site-1"),
+        "cached": _sample("flgate_relay_dedup_answers_total", kind="cached"),
+        "superlink": _sample("flgate_relay_superlink_call_seconds_count", method="PushMessages"),
+        "not_in_job": _sample("flgate_relay_refusals_total", reason="not_in_job"),
+        "received": _sample("flgate_relay_received_bytes_total", job="job-a", site="site-1"),
+    }
+    client = connect(path.relay_url, tls=federation.sites["site-1"])
+    outsider = connect(path.relay_url, tls=federation.sites["site-3"])
+    try:
+        envelope = _envelope("site-1", "PushMessages")
+        await client.send(envelope, timeout=5)
+        envelope.attempt = 2  # the same id again: answered from the dedup store
+        retried = await client.send(envelope, timeout=5)
+        refused = await outsider.send(_envelope("site-3", "PushMessages"), timeout=5)
+    finally:
+        await client.aclose()
+        await outsider.aclose()
+    assert retried.http_status == 200
+    assert refused.http_status == 403
+    assert len(path.superlink.seen) == 1
+    assert _sample("flgate_relay_fleet_calls_total", **calls) == before["calls"] + 2
+    assert path.relay.dispatcher.stats.answered["job-a"] == 2
+    assert (
+        _sample("flgate_relay_retries_total", job="job-a", site="site-1") == before["retries"] + 1
+    )
+    assert _sample("flgate_relay_dedup_answers_total", kind="cached") == before["cached"] + 1
+    assert (
+        _sample("flgate_relay_superlink_call_seconds_count", method="PushMessages")
+        == before["superlink"] + 1
+    )
+    assert _sample("flgate_relay_refusals_total", reason="not_in_job") == before["not_in_job"] + 1
+    assert (
+        _sample("flgate_relay_received_bytes_total", job="job-a", site="site-1")
+        == before["received"] + 2  # the body b"x", twice
+    )

@@ -1,0 +1,80 @@
+"""What the relay and a site agent show on their metrics endpoint besides their counters:
+the state they keep (jobs, sites, processes, connections), read at each scrape, and
+whether they are ready for work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from .. import __version__
+from ..core.exceptions import ConfigError
+from ..flower.install import FlowerInstall
+from ..observability import metrics
+from ..observability.metrics import Sample
+from .jobs.site_tasks import SITE_ONLINE_SECONDS
+from .jobs.store import ABORTED, DISPATCHED, FAILED, FINISHED, RUNNING, SUBMITTED
+from .relay_app import RelayApp
+from .site_agent import SiteAgent
+
+JOB_STATES = (SUBMITTED, DISPATCHED, RUNNING, FINISHED, FAILED, ABORTED)
+UNKNOWN = "unknown"
+"""The transport of a site that has not said (an agent older than the metrics)."""
+
+
+async def flower_release(install: FlowerInstall) -> str:
+    """The release ``install`` runs (``flwr --version``, off the event loop), or ``""``."""
+    try:
+        return await asyncio.to_thread(lambda: install.version_text)
+    except ConfigError:
+        return ""
+
+
+def observe_relay(app: RelayApp, *, flower: str) -> None:
+    """Read the relay's state at each scrape; ``flower``: the release its SuperLinks run."""
+    metrics.build_info(__version__, flower)
+
+    def jobs() -> list[Sample]:
+        store = app.manager.store
+        counts = {} if store.closed else store.count_by_state()
+        return [((state,), counts.get(state, 0)) for state in JOB_STATES]
+
+    def sites() -> tuple[list[Sample], list[Sample]]:
+        now = time.time()
+        online: dict[str, int] = {}
+        seen: list[Sample] = []
+        for site in app.manager.sites():
+            if site.last_seen:
+                seen.append(((site.name,), site.last_seen))
+            if now - site.last_seen < SITE_ONLINE_SECONDS:
+                transport = site.status.transport or UNKNOWN
+                online[transport] = online.get(transport, 0) + 1
+        return [((t,), n) for t, n in sorted(online.items())], seen
+
+    def pending() -> list[Sample]:
+        count = app.relay.pending_entries()
+        return [] if count is None else [((), count)]
+
+    metrics.observe(metrics.JOBS, jobs)
+    metrics.observe(metrics.SITES_ONLINE, lambda: sites()[0])
+    metrics.observe(metrics.SITE_LAST_SEEN, lambda: sites()[1])
+    metrics.observe(
+        metrics.CONNECTIONS, lambda: [((s,), n) for s, n in app.relay.connections().items()]
+    )
+    metrics.observe(metrics.IN_FLIGHT, lambda: [((), app.in_flight)])
+    metrics.observe(metrics.SUPERLINKS, lambda: [((), app.manager.superlinks_running())])
+    metrics.observe(metrics.REDIS_PENDING, pending)
+
+
+def observe_site(agent: SiteAgent, *, flower: str) -> None:
+    """Read the site agent's state at each scrape; ``flower``: its SuperNodes' release."""
+    metrics.build_info(__version__, flower)
+    metrics.observe(metrics.SUPERNODES, lambda: [((), agent.supernodes_running())])
+
+
+def site_not_ready(agent: SiteAgent) -> str | None:
+    """Why the site cannot take work now (``/readyz``), or ``None``."""
+    if not agent.connected.is_set():
+        return "not connected to the relay"
+    return None
