@@ -99,7 +99,7 @@ def metrics_listen_from(
     explicit = (
         args.metrics_listen
         or os.environ.get(METRICS_LISTEN_ENV)
-        or getattr(kit, "metrics_listen", None)
+        or (kit.metrics_listen if kit is not None else None)
     )
     if explicit:
         return parse_listen(explicit)
