@@ -19,7 +19,7 @@ from ..control.admin import AdminClient
 from ..control.jobs.archive import LeftOut
 from ..control.jobs.store import FINAL_STATES, FINISHED
 from ..core.identity import Role
-from ..proto.control_pb2 import JobInfo
+from ..proto.control_pb2 import JobInfo, SiteInfo
 from .common import EXIT_JOB_FAILED, EXIT_OK, add_tls_options, relay_from, run, tls_from
 from .table import format_table
 
@@ -55,9 +55,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     submit.set_defaults(func=_submit)
 
     command("list", "list jobs").set_defaults(func=_list)
-    command("sites", "list the federation's sites and whether they are online").set_defaults(
-        func=_sites
-    )
+    command(
+        "sites", "list the federation's sites: online, transport, Flower, round trip, calls"
+    ).set_defaults(func=_sites)
     status = command("status", "show one job")
     status.add_argument("job_id", metavar="ID")
     status.set_defaults(func=_status)
@@ -111,7 +111,18 @@ def _when(seconds: float) -> str:
 
 
 JOB_COLUMNS = ("ID", "NAME", "STATE", "ROUND", "SITES", "SUBMITTED", "BY", "REASON")
-SITE_COLUMNS = ("SITE", "ONLINE", "LAST SEEN", "JOBS")
+SITE_COLUMNS = (
+    "SITE",
+    "ONLINE",
+    "LAST SEEN",
+    "TRANSPORT",
+    "FLOWER",
+    "RTT MS",
+    "CALLS/MIN",
+    "ERRORS/MIN",
+    "JOBS",
+)
+SITE_NUMBERS = ("RTT MS", "CALLS/MIN", "ERRORS/MIN")
 
 
 def _print_table(jobs: list[JobInfo]) -> None:
@@ -219,20 +230,43 @@ def _list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _site_row(site: SiteInfo) -> tuple[str, ...]:
+    """One line of ``job sites``; "-" for what the site never reported (agents of older
+    releases send no status, and the first poll of an agent has no round trip yet)."""
+    reported: tuple[str, ...] = ("-",) * 5
+    if site.HasField("status"):
+        status = site.status
+        reported = (
+            status.transport or "-",
+            status.flower_version or "-",
+            f"{status.rtt_ms:.1f}" if status.HasField("rtt_ms") else "-",
+            str(status.calls_last_minute),
+            str(status.errors_last_minute),
+        )
+    online = "yes" if site.online else "no"
+    return (site.name, online, _when(site.last_seen), *reported, ",".join(site.jobs) or "-")
+
+
 def _sites(args: argparse.Namespace) -> int:
     sites = _call(args, lambda client: client.list_sites())
     if args.json:
+        # Zeros printed too (no errors is an answer); an unset status or round trip is
+        # left out, as never reported.
         print(
             json.dumps(
-                [MessageToDict(s, preserving_proto_field_name=True) for s in sites], indent=2
+                [
+                    MessageToDict(
+                        s,
+                        preserving_proto_field_name=True,
+                        always_print_fields_with_no_presence=True,
+                    )
+                    for s in sites
+                ],
+                indent=2,
             )
         )
         return EXIT_OK
-    rows = [
-        (s.name, "yes" if s.online else "no", _when(s.last_seen), ",".join(s.jobs) or "-")
-        for s in sites
-    ]
-    print(format_table(SITE_COLUMNS, rows))
+    print(format_table(SITE_COLUMNS, [_site_row(s) for s in sites], right=SITE_NUMBERS))
     return EXIT_OK
 
 

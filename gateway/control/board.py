@@ -4,8 +4,9 @@ Scale-out over Redis: each relay owns the jobs it started (it alone reads their
 request streams, runs their SuperLinks and keeps their records), but a site's
 task poll, or an admin's list of jobs, may reach any relay. So every relay
 publishes a *share* about once a second: the tasks its jobs want from each
-site, its jobs' summaries, when it last heard from each site, and the job
-states that sites reported to it. Every relay merges the others' shares into
+site, its jobs' summaries, when it last heard from each site, the job
+states and the site statuses (transport, round trip, calls) that sites
+reported to it. Every relay merges the others' shares into
 its answers. Redis proves no writer, so a share is signed with its relay's key
 and checked against the federation's CA (role ``relay``); a share expires when
 its relay stops refreshing it.
@@ -20,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import redis.exceptions as redis_errors
 from cryptography.exceptions import InvalidSignature
@@ -31,7 +32,7 @@ from ..core.config import TLSConfig
 from ..core.exceptions import AuthError, ProtocolError
 from ..core.identity import Peer, Role
 from ..core.signing import CertificateChecker, Signer
-from ..proto.control_pb2 import JobInfo, SiteJob, SiteJobState
+from ..proto.control_pb2 import JobInfo, SiteJob, SiteJobState, SiteStatus
 from ..transport import parse_url
 from ..transport.redis.connection import redis_connection
 
@@ -45,6 +46,10 @@ BOARD_CONNECTIONS = 2
 
 Report = tuple[float, SiteJobState]
 """When a relay received a site's state of a job, and the state."""
+Status = tuple[float, SiteStatus]
+"""When a relay received a site's status, and the status."""
+
+T = TypeVar("T")
 
 
 def _b64(data: bytes) -> str:
@@ -66,6 +71,8 @@ class Share:
     """Per job, per site: the latest state the site reported to this relay."""
     node_keys: dict[str, str] = field(default_factory=dict)
     """Per site: the Flower node public key it reported to this relay."""
+    statuses: dict[str, Status] = field(default_factory=dict)
+    """Per site: the latest status it reported to this relay."""
 
     def encode(self) -> bytes:
         return json.dumps(
@@ -85,6 +92,10 @@ class Share:
                     for job, by in self.reports.items()
                 },
                 "node_keys": self.node_keys,
+                "statuses": {
+                    site: [when, _b64(s.SerializeToString())]
+                    for site, (when, s) in self.statuses.items()
+                },
             },
             separators=(",", ":"),
         ).encode()
@@ -110,6 +121,11 @@ class Share:
                     for job, by in raw["reports"].items()
                 },
                 node_keys={str(site): str(key) for site, key in raw["node_keys"].items()},
+                # .get: relays of older releases share no statuses (rolling upgrades).
+                statuses={
+                    str(site): (float(when), SiteStatus.FromString(base64.b64decode(s)))
+                    for site, (when, s) in raw.get("statuses", {}).items()
+                },
             )
         except Exception as exc:  # json, base64, protobuf and shape errors alike
             raise ProtocolError(f"malformed relay share: {exc}") from None
@@ -182,6 +198,11 @@ class BoardView:
     def node_keys(self) -> dict[str, str]:
         return {site: key for share in self.shares for site, key in share.node_keys.items()}
 
+    def status(self, site: str) -> Status | None:
+        """The newest status ``site`` reported to any of the other relays."""
+        found = [s.statuses[site] for s in self.shares if site in s.statuses]
+        return max(found, key=lambda r: r[0], default=None)
+
     def task_ids(self) -> frozenset[tuple[str, str]]:
         """(site, job) pairs wanted by other relays: a change wakes waiting polls."""
         return frozenset(
@@ -192,7 +213,8 @@ class BoardView:
         )
 
 
-def newest(reports: Iterable[Report | None]) -> SiteJobState | None:
+def newest(reports: Iterable[tuple[float, T] | None]) -> T | None:
+    """The value of the newest (when, value) pair: a site may have reported to several relays."""
     found = [r for r in reports if r is not None]
     return max(found, key=lambda r: r[0])[1] if found else None
 

@@ -7,6 +7,11 @@ job it opens an LGS on loopback and starts ``flower-supernode`` against it with
 ``partition-id``, ``num-partitions`` and ``site-name`` in its node config, and
 ships the SuperNode's log to the relay. The site never accepts a connection.
 
+Each poll also reports the site's status: its transport, its Flower release, its
+round trip to the relay and its Fleet calls and errors of the last minute. The round
+trip costs no call of its own: the relay says how long it held the long-poll, and the
+rest of the time the poll took is the round trip, reported on the next poll.
+
 Each job's LGS port and SuperNode pid are written to the job's directory, so an
 agent that was killed and restarted adopts the SuperNodes that survived it and
 reopens their LGS on the same port: the SuperNode's own retry reconnects.
@@ -18,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,9 +49,11 @@ from ..proto.control_pb2 import (
     ShipLogsResponse,
     SiteJob,
     SiteJobState,
+    SiteStatus,
 )
 from ..proto.envelope_pb2 import KIND_AGENT
 from ..site.gateway import SiteGateway
+from ..transport import parse_url
 from .client import control_call
 
 log = logging.getLogger(__name__)
@@ -75,6 +83,27 @@ class _JobSlot:
 
     def view(self) -> SiteJobState:
         return SiteJobState(job_id=self.job.job_id, state=self.state, detail=self.detail)
+
+
+def round_trip_ms(elapsed: float, response: PollTasksResponse) -> float | None:
+    """The round trip of a poll that took ``elapsed`` seconds, less the time the relay held it.
+
+    None from a relay that does not say how long it held the poll (an older release):
+    the whole elapsed time would be mostly its wait, not the network's.
+    """
+    if not response.HasField("held_ms"):
+        return None
+    return max(0.0, elapsed * 1000 - response.held_ms)  # durations only: the clocks need not agree
+
+
+async def flower_release(install: FlowerInstall) -> str:
+    """The site's Flower release (x.y.z), or '' if `flwr --version` fails: the status
+    reports it, and a site whose Flower is broken must still poll and say so."""
+    try:
+        return await asyncio.to_thread(lambda: install.version_text)
+    except ConfigError as exc:
+        log.warning("cannot tell the Flower release", extra={"error": str(exc)})
+        return ""
 
 
 class SiteAgent:
@@ -114,6 +143,11 @@ class SiteAgent:
         self._install = install
         self._poll_wait = poll_wait
         self._gateway = SiteGateway(name=self.name, relay_url=relay_url, tls=tls, limits=limits)
+        self._transport = parse_url(relay_url).scheme
+        self._flower_version = ""
+        """Read once when the agent starts: `flwr --version` takes a second or more."""
+        self._rtt_ms: float | None = None
+        """The last poll's round trip, reported on the next poll."""
         self._jobs: dict[str, _JobSlot] = {}
         self.connected = asyncio.Event()
 
@@ -155,9 +189,11 @@ class SiteAgent:
     async def run_forever(self) -> None:
         """Poll, reconcile and ship logs until cancelled; survive relay outages."""
         failures = 0
+        self._flower_version = await flower_release(self._install)
         await self._recover()
         try:
             while True:
+                started = time.monotonic()
                 try:
                     response = await control_call(
                         self._gateway.client,
@@ -167,6 +203,7 @@ class SiteAgent:
                             jobs=[s.view() for s in self._jobs.values()],
                             wait_ms=int(self._poll_wait * 1000),
                             flower_node_public_key=self._node_public_key,
+                            status=self._status(),
                         ),
                         PollTasksResponse,
                         timeout=self._poll_wait + 15,
@@ -182,12 +219,26 @@ class SiteAgent:
                     await asyncio.sleep(delay)
                     continue
                 failures = 0
+                self._rtt_ms = round_trip_ms(time.monotonic() - started, response)
                 self.connected.set()
                 await self._reconcile(response.desired)
                 self._check_supernodes()
                 await self._ship_logs()
         finally:
             await self.aclose()
+
+    def _status(self) -> SiteStatus:
+        """What this poll reports; the relay keeps the newest, so no history is sent."""
+        calls, errors = self._gateway.call_window.counts(time.monotonic())
+        status = SiteStatus(
+            transport=self._transport,
+            flower_version=self._flower_version,
+            calls_last_minute=calls,
+            errors_last_minute=errors,
+        )
+        if self._rtt_ms is not None:
+            status.rtt_ms = self._rtt_ms
+        return status
 
     async def _reconcile(self, desired: Iterable[SiteJob]) -> None:
         wanted = {job.job_id: job for job in desired}

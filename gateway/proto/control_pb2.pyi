@@ -33,21 +33,39 @@ class SiteJobState(_message.Message):
     detail: str
     def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
+class SiteStatus(_message.Message):
+    __slots__ = ("transport", "flower_version", "rtt_ms", "calls_last_minute", "errors_last_minute")
+    TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    FLOWER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RTT_MS_FIELD_NUMBER: _ClassVar[int]
+    CALLS_LAST_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_LAST_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    transport: str
+    flower_version: str
+    rtt_ms: float
+    calls_last_minute: int
+    errors_last_minute: int
+    def __init__(self, transport: _Optional[str] = ..., flower_version: _Optional[str] = ..., rtt_ms: _Optional[float] = ..., calls_last_minute: _Optional[int] = ..., errors_last_minute: _Optional[int] = ...) -> None: ...
+
 class PollTasksRequest(_message.Message):
-    __slots__ = ("jobs", "wait_ms", "flower_node_public_key")
+    __slots__ = ("jobs", "wait_ms", "flower_node_public_key", "status")
     JOBS_FIELD_NUMBER: _ClassVar[int]
     WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     FLOWER_NODE_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[SiteJobState]
     wait_ms: int
     flower_node_public_key: str
-    def __init__(self, jobs: _Optional[_Iterable[_Union[SiteJobState, _Mapping]]] = ..., wait_ms: _Optional[int] = ..., flower_node_public_key: _Optional[str] = ...) -> None: ...
+    status: SiteStatus
+    def __init__(self, jobs: _Optional[_Iterable[_Union[SiteJobState, _Mapping]]] = ..., wait_ms: _Optional[int] = ..., flower_node_public_key: _Optional[str] = ..., status: _Optional[_Union[SiteStatus, _Mapping]] = ...) -> None: ...
 
 class PollTasksResponse(_message.Message):
-    __slots__ = ("desired",)
+    __slots__ = ("desired", "held_ms")
     DESIRED_FIELD_NUMBER: _ClassVar[int]
+    HELD_MS_FIELD_NUMBER: _ClassVar[int]
     desired: _containers.RepeatedCompositeFieldContainer[SiteJob]
-    def __init__(self, desired: _Optional[_Iterable[_Union[SiteJob, _Mapping]]] = ...) -> None: ...
+    held_ms: float
+    def __init__(self, desired: _Optional[_Iterable[_Union[SiteJob, _Mapping]]] = ..., held_ms: _Optional[float] = ...) -> None: ...
 
 class ShipLogsRequest(_message.Message):
     __slots__ = ("job_id", "offset", "data")
@@ -162,16 +180,18 @@ class ListSitesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SiteInfo(_message.Message):
-    __slots__ = ("name", "last_seen", "online", "jobs")
+    __slots__ = ("name", "last_seen", "online", "jobs", "status")
     NAME_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     ONLINE_FIELD_NUMBER: _ClassVar[int]
     JOBS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     name: str
     last_seen: float
     online: bool
     jobs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., last_seen: _Optional[float] = ..., online: _Optional[bool] = ..., jobs: _Optional[_Iterable[str]] = ...) -> None: ...
+    status: SiteStatus
+    def __init__(self, name: _Optional[str] = ..., last_seen: _Optional[float] = ..., online: _Optional[bool] = ..., jobs: _Optional[_Iterable[str]] = ..., status: _Optional[_Union[SiteStatus, _Mapping]] = ...) -> None: ...
 
 class ListSitesResponse(_message.Message):
     __slots__ = ("sites",)

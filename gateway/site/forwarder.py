@@ -19,6 +19,7 @@ from ..core.failures import reply_for_error
 from ..proto.envelope_pb2 import Dialect, Reply
 from ..reliable import DEFAULT_POLICY, ReliableSender, RetryPolicy
 from ..transport import TransportClient
+from .call_window import CallWindow
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +34,16 @@ class JobForwarder:
         site: str,
         client: TransportClient,
         policy: RetryPolicy = DEFAULT_POLICY,
+        window: CallWindow | None = None,
     ) -> None:
+        """``window``: where each reply is counted (the site's one window, which all its
+        jobs share; by default one of this job's own)."""
         self.job_id = job_id
         self.site = site
         self._policy = policy
         self.sender = ReliableSender(client, policy=policy)
         self.calls = 0
+        self.window = window if window is not None else CallWindow()
 
     async def forward(
         self,
@@ -61,7 +66,7 @@ class JobForwarder:
         )
         failure: GatewayError
         try:
-            return await self.sender.send(envelope, budget=budget)
+            reply = await self.sender.send(envelope, budget=budget)
         except AuthError as exc:
             # The relay refused this site's own certificate: to the SuperNode a failure
             # of the path that never reached the SuperLink (503), never a 403, which
@@ -70,7 +75,15 @@ class JobForwarder:
         except TransportError as exc:
             # 503 once the sender gave up, 504 past the deadline, 413 for a frame too large.
             failure = exc
-        return self._failed(envelope.message_id, method, failure)
+        else:
+            return self._counted(reply)
+        return self._counted(self._failed(envelope.message_id, method, failure))
+
+    def _counted(self, reply: Reply) -> Reply:
+        """Count the reply the SuperNode gets: a status >= 400 is an error whether the
+        gateway (503, 504, 413) or the SuperLink gave it."""
+        self.window.record(time.monotonic(), error=reply.http_status >= 400)
+        return reply
 
     def _failed(self, message_id: str, method: str, failure: GatewayError) -> Reply:
         log.warning(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..core.config import Limits, LoopbackTLS, TLSConfig
 from ..proto.envelope_pb2 import DIALECT_GRPC, Dialect
 from ..transport import TransportClient, connect
+from .call_window import CallWindow
 from .forwarder import JobForwarder
 from .lgs import Forward, LocalGatewayServer
 from .lgs_grpc import GrpcLGS
@@ -26,6 +27,8 @@ class SiteGateway:
         self._limits = limits
         self._client: TransportClient = connect(relay_url, tls=tls, limits=limits)
         self._jobs: dict[str, tuple[LocalGatewayServer, JobForwarder]] = {}
+        self.call_window = CallWindow()
+        """The Fleet calls of all this site's jobs over the last minute (for the agent's poll)."""
 
     async def open_job(
         self, job_id: str, dialect: Dialect, *, port: int = 0, tls: LoopbackTLS | None = None
@@ -34,7 +37,9 @@ class SiteGateway:
 
         ``tls``: serve TLS with this loopback certificate (jobs with Flower's node auth).
         """
-        forwarder = JobForwarder(job_id=job_id, site=self.name, client=self._client)
+        forwarder = JobForwarder(
+            job_id=job_id, site=self.name, client=self._client, window=self.call_window
+        )
         lgs = create_lgs(dialect, forwarder.forward, self._limits, tls=tls)
         await lgs.start(port)
         self._jobs[job_id] = (lgs, forwarder)

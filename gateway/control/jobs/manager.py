@@ -168,7 +168,8 @@ class JobManager:
         return self._sites.online_sites()
 
     def sites(self) -> list[SiteInfo]:
-        """Every known site: online or not, and the active jobs it is in."""
+        """Every known site: online or not, the active jobs it is in, and the newest status
+        it reported to any relay."""
         seen = self._sites.last_seen()
         names = set(seen) | set(self._known_sites or ())
         active = [j for j in self.job_list() if j.state in ACTIVE_STATES]
@@ -179,6 +180,7 @@ class JobManager:
                 last_seen=seen.get(name, 0.0),
                 online=now - seen.get(name, 0.0) < SITE_ONLINE_SECONDS,
                 jobs=[j.job_id for j in active if name in j.sites],
+                status=self._sites.status(name),
             )
             for name in sorted(names)
         ]

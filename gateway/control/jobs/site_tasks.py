@@ -2,8 +2,10 @@
 
 Each poll returns the full set of jobs the site must run now (this relay's and, with a
 board, the other relays'), so a restarted site (or relay) simply reconciles. The poll
-also carries what the site reports back: that it is alive, its Flower node key and the
-state of each job it runs.
+also carries what the site reports back: that it is alive, its Flower node key, the
+state of each job it runs and its status (transport, Flower release, round trip, Fleet
+calls and errors of the last minute). The answer says how long the relay held the poll,
+so the agent can tell its round trip from the wait without a call of its own.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from ...proto.control_pb2 import (
     ShipLogsResponse,
     SiteJob,
     SiteJobState,
+    SiteStatus,
 )
-from ..board import BoardView, Report, newest
+from ..board import BoardView, Report, Status, newest
 from .layout import JobPaths
 from .store import DISPATCHED, RUNNING, JobStore
 
@@ -56,6 +59,8 @@ class SiteTasks:
         """When each site last polled this relay."""
         self.node_keys: dict[str, str] = {}
         """Per site: the Flower node public key it reported (bound to its certificate)."""
+        self.statuses: dict[str, Status] = {}
+        """Per site: when it last reported its status to this relay, and the status."""
         self.reported: dict[str, dict[str, Report]] = {}
         """Per job, per site: the latest state the site reported to this relay."""
         self.others = BoardView()
@@ -102,9 +107,12 @@ class SiteTasks:
 
     async def poll(self, site: str, request: PollTasksRequest) -> PollTasksResponse:
         """Record the site's view; answer with the jobs it must run (long-poll)."""
+        held_from = time.monotonic()
         self.online[site] = time.time()
         if request.flower_node_public_key:  # bound to the certificate's site name, never claimed
             self.node_keys[site] = request.flower_node_public_key
+        if request.HasField("status"):  # bound like the key; agents that predate it send none
+            self.statuses[site] = (time.time(), request.status)
         self.record_states(site, request.jobs)
         current = {j.job_id for j in request.jobs if j.state in ("starting", "running")}
         wait = min(request.wait_ms, 30_000) / 1000
@@ -117,7 +125,7 @@ class SiteTasks:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), max(0.0, deadline - time.monotonic()))
             self.online[site] = time.time()
-        return PollTasksResponse(desired=desired)
+        return PollTasksResponse(desired=desired, held_ms=(time.monotonic() - held_from) * 1000)
 
     # --- what the sites report -------------------------------------------------
 
@@ -143,6 +151,10 @@ class SiteTasks:
             if all(now - when > REPORT_TTL for when, _ in by.values())
         ]:
             del self.reported[job_id]
+
+    def status(self, site: str) -> SiteStatus | None:
+        """The newest status ``site`` reported to this relay or another, or None if never."""
+        return newest((self.statuses.get(site), self.others.status(site)))
 
     def node_key(self, site: str) -> str:
         """The Flower node key ``site`` reported to this relay or another, or ''."""

@@ -13,7 +13,7 @@ from gateway.control.board import BoardView, RedisBoard, Share, newest, seal, un
 from gateway.core.exceptions import AuthError, ProtocolError
 from gateway.core.identity import Role
 from gateway.core.signing import CertificateChecker, Signer
-from gateway.proto.control_pb2 import JobInfo, SiteJob, SiteJobState
+from gateway.proto.control_pb2 import JobInfo, SiteJob, SiteJobState, SiteStatus
 from gateway.provisioning.certs import CertificateAuthority, write_participant
 from tests.support.redis import RedisPKI, RedisServers
 
@@ -27,7 +27,13 @@ def share(relay: str = "relay-a", *, job: str = "job-1", when: float = 100.0) ->
         seen={"site-1": when},
         reports={job: {"site-1": (when, SiteJobState(job_id=job, state="running"))}},
         node_keys={"site-1": f"ecdsa-sha2-nistp384 AAAA{relay}"},
+        statuses={"site-1": (when, status(relay))},
     )
+
+
+def status(relay: str) -> SiteStatus:
+    """A status that tells which relay heard it: its transport is the relay's name."""
+    return SiteStatus(transport=relay, flower_version="1.41.0", rtt_ms=2.5, calls_last_minute=9)
 
 
 def signer(pki: RedisPKI) -> Signer:
@@ -42,6 +48,12 @@ def checker(pki: RedisPKI) -> CertificateChecker:
 def test_a_share_survives_encoding() -> None:
     original = share()
     assert Share.decode(original.encode()) == original
+
+
+def test_a_share_of_a_relay_that_predates_statuses_decodes_without_them() -> None:
+    older = json.loads(share().encode())
+    del older["statuses"]
+    assert Share.decode(json.dumps(older).encode()).statuses == {}
 
 
 @pytest.mark.parametrize("data", [b"", b"{}", b"not json", b'{"relay": 1}'])
@@ -96,6 +108,8 @@ def test_the_view_merges_the_other_relays_shares() -> None:
     assert report is not None and report[1].state == "failed"  # the newest of the two
     assert view.task_ids() == {("site-1", "job-1"), ("site-1", "job-2")}
     assert view.node_keys() == {"site-1": "ecdsa-sha2-nistp384 AAAArelay-b"}
+    assert view.status("site-1") == (200.0, status("relay-b"))  # the newest of the two
+    assert view.status("site-9") is None
     local = (400.0, SiteJobState(job_id="job-1", state="running"))
     assert newest([report, local]) == local[1]
     assert newest([None, None]) is None
@@ -116,6 +130,7 @@ async def test_relays_see_each_other_through_redis(
         assert [s.relay for s in seen_by_b.shares] == ["relay-a"]
         seen_by_a = await a.exchange(share("relay-a", job="job-1"))
         assert [j.job_id for j in seen_by_a.jobs()] == ["job-2"]
+        assert seen_by_a.status("site-1") == (100.0, status("relay-b"))
         await a.aclose()  # a relay that stops withdraws its share at once
         assert (await b.exchange(share("relay-b", job="job-2"))).shares == ()
     finally:

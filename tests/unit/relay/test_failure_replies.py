@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -46,6 +47,7 @@ from gateway.proto.envelope_pb2 import (
 from gateway.relay.dispatcher import Dispatcher
 from gateway.relay.lgc import Upstream, upstream_for
 from gateway.reliable import MemoryDedupStore, ReliableReceiver, RetryPolicy
+from gateway.site.call_window import CallWindow
 from gateway.site.forwarder import JobForwarder
 from gateway.transport import TransportClient
 from tests.support.relay import offline_job_manager
@@ -122,6 +124,39 @@ async def test_the_forwarder_answers_path_failures_from_their_kind(
     assert (reply.origin, reply.http_status, reply.grpc_code) == (ORIGIN_GATEWAY, status, grpc_code)
     assert reply.detail.startswith("gateway: ") and "relay path broken" in reply.detail
     assert reply.message_id
+    assert forwarder.window.counts(time.monotonic()) == (1, 1)  # the gateway's own error
+
+
+class _AnsweringClient(TransportClient):
+    """A transport on which the SuperLink answers every call with ``status``."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+    async def send(self, envelope: Envelope, *, timeout: float) -> Reply:
+        return Reply(message_id=envelope.message_id, http_status=self.status)
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_the_jobs_of_a_site_count_every_reply_in_its_one_window() -> None:
+    window = CallWindow()
+    ok = JobForwarder(job_id="job-1", site="site-1", client=_AnsweringClient(200), window=window)
+    refused = JobForwarder(
+        job_id="job-2", site="site-1", client=_AnsweringClient(500), window=window
+    )
+    broken = JobForwarder(
+        job_id="job-3",
+        site="site-1",
+        client=_FailingClient(ConnectError),
+        policy=FAST,
+        window=window,
+    )
+    for forwarder in (ok, ok, refused, broken):
+        await forwarder.forward("PullMessages", DIALECT_HTTP, [], b"x")
+    # The SuperLink's 500 and the gateway's 503 alike are errors the SuperNode got.
+    assert window.counts(time.monotonic()) == (4, 2)
 
 
 async def test_the_forwarder_answers_a_passed_deadline_with_504() -> None:
