@@ -152,6 +152,8 @@ def _print_job(info: JobInfo) -> None:
         print(f"  flower run: {info.run_id}")
     if info.rounds:
         print(f"  progress:   round {info.round}/{info.rounds}")
+    if info.fleet_calls:
+        print(f"  fleet calls: {info.fleet_calls} answered by the relay")
     if info.run_config:
         print(f"  run-config: {info.run_config}")
     if info.result_json:

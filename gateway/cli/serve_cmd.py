@@ -25,7 +25,7 @@ from ..control.site_agent import SiteAgent
 from ..core.exceptions import ConfigError
 from ..core.identity import Role
 from ..core.memory import return_large_blocks_at_once
-from ..flower.install import FlowerInstall
+from ..flower.install import FlowerInstall, flower_release
 from ..observability.endpoint import RELAY_DEFAULT, SITE_DEFAULT, MetricsEndpoint, Readiness
 from ..provisioning.kit import Kit
 from .common import (
@@ -175,7 +175,7 @@ async def _serve_relay(args: argparse.Namespace) -> None:
     try:
         if endpoint is not None:
             await _serve_metrics("relay", endpoint)
-            telemetry.observe_relay(app, flower=await telemetry.flower_release(install))
+            telemetry.observe_relay(app, flower=await flower_release(install))
         await app.start()
         for url, port in zip(app.relay.listen_urls, app.ports, strict=True):
             scheme, _, rest = url.partition("://")
@@ -231,7 +231,7 @@ async def _serve_site(args: argparse.Namespace) -> None:
     try:
         if endpoint is not None:
             await _serve_metrics("site", endpoint)
-            telemetry.observe_site(agent, flower=await telemetry.flower_release(install))
+            telemetry.observe_site(agent, flower=await flower_release(install))
         print(f"site {agent.name} dialing {relay_url}", flush=True)
         running = asyncio.create_task(agent.run_forever(), name="site-agent")
         stopping = asyncio.create_task(stop.wait(), name="site-stop")

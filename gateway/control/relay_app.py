@@ -74,6 +74,8 @@ class RelayApp:
             known_sites=known_sites,
             board=board,
         )
+        answered = self.relay.dispatcher.stats.answered
+        self.manager.fleet_calls = lambda job_id: answered[job_id]
         # Relays sharing a Redis: each reads the calls of the jobs it owns.
         self.relay.serve_jobs(self.manager.owns)
         self.relay.dispatcher.control = ControlService(self.manager).handle

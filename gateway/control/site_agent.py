@@ -33,7 +33,7 @@ from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 from ..core.config import Limits, LoopbackTLS, TLSConfig
 from ..core.exceptions import ConfigError, GatewayError, ProcessError
 from ..core.identity import Role, peer_from_pem
-from ..flower.install import FlowerInstall
+from ..flower.install import FlowerInstall, flower_release
 from ..flower.launch import launch_supernode
 from ..flower.node_auth import (
     fingerprint,
@@ -42,6 +42,7 @@ from ..flower.node_auth import (
     write_loopback_tls,
 )
 from ..flower.process import ManagedProcess
+from ..observability import metrics
 from ..proto.control_pb2 import (
     PollTasksRequest,
     PollTasksResponse,
@@ -94,16 +95,6 @@ def round_trip_ms(elapsed: float, response: PollTasksResponse) -> float | None:
     if not response.HasField("held_ms"):
         return None
     return max(0.0, elapsed * 1000 - response.held_ms)  # durations only: the clocks need not agree
-
-
-async def flower_release(install: FlowerInstall) -> str:
-    """The site's Flower release (x.y.z), or '' if `flwr --version` fails: the status
-    reports it, and a site whose Flower is broken must still poll and say so."""
-    try:
-        return await asyncio.to_thread(lambda: install.version_text)
-    except ConfigError as exc:
-        log.warning("cannot tell the Flower release", extra={"error": str(exc)})
-        return ""
 
 
 class SiteAgent:
@@ -216,11 +207,17 @@ class SiteAgent:
                         extra={"site": self.name, "error": str(exc), "retry_in": delay},
                     )
                     self.connected.clear()
+                    metrics.site_link(self._transport, connected=False)
                     await asyncio.sleep(delay)
                     continue
                 failures = 0
                 self._rtt_ms = round_trip_ms(time.monotonic() - started, response)
                 self.connected.set()
+                metrics.site_link(
+                    self._transport,
+                    connected=True,
+                    round_trip=None if self._rtt_ms is None else self._rtt_ms / 1000,
+                )
                 await self._reconcile(response.desired)
                 self._check_supernodes()
                 await self._ship_logs()
@@ -313,6 +310,10 @@ class SiteAgent:
                     slot.supernode.check_alive()
                 except ProcessError as exc:
                     slot.state, slot.detail = "failed", str(exc)
+
+    def supernodes_running(self) -> int:
+        """The jobs' SuperNode processes that are alive now."""
+        return sum(1 for slot in self._jobs.values() if slot.supernode and slot.supernode.alive())
 
     async def _stop_job(self, job_id: str) -> None:
         slot = self._jobs[job_id]

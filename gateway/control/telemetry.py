@@ -5,12 +5,9 @@ whether they are ready for work.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from .. import __version__
-from ..core.exceptions import ConfigError
-from ..flower.install import FlowerInstall
 from ..observability import metrics
 from ..observability.metrics import Sample
 from .jobs.site_tasks import SITE_ONLINE_SECONDS
@@ -21,14 +18,6 @@ from .site_agent import SiteAgent
 JOB_STATES = (SUBMITTED, DISPATCHED, RUNNING, FINISHED, FAILED, ABORTED)
 UNKNOWN = "unknown"
 """The transport of a site that has not said (an agent older than the metrics)."""
-
-
-async def flower_release(install: FlowerInstall) -> str:
-    """The release ``install`` runs (``flwr --version``, off the event loop), or ``""``."""
-    try:
-        return await asyncio.to_thread(lambda: install.version_text)
-    except ConfigError:
-        return ""
 
 
 def observe_relay(app: RelayApp, *, flower: str) -> None:

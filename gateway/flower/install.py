@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import re
 import shutil
@@ -13,6 +15,8 @@ from pathlib import Path
 
 from ..core.exceptions import ConfigError
 from ..proto.envelope_pb2 import DIALECT_GRPC, DIALECT_HTTP, Dialect
+
+log = logging.getLogger(__name__)
 
 # flwr 1.40 moved the Fleet API from gRPC to protobuf over HTTP.
 FIRST_HTTP_VERSION = (1, 40)
@@ -100,3 +104,14 @@ class FlowerInstall:
     def dialect(self) -> Dialect:
         """The Fleet API dialect this Flower speaks."""
         return DIALECT_HTTP if self.version[:2] >= FIRST_HTTP_VERSION else DIALECT_GRPC
+
+
+async def flower_release(install: FlowerInstall) -> str:
+    """The release ``install`` runs (``flwr --version``, off the event loop), or ``""``
+    when that fails: the metrics and a site's status report it, and a process whose
+    Flower is broken must still serve and say so."""
+    try:
+        return await asyncio.to_thread(lambda: install.version_text)
+    except ConfigError as exc:
+        log.warning("cannot tell the Flower release", extra={"error": str(exc)})
+        return ""

@@ -1,7 +1,8 @@
 """The gateway's Prometheus metrics: every name, label and bucket, in one place.
 
 Names follow Prometheus's conventions (``flgate_`` prefix, ``_total``, ``_seconds``,
-``_bytes``). Labels take bounded values, never message ids: a job's series are
+``_bytes``); a job is ``job_id``, since Prometheus gives ``job`` and ``instance`` to
+the scrape target. Labels take bounded values, never message ids: a job's series are
 removed once :data:`KEEP_ENDED_JOBS` newer jobs have ended (:func:`job_ended`), and
 method names beyond :data:`MAX_METHODS` distinct ones count as ``other`` (a site may
 name any method; only its own calls could grow the set).
@@ -64,7 +65,7 @@ def enabled() -> bool:
 SITE_CALLS = Counter(
     "flgate_site_fleet_calls_total",
     "Fleet calls of the site's SuperNodes, by the status the LGS answered.",
-    ["job", "site", "method", "status"],
+    ["job_id", "site", "method", "status"],
     registry=REGISTRY,
 )
 SITE_CALL_SECONDS = Histogram(
@@ -77,7 +78,7 @@ SITE_CALL_SECONDS = Histogram(
 RELAY_CALLS = Counter(
     "flgate_relay_fleet_calls_total",
     "Fleet calls the relay answered for a job (executed or answered from the dedup store).",
-    ["job", "site", "method", "status"],
+    ["job_id", "site", "method", "status"],
     registry=REGISTRY,
 )
 SUPERLINK_SECONDS = Histogram(
@@ -93,19 +94,19 @@ SUPERLINK_SECONDS = Histogram(
 SITE_RETRIES = Counter(
     "flgate_site_retries_total",
     "Attempts a site sent again with the same message id after a transport failure.",
-    ["job", "method"],
+    ["job_id", "method"],
     registry=REGISTRY,
 )
 SITE_GIVE_UPS = Counter(
     "flgate_site_give_ups_total",
     "Calls whose every attempt failed; the SuperNode got 503 or 504 and retries itself.",
-    ["job", "method"],
+    ["job_id", "method"],
     registry=REGISTRY,
 )
 RELAY_RETRIES = Counter(
     "flgate_relay_retries_total",
     "Envelopes that reached the relay as a second or later attempt of one message id.",
-    ["job", "site"],
+    ["job_id", "site"],
     registry=REGISTRY,
 )
 DEDUP_ANSWERS = Counter(
@@ -134,25 +135,25 @@ OVERSIZED = Counter(
 SITE_SENT = Counter(
     "flgate_site_sent_bytes_total",
     "Fleet request bodies the site sent to the relay.",
-    ["job", "site"],
+    ["job_id", "site"],
     registry=REGISTRY,
 )
 SITE_RECEIVED = Counter(
     "flgate_site_received_bytes_total",
     "Fleet reply bodies the site received from the relay.",
-    ["job", "site"],
+    ["job_id", "site"],
     registry=REGISTRY,
 )
 RELAY_RECEIVED = Counter(
     "flgate_relay_received_bytes_total",
     "Fleet request bodies the relay received from sites.",
-    ["job", "site"],
+    ["job_id", "site"],
     registry=REGISTRY,
 )
 RELAY_SENT = Counter(
     "flgate_relay_sent_bytes_total",
     "Fleet reply bodies the relay sent back to sites.",
-    ["job", "site"],
+    ["job_id", "site"],
     registry=REGISTRY,
 )
 

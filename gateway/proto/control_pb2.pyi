@@ -100,7 +100,7 @@ class SubmitJobRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., app_archive: _Optional[bytes] = ..., sites: _Optional[_Iterable[str]] = ..., min_sites: _Optional[int] = ..., run_config: _Optional[str] = ..., time_limit: _Optional[float] = ...) -> None: ...
 
 class JobInfo(_message.Message):
-    __slots__ = ("job_id", "name", "state", "reason", "sites", "submitted_by", "created", "updated", "run_id", "round", "rounds", "result_json", "run_config")
+    __slots__ = ("job_id", "name", "state", "reason", "sites", "submitted_by", "created", "updated", "run_id", "round", "rounds", "result_json", "run_config", "fleet_calls")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +114,7 @@ class JobInfo(_message.Message):
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
     RUN_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    FLEET_CALLS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     name: str
     state: str
@@ -127,7 +128,8 @@ class JobInfo(_message.Message):
     rounds: int
     result_json: str
     run_config: str
-    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., sites: _Optional[_Iterable[str]] = ..., submitted_by: _Optional[str] = ..., created: _Optional[float] = ..., updated: _Optional[float] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., rounds: _Optional[int] = ..., result_json: _Optional[str] = ..., run_config: _Optional[str] = ...) -> None: ...
+    fleet_calls: int
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., sites: _Optional[_Iterable[str]] = ..., submitted_by: _Optional[str] = ..., created: _Optional[float] = ..., updated: _Optional[float] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., rounds: _Optional[int] = ..., result_json: _Optional[str] = ..., run_config: _Optional[str] = ..., fleet_calls: _Optional[int] = ...) -> None: ...
 
 class JobRef(_message.Message):
     __slots__ = ("job_id",)

@@ -183,6 +183,15 @@ class Dispatcher:
             )
         if envelope.attempt > 1:
             metrics.relay_retry(envelope.job_id, peer.name)
+            log.info(
+                "received a retried call",
+                extra={
+                    "message_id": envelope.message_id,
+                    "job": envelope.job_id,
+                    "site": peer.name,
+                    "attempt": envelope.attempt,
+                },
+            )
         reply = await self._answer(peer, envelope, route)
         self.stats.answered[envelope.job_id] += 1
         metrics.relay_call(

@@ -125,6 +125,8 @@ class ReliableSender:
                     "retrying relay call",
                     extra={
                         "message_id": envelope.message_id,
+                        "job": envelope.job_id,
+                        "method": envelope.method,
                         "attempt": decision.attempt,
                         "delay": round(decision.delay, 3),
                         "error": str(exc),

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from ..core.config import Limits, LoopbackTLS, TLSConfig
+from ..observability import metrics
 from ..proto.envelope_pb2 import DIALECT_GRPC, Dialect
 from ..transport import TransportClient, connect
 from .call_window import CallWindow
 from .forwarder import JobForwarder
-from .lgs import Forward, LocalGatewayServer
+from .lgs import Forward, LocalGatewayServer, metered
 from .lgs_grpc import GrpcLGS
 from .lgs_http import HttpLGS
 
@@ -40,7 +41,8 @@ class SiteGateway:
         forwarder = JobForwarder(
             job_id=job_id, site=self.name, client=self._client, window=self.call_window
         )
-        lgs = create_lgs(dialect, forwarder.forward, self._limits, tls=tls)
+        forward = metered(forwarder.forward, job=job_id, site=self.name)
+        lgs = create_lgs(dialect, forward, self._limits, tls=tls)
         await lgs.start(port)
         self._jobs[job_id] = (lgs, forwarder)
         return lgs
@@ -57,6 +59,7 @@ class SiteGateway:
         entry = self._jobs.pop(job_id, None)
         if entry is not None:
             await entry[0].aclose()
+            metrics.job_ended(job_id)
 
     async def aclose(self) -> None:
         for job_id in list(self._jobs):

@@ -205,16 +205,26 @@ class RunningFederation:
             time.sleep(0.1)
         raise RuntimeError("relay did not start")
 
-    def start_site(self, name: str, *, from_kit: bool = False) -> None:
-        """Start site ``name`` from its kit, told the relay's address (``--relay``)
-        unless ``from_kit``, when it dials the address in its kit."""
+    def start_site(
+        self,
+        name: str,
+        *,
+        from_kit: bool = False,
+        relay_url: str | None = None,
+        extra: list[str] | None = None,
+    ) -> None:
+        """Start site ``name`` from its kit, told the relay's address (``--relay``:
+        ``relay_url``, else the relay's) unless ``from_kit``, when it dials the address
+        in its kit; ``extra``: more options of ``flgate site start``."""
         flower = ["--flower-bin", str(self.flower_bin)] if self.flower_bin else []
         where = (
-            [] if from_kit else ["--relay", self.relay_url, "--workspace", str(self.root / name)]
+            []
+            if from_kit
+            else ["--relay", relay_url or self.relay_url, "--workspace", str(self.root / name)]
         )
         self.sites[name] = self._spawn(
             name,
-            ["-v", "site", "start", "--kit", str(self.kit(name)), *where, *flower],
+            ["-v", "site", "start", "--kit", str(self.kit(name)), *where, *flower, *(extra or [])],
         )
 
     def run_cli(

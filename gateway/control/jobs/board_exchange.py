@@ -65,6 +65,7 @@ class BoardExchange:
             seen=dict(self._sites.online),
             reports=self._sites.reported,
             node_keys=dict(self._sites.node_keys),
+            statuses=dict(self._sites.statuses),
         )
 
     async def _share_forever(self) -> None:

@@ -91,6 +91,8 @@ class JobManager:
         self._closing = False
         self._unpacking = asyncio.Semaphore(UNPACKS_AT_ONCE)
         self.on_event: Callable[[str, str], None] = lambda job_id, text: None
+        self.fleet_calls: Callable[[str], int] = lambda job_id: 0
+        """The Fleet calls the relay answered for a job (the relay sets it)."""
         self._sites = SiteTasks(
             store=self.store,
             install=install,
@@ -125,6 +127,14 @@ class JobManager:
         self._scheduler = asyncio.create_task(self._schedule_forever(), name="job-scheduler")
         if self._exchange is not None:
             self._exchange.start()
+
+    def superlinks_running(self) -> int:
+        return self._runner.superlinks_running()
+
+    def _summary(self, record: JobRecord) -> JobInfo:
+        info = job_info(record)
+        info.fleet_calls = self.fleet_calls(record.job_id)
+        return info
 
     async def aclose(self) -> None:
         self._closing = True
@@ -191,7 +201,7 @@ class JobManager:
 
     def job_list(self) -> list[JobInfo]:
         """This relay's jobs and, with a board, the other relays' jobs."""
-        mine = [job_info(r) for r in self.store.list()]
+        mine = [self._summary(r) for r in self.store.list()]
         known = {j.job_id for j in mine}
         return mine + [j for j in self._sites.others.jobs() if j.job_id not in known]
 
@@ -199,7 +209,7 @@ class JobManager:
         """A job's summary, from its record here or from the relay that owns it."""
         record = self.store.get(job_id)
         if record is not None:
-            return job_info(record)
+            return self._summary(record)
         shared = self._sites.others.job(job_id)
         if shared is None:
             raise UnknownJobError(f"no job {job_id!r}; `flgate job list` shows the jobs")

@@ -22,14 +22,14 @@ def value(name: str, **labels: str) -> float:
 
 def test_a_site_call_is_counted_by_job_site_method_and_status_with_its_bytes() -> None:
     before = value(
-        "flgate_site_fleet_calls_total", job="j-a", site="s", method="PullMessages", status="200"
+        "flgate_site_fleet_calls_total", job_id="j-a", site="s", method="PullMessages", status="200"
     )
     metrics.site_call("j-a", "s", "PullMessages", 200, 0.004, sent=10, received=25)
     metrics.site_call("j-a", "s", "PullMessages", 200, 0.006, sent=5, received=0)
-    labels = {"job": "j-a", "site": "s", "method": "PullMessages", "status": "200"}
+    labels = {"job_id": "j-a", "site": "s", "method": "PullMessages", "status": "200"}
     assert value("flgate_site_fleet_calls_total", **labels) == before + 2
-    assert value("flgate_site_sent_bytes_total", job="j-a", site="s") == 15
-    assert value("flgate_site_received_bytes_total", job="j-a", site="s") == 25
+    assert value("flgate_site_sent_bytes_total", job_id="j-a", site="s") == 15
+    assert value("flgate_site_received_bytes_total", job_id="j-a", site="s") == 25
     assert value("flgate_site_fleet_call_seconds_bucket", method="PullMessages", le="0.005") >= 1
 
 
@@ -40,20 +40,12 @@ def test_method_labels_are_capped_and_the_rest_count_as_other(
     monkeypatch.setattr(metrics, "MAX_METHODS", 1)
     metrics.relay_call("j-cap", "s", "Known", 200, 1, 1)
     metrics.relay_call("j-cap", "s", "MadeUp", 200, 1, 1)
-    assert (
-        value("flgate_relay_fleet_calls_total", job="j-cap", site="s", method="Known", status="200")
-        == 1
-    )
-    assert (
-        value("flgate_relay_fleet_calls_total", job="j-cap", site="s", method="other", status="200")
-        == 1
-    )
-    assert (
-        value(
-            "flgate_relay_fleet_calls_total", job="j-cap", site="s", method="MadeUp", status="200"
-        )
-        == 0
-    )
+
+    def calls(method: str) -> float:
+        labels = {"job_id": "j-cap", "site": "s", "method": method, "status": "200"}
+        return value("flgate_relay_fleet_calls_total", **labels)
+
+    assert (calls("Known"), calls("other"), calls("MadeUp")) == (1, 1, 0)
 
 
 def test_a_jobs_series_go_once_enough_newer_jobs_ended() -> None:
@@ -62,12 +54,12 @@ def test_a_jobs_series_go_once_enough_newer_jobs_ended() -> None:
     for n in range(metrics.KEEP_ENDED_JOBS - 1):
         metrics.relay_call(f"j-new-{n}", "s", "GetRun", 200, 1, 1)
         metrics.job_ended(f"j-new-{n}")
-    assert value("flgate_relay_received_bytes_total", job="j-old", site="s") == 3  # still kept
+    assert value("flgate_relay_received_bytes_total", job_id="j-old", site="s") == 3  # still kept
     metrics.relay_call("j-last", "s", "GetRun", 200, 1, 1)
     metrics.job_ended("j-last")
     text = generate_latest(metrics.REGISTRY).decode()
-    assert 'job="j-old"' not in text
-    assert 'job="j-last"' in text
+    assert 'job_id="j-old"' not in text
+    assert 'job_id="j-last"' in text
 
 
 def test_a_job_that_never_recorded_is_not_remembered_as_ended() -> None:

@@ -342,14 +342,14 @@ async def test_the_relay_counts_calls_retries_dedup_answers_and_refusals(
     path: Path_, federation: FederationKits
 ) -> None:
     metrics.enable()
-    calls = {"job": "job-a", "site": "site-1", "method": "PushMessages", "status": "200"}
+    calls = {"job_id": "job-a", "site": "site-1", "method": "PushMessages", "status": "200"}
     before = {
         "calls": _sample("flgate_relay_fleet_calls_total", **calls),
-        "retries": _sample("flgate_relay_retries_total", job="job-a", site="site-1"),
+        "retries": _sample("flgate_relay_retries_total", job_id="job-a", site="site-1"),
         "cached": _sample("flgate_relay_dedup_answers_total", kind="cached"),
         "superlink": _sample("flgate_relay_superlink_call_seconds_count", method="PushMessages"),
         "not_in_job": _sample("flgate_relay_refusals_total", reason="not_in_job"),
-        "received": _sample("flgate_relay_received_bytes_total", job="job-a", site="site-1"),
+        "received": _sample("flgate_relay_received_bytes_total", job_id="job-a", site="site-1"),
     }
     client = connect(path.relay_url, tls=federation.sites["site-1"])
     outsider = connect(path.relay_url, tls=federation.sites["site-3"])
@@ -368,7 +368,8 @@ async def test_the_relay_counts_calls_retries_dedup_answers_and_refusals(
     assert _sample("flgate_relay_fleet_calls_total", **calls) == before["calls"] + 2
     assert path.relay.dispatcher.stats.answered["job-a"] == 2
     assert (
-        _sample("flgate_relay_retries_total", job="job-a", site="site-1") == before["retries"] + 1
+        _sample("flgate_relay_retries_total", job_id="job-a", site="site-1")
+        == before["retries"] + 1
     )
     assert _sample("flgate_relay_dedup_answers_total", kind="cached") == before["cached"] + 1
     assert (
@@ -377,6 +378,6 @@ async def test_the_relay_counts_calls_retries_dedup_answers_and_refusals(
     )
     assert _sample("flgate_relay_refusals_total", reason="not_in_job") == before["not_in_job"] + 1
     assert (
-        _sample("flgate_relay_received_bytes_total", job="job-a", site="site-1")
+        _sample("flgate_relay_received_bytes_total", job_id="job-a", site="site-1")
         == before["received"] + 2  # the body b"x", twice
     )
