@@ -60,6 +60,9 @@ from .client import control_call
 log = logging.getLogger(__name__)
 
 POLL_WAIT_SECONDS = 20.0
+CONTACT_SECONDS = 60.0
+"""A site that polled its relay this recently counts as connected (the relay counts a
+site online the same way: ``site_tasks.SITE_ONLINE_SECONDS``)."""
 SLOT_FILE = "slot.json"
 RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)
 
@@ -141,6 +144,9 @@ class SiteAgent:
         """The last poll's round trip, reported on the next poll."""
         self._jobs: dict[str, _JobSlot] = {}
         self.connected = asyncio.Event()
+        """Set while the last poll of the relay succeeded."""
+        self.last_contact: float | None = None
+        """When (monotonic) a poll of the relay last succeeded."""
 
     @property
     def jobs(self) -> dict[str, _JobSlot]:
@@ -207,17 +213,14 @@ class SiteAgent:
                         extra={"site": self.name, "error": str(exc), "retry_in": delay},
                     )
                     self.connected.clear()
-                    metrics.site_link(self._transport, connected=False)
                     await asyncio.sleep(delay)
                     continue
                 failures = 0
                 self._rtt_ms = round_trip_ms(time.monotonic() - started, response)
                 self.connected.set()
-                metrics.site_link(
-                    self._transport,
-                    connected=True,
-                    round_trip=None if self._rtt_ms is None else self._rtt_ms / 1000,
-                )
+                self.last_contact = time.monotonic()
+                if self._rtt_ms is not None:
+                    metrics.site_round_trip(self._rtt_ms / 1000)
                 await self._reconcile(response.desired)
                 self._check_supernodes()
                 await self._ship_logs()
@@ -310,6 +313,16 @@ class SiteAgent:
                     slot.supernode.check_alive()
                 except ProcessError as exc:
                     slot.state, slot.detail = "failed", str(exc)
+
+    @property
+    def transport(self) -> str:
+        """The scheme of the relay URL this agent dials."""
+        return self._transport
+
+    def in_contact(self, within: float = CONTACT_SECONDS) -> bool:
+        """Whether a poll of the relay succeeded in the last ``within`` seconds: one
+        failed poll (a cut connection, retried) does not make the site unready."""
+        return self.last_contact is not None and time.monotonic() - self.last_contact < within
 
     def supernodes_running(self) -> int:
         """The jobs' SuperNode processes that are alive now."""

@@ -60,10 +60,13 @@ def observe_site(agent: SiteAgent, *, flower: str) -> None:
     """Read the site agent's state at each scrape; ``flower``: its SuperNodes' release."""
     metrics.build_info(__version__, flower)
     metrics.observe(metrics.SUPERNODES, lambda: [((), agent.supernodes_running())])
+    metrics.observe(
+        metrics.SITE_CONNECTED, lambda: [((agent.transport,), 1 if agent.in_contact() else 0)]
+    )
 
 
 def site_not_ready(agent: SiteAgent) -> str | None:
     """Why the site cannot take work now (``/readyz``), or ``None``."""
-    if not agent.connected.is_set():
-        return "not connected to the relay"
+    if not agent.in_contact():
+        return "no poll of the relay has succeeded in the last minute"
     return None

@@ -159,12 +159,6 @@ RELAY_SENT = Counter(
 
 # --- the site's link ----------------------------------------------------------------
 
-SITE_CONNECTED = Gauge(
-    "flgate_site_connected",
-    "1 while the site agent's last poll of the relay succeeded, else 0.",
-    ["transport"],
-    registry=REGISTRY,
-)
 SITE_ROUND_TRIP = Gauge(
     "flgate_site_relay_round_trip_seconds",
     "The site agent's last measured round trip to the relay (its poll less the relay's hold).",
@@ -216,6 +210,11 @@ IN_FLIGHT = StateMetric("flgate_relay_calls_in_flight", "Calls the relay is hand
 SUPERLINKS = StateMetric(
     "flgate_relay_superlinks_running", "SuperLink processes the relay runs for its jobs."
 )
+SITE_CONNECTED = StateMetric(
+    "flgate_site_connected",
+    "1 while the site agent has polled its relay within the last minute, else 0.",
+    ("transport",),
+)
 SUPERNODES = StateMetric(
     "flgate_site_supernodes_running", "SuperNode processes the site agent runs for its jobs."
 )
@@ -230,6 +229,7 @@ STATE_METRICS = (
     CONNECTIONS,
     IN_FLIGHT,
     SUPERLINKS,
+    SITE_CONNECTED,
     SUPERNODES,
     REDIS_PENDING,
 )
@@ -289,7 +289,6 @@ def metric_names() -> frozenset[str]:
         SITE_RECEIVED,
         RELAY_RECEIVED,
         RELAY_SENT,
-        SITE_CONNECTED,
         SITE_ROUND_TRIP,
         BUILD_INFO,
     ):
@@ -398,13 +397,10 @@ def oversized(transport: str) -> None:
         OVERSIZED.labels(transport).inc()
 
 
-def site_link(transport: str, *, connected: bool, round_trip: float | None = None) -> None:
-    """The site agent's last poll of the relay: whether it succeeded, its round trip."""
-    if not _on:
-        return
-    SITE_CONNECTED.labels(transport).set(1 if connected else 0)
-    if round_trip is not None:
-        SITE_ROUND_TRIP.set(round_trip)
+def site_round_trip(seconds: float) -> None:
+    """The round trip of the site agent's last poll of the relay."""
+    if _on:
+        SITE_ROUND_TRIP.set(seconds)
 
 
 def build_info(version: str, flower: str) -> None:
