@@ -14,6 +14,7 @@ from ..control.jobs.spec import parse_run_config
 from ..core import logs
 from ..core.exceptions import ConfigError, GatewayError
 from ..harness.demo import DemoOptions, default_job_dir, run_demo
+from ..observability.endpoint import RELAY_DEFAULT
 from ..transport import schemes
 from . import bench_cmd, compare_cmd, job_cmd, provision_cmd, serve_cmd
 from .common import (
@@ -25,7 +26,9 @@ from .common import (
     EXIT_USAGE,
     LOG_FORMAT_ENV,
     add_log_options,
+    add_metrics_options,
     log_format_from,
+    metrics_listen_from,
     run,
 )
 
@@ -41,6 +44,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         workdir=args.workdir,
         keep=args.keep,
         transport=args.transport,
+        metrics=metrics_listen_from(args, None, RELAY_DEFAULT),
     )
     outcome = run(run_demo(options))
     if outcome.ok:
@@ -97,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how sites reach the relay: " + ", ".join(schemes()) + " (default: grpcs)",
     )
     add_log_options(demo)
+    add_metrics_options(demo, RELAY_DEFAULT)
     demo.set_defaults(func=_cmd_demo)
     serve_cmd.add_commands(commands)
     compare_cmd.add_commands(commands)

@@ -18,6 +18,7 @@ from typing import TextIO
 from ..control.jobs.spec import JobSpec, RunConfigValue
 from ..core.exceptions import ConfigError
 from ..flower.install import FlowerInstall
+from ..observability.endpoint import MetricsEndpoint, MetricsListen
 from ..transport import schemes
 from .local_run import Progress, RunOutcome, run_app
 
@@ -43,6 +44,8 @@ class DemoOptions:
     workdir: Path | None = None
     keep: bool = False
     transport: str = "grpcs"
+    metrics: MetricsListen | None = None
+    """Serve the relay's and the sites' metrics here while the demo runs (one process)."""
 
 
 def _progress_printer(out: TextIO) -> Callable[[Progress], None]:
@@ -95,7 +98,15 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> RunOutcome
         flush=True,
     )
     outcome: RunOutcome | None = None
+    endpoint = MetricsEndpoint(options.metrics, lambda: None) if options.metrics else None
     try:
+        if endpoint is not None:
+            await endpoint.start()
+            print(
+                f"metrics of the relay and the sites on {endpoint.url} while the demo runs",
+                file=out,
+                flush=True,
+            )
         outcome = await run_app(
             spec,
             mode="gateway",
@@ -109,6 +120,8 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> RunOutcome
         print_outcome(outcome, out)
         return outcome
     finally:
+        if endpoint is not None:
+            await endpoint.aclose()
         if outcome is not None and outcome.ok and not options.keep and options.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
