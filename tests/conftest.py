@@ -4,6 +4,7 @@ and the check that no test leaves a process running."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 from collections.abc import Iterator
@@ -37,6 +38,21 @@ def pytest_configure(config: pytest.Config) -> None:
     Flower processes run in sessions of their own, so they would otherwise stay, orphaned,
     and compete with the next run for the machine."""
     signal.signal(signal.SIGTERM, _stop_everything_and_exit)
+
+
+@pytest.fixture
+def root_logger() -> Iterator[logging.Logger]:
+    """The root logger, with its handlers and level put back afterwards: code under test
+    that configures logging (``logs.configure``, ``main``) replaces them, pytest's own
+    capture handlers among them."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield root
+    added = [h for h in root.handlers if h not in handlers]
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for handler in added:
+        handler.close()
 
 
 @pytest.fixture(scope="session")

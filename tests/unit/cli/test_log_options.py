@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 
@@ -12,20 +11,6 @@ from gateway.cli import build_parser, main
 from gateway.core.logs import JsonFormatter, KeyValueFormatter
 
 LONG_RUNNING = (["demo"], ["bench"], ["compare", "jobs/quickstart-numpy"])
-
-
-@pytest.fixture
-def root_logger() -> Iterator[logging.Logger]:
-    """The root logger, with its handlers and level put back afterwards: ``main``
-    configures logging, which replaces them."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield root
-    added = [h for h in root.handlers if h not in handlers]
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for handler in added:
-        handler.close()
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,6 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +18,6 @@ from gateway.core.exceptions import ConfigError
 from gateway.core.logs import LOG_FORMATS, JsonFormatter, KeyValueFormatter
 
 NAME = "gateway.relay.dispatcher"
-
-
-@pytest.fixture
-def root_logger() -> Iterator[logging.Logger]:
-    """The root logger, with its handlers and level put back afterwards: ``configure``
-    replaces them, pytest's own capture handlers among them."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield root
-    added = [h for h in root.handlers if h not in handlers]
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for handler in added:
-        handler.close()
 
 
 def _record(extra: dict[str, Any] | None = None, level: int = logging.WARNING) -> logging.LogRecord:
