@@ -7,11 +7,16 @@ second count answers completed inside the window, after a warm-up; the p99 is
 over those answers. Failed calls are counted; the node then pauses before its
 next call, as a SuperNode backs off, so a failure does not turn into a storm
 of retries.
+
+What recording metrics costs the relay is read from windows of one transport
+with metrics on and off (:class:`MetricsCost`); :func:`counted_calls` reads the
+relay's own count of them from its ``/metrics`` text, to show it recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +36,10 @@ SIGNATURE_REUSE = 1.0
 """Seconds a node reuses one signed timestamp (see :class:`NodeKey`)."""
 _ERROR_PAUSE = 1.0
 """After a failed call a node waits, as a SuperNode's retry backs off (from 1 s)."""
+RELAY_CALLS = "flgate_relay_fleet_calls_total"
+"""The relay's count of the Fleet calls it answered, as Prometheus scrapes it."""
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+_ESCAPED = re.compile(r"\\(.)")
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,41 @@ class Capacity:
     @property
     def calls_per_second(self) -> float:
         return self.calls / self.seconds
+
+
+def cpu_per_call(windows: Sequence[Capacity], role: str) -> float:
+    """Seconds of ``role``'s CPU per answered call, over ``windows`` taken together."""
+    return sum(w.cpu_seconds[role] for w in windows) / max(1, sum(w.calls for w in windows))
+
+
+@dataclass(frozen=True)
+class MetricsCost:
+    """One transport's constant-answer windows with the relay's metrics on and off."""
+
+    scheme: str
+    on: list[Capacity]
+    off: list[Capacity]
+    counted: float
+    """The calls the metrics-on relay's ``/metrics`` counted for the stub job, scraped
+    after its last window: at least the calls answered inside its windows."""
+
+
+def _unescape(raw: str) -> str:
+    """A label value as written: Prometheus escapes a backslash, a quote and a newline."""
+    return _ESCAPED.sub(lambda m: "\n" if m[1] == "n" else m[1], raw)
+
+
+def counted_calls(exposition: str, metric: str, **labels: str) -> float:
+    """The sum of ``metric``'s samples whose labels include ``labels`` (Prometheus text)."""
+    total = 0.0
+    for line in exposition.splitlines():
+        if not line.startswith(metric + "{"):
+            continue
+        head, _, value = line.rpartition("} ")
+        found = {name: _unescape(raw) for name, raw in _LABEL.findall(head)}
+        if all(found.get(name) == wanted for name, wanted in labels.items()):
+            total += float(value.split()[0])
+    return total
 
 
 async def join_nodes(client: FleetClient, endpoint: Endpoint, count: int) -> list[SyntheticNode]:

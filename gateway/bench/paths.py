@@ -6,6 +6,11 @@ dedup store, as ``flgate relay start`` has it) and its LGC to the SuperLink.
 Relay and site run as processes of their own so that their CPU and memory are
 their own; the certificates come from a throw-away CA. ``rediss://`` also
 needs a Redis server: a throw-away ``redis-server`` with TLS on a free port.
+
+Relays and sites record Prometheus metrics, as ``flgate relay start`` and
+``flgate site start`` do by default. One more pair, for the first transport
+only, runs with metrics off (``--metrics-listen off``): the capacity step
+loads both to measure what recording costs the relay.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from .fleet_client import Endpoint
 JOB_ID = "bench"
 STUB_JOB_ID = "bench-stub"
 SITE = "bench-site"
+METRICS_OFF = "metrics off"
 REDIS_SCHEMES = ("redis", "rediss")
 _READY_TIMEOUT = 60.0
 
@@ -48,6 +54,18 @@ class GatewayPath:
     """The LGS of the job routed to the constant-answer stub."""
     relay: ManagedProcess
     site: ManagedProcess
+    relay_metrics: str | None = None
+    """The relay's ``/metrics`` URL; ``None`` when the pair runs with metrics off."""
+
+    @property
+    def name(self) -> str:
+        """The scheme, or ``grpcs, metrics off`` for the pair without metrics."""
+        return self.scheme if self.relay_metrics is not None else variant(self.scheme)
+
+
+def variant(scheme: str) -> str:
+    """The name of the metrics-off pair of ``scheme`` (its endpoints' and figures' key)."""
+    return f"{scheme}, {METRICS_OFF}"
 
 
 def is_secure(scheme: str, known: Sequence[str]) -> bool:
@@ -136,8 +154,11 @@ class Paths:
     """Everything the steps dial."""
 
     gateways: list[GatewayPath]
+    """One per transport, metrics on."""
     stub: Endpoint
     """The constant-answer Fleet endpoint, called directly."""
+    metrics_off: GatewayPath | None = None
+    """The first transport once more, with metrics off."""
 
 
 @contextlib.asynccontextmanager
@@ -149,7 +170,8 @@ async def gateway_paths(
     notify: Callable[[str], None],
     profile_dir: Path | None = None,
 ) -> AsyncIterator[Paths]:
-    """Start a relay and a site-gateway process per transport; stop them all at the end.
+    """Start a relay and a site-gateway process per transport, and the metrics-off
+    pair of the first; stop them all at the end.
 
     Each relay routes two jobs, the bench's SuperLink (``bench``) and the
     constant-answer stub (``bench-stub``); each site opens an LGS for both.
@@ -165,57 +187,75 @@ async def gateway_paths(
         stub = _worker("stub", ["stub", "--ready", str(workdir / "stub.ready")], workdir)
         started.append(stub)
         stub_address = str((await _wait_ready(stub, workdir / "stub.ready"))["address"])
-        redis_urls: dict[str, str] = {}
-        for scheme in transports:
+        # (scheme, metrics on): every transport, then the first one without metrics.
+        pairs = [(scheme, True) for scheme in transports] + [(s, False) for s in transports[:1]]
+
+        def directory_of(scheme: str, metrics: bool) -> Path:
+            return workdir / (scheme if metrics else f"{scheme}-metrics-off")
+
+        redis_urls: dict[Path, str] = {}
+        for scheme, metrics in pairs:
             if scheme in REDIS_SCHEMES:
+                # A Redis of its own for each pair: both pairs' sites have one name.
+                directory = directory_of(scheme, metrics)
                 server = await asyncio.to_thread(
                     start_redis,
-                    workdir / scheme / "redis",
+                    directory / "redis",
                     tls=pki.redis if scheme == "rediss" else None,
                 )
                 redis_servers.append(server)
-                redis_urls[scheme] = server.url
+                redis_urls[directory] = server.url
 
-        async def start(scheme: str) -> GatewayPath:
-            directory = workdir / scheme
-            listen = redis_urls.get(scheme, f"{scheme}://127.0.0.1:0")
+        async def start(scheme: str, metrics: bool) -> GatewayPath:
+            directory = directory_of(scheme, metrics)
+            suffix = directory.name
+            on = ["--metrics"] if metrics else []
+            listen = redis_urls.get(directory, f"{scheme}://127.0.0.1:0")
             relay = _worker(
-                f"relay-{scheme}",
+                f"relay-{suffix}",
                 [
                     "relay", *_tls_args(pki.relay), "--listen", listen,
                     "--workspace", str(directory / "relay"), "--site", SITE,
                     "--route", f"{JOB_ID}={superlink_fleet}",
-                    "--route", f"{STUB_JOB_ID}={stub_address}",
-                    "--ready", str(directory / "relay.ready"), *profile(f"relay-{scheme}"),
+                    "--route", f"{STUB_JOB_ID}={stub_address}", *on,
+                    "--ready", str(directory / "relay.ready"), *profile(f"relay-{suffix}"),
                 ],
                 directory,
             )  # fmt: skip
             started.append(relay)
             ready = await _wait_ready(relay, directory / "relay.ready")
-            relay_url = redis_urls.get(scheme, f"{scheme}://localhost:{ready['port']}")
+            relay_url = redis_urls.get(directory, f"{scheme}://localhost:{ready['port']}")
             site = _worker(
-                f"site-{scheme}",
+                f"site-{suffix}",
                 [
                     "site", *_tls_args(pki.site), "--relay", relay_url, "--name", SITE,
-                    "--job", JOB_ID, "--job", STUB_JOB_ID,
-                    "--ready", str(directory / "site.ready"), *profile(f"site-{scheme}"),
+                    "--job", JOB_ID, "--job", STUB_JOB_ID, *on,
+                    "--ready", str(directory / "site.ready"), *profile(f"site-{suffix}"),
                 ],
                 directory,
             )  # fmt: skip
             started.append(site)
             lgs = (await _wait_ready(site, directory / "site.ready"))["lgs"]
             assert isinstance(lgs, dict)
-            notify(f"gateway over {scheme}: relay pid {relay.pid}, site pid {site.pid}")
+            name = scheme if metrics else variant(scheme)
+            notify(f"gateway over {name}: relay pid {relay.pid}, site pid {site.pid}")
             return GatewayPath(
                 scheme,
-                Endpoint(scheme, str(lgs[JOB_ID])),
-                Endpoint(scheme, str(lgs[STUB_JOB_ID])),
+                Endpoint(name, str(lgs[JOB_ID])),
+                Endpoint(name, str(lgs[STUB_JOB_ID])),
                 relay,
                 site,
+                relay_metrics=(
+                    f"http://127.0.0.1:{ready['metrics_port']}/metrics" if metrics else None
+                ),
             )
 
-        gateways = await asyncio.gather(*(start(scheme) for scheme in transports))
-        yield Paths(gateways=list(gateways), stub=Endpoint("direct", stub_address))
+        started_paths = await asyncio.gather(*(start(*pair) for pair in pairs))
+        yield Paths(
+            gateways=[p for p in started_paths if p.relay_metrics is not None],
+            stub=Endpoint("direct", stub_address),
+            metrics_off=next((p for p in started_paths if p.relay_metrics is None), None),
+        )
     finally:
         # Sites first, then relays, then Redis: nobody retries against a vanished peer.
         for process in reversed(started):

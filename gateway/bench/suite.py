@@ -1,9 +1,10 @@
 """The whole bench: each step in turn, direct and gateway alternating, into one report.
 
 Latency, capacity, objects and memory share one SuperLink, the bench's Flower
-run, and one relay and one site-gateway process per transport. The whole runs
-come last with processes of their own, once those are stopped: one after
-another in the full bench, all at once with ``--quick``. Each step hands what
+run, and one relay and one site-gateway process per transport (the first
+transport's twice, metrics on and off, compared in the capacity step). The
+whole runs come last with processes of their own, once those are stopped: one
+after another in the full bench, all at once with ``--quick``. Each step hands what
 it measured to :mod:`.targets`, which adds the step's rows and their goals; the
 report lists them in the brief's order: latency, objects, whole run, capacity,
 memory.
@@ -22,19 +23,29 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from ..core.exceptions import ConfigError
+import aiohttp
+
+from ..core.exceptions import ConfigError, GatewayError
 from ..flower.flwr_cli import flwr_run, write_flwr_home
 from ..flower.install import FlowerInstall
 from ..flower.launch import launch_superlink
 from ..proto.envelope_pb2 import DIALECT_HTTP
 from . import proc
-from .capacity import Capacity, join_nodes, measure_capacity
+from .capacity import (
+    RELAY_CALLS,
+    Capacity,
+    MetricsCost,
+    counted_calls,
+    cpu_per_call,
+    join_nodes,
+    measure_capacity,
+)
 from .fleet_client import Endpoint, FleetCallError, FleetClient, SyntheticNode, fleet_client
 from .flower_app import CHUNK_BYTES, Control, write_app
 from .latency import measure_latency
 from .memory import stream_model
 from .objects import Exchange, exchange
-from .paths import GatewayPath, Paths, gateway_paths
+from .paths import STUB_JOB_ID, GatewayPath, Paths, gateway_paths
 from .report import BenchReport
 from .stats import MB, ms
 from .targets import (
@@ -51,6 +62,7 @@ OBJECT_CONCURRENCY = (1, 8)
 MEMORY_CONCURRENCY = 2
 """Flower pushes and pulls two objects at a time."""
 HEARTBEAT_EVERY = 10.0
+SCRAPE_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -184,6 +196,64 @@ async def _bench_run(
                 await run  # its outcome is no figure; a failure showed in the exchanges
 
 
+def _first_of_each(windows: Sequence[Capacity]) -> dict[str, Capacity]:
+    """The first window of each path, by path name."""
+    out: dict[str, Capacity] = {}
+    for window in windows:
+        out.setdefault(window.path, window)
+    return out
+
+
+def _stub_targets(paths: Paths) -> list[tuple[Endpoint, GatewayPath | None]]:
+    """The constant-answer windows: direct, then each transport; the one with a
+    metrics-off pair as on, off, off, on, so a drift of the machine's speed weighs
+    on both alike."""
+    targets: list[tuple[Endpoint, GatewayPath | None]] = [(paths.stub, None)]
+    off = paths.metrics_off
+    for gateway in paths.gateways:
+        targets.append((gateway.stub_endpoint, gateway))
+        if off is not None and off.scheme == gateway.scheme:
+            targets += [(off.stub_endpoint, off), (off.stub_endpoint, off)]
+            targets.append((gateway.stub_endpoint, gateway))
+    return targets
+
+
+async def _metrics_cost(paths: Paths, windows: Sequence[Capacity]) -> MetricsCost:
+    """The metrics-on and -off windows of one transport, once its relay's ``/metrics``
+    shows it recorded every call answered in them (else the comparison means nothing)."""
+    off = paths.metrics_off
+    assert off is not None
+    on = next(g for g in paths.gateways if g.scheme == off.scheme)
+    assert on.relay_metrics is not None
+    cost = MetricsCost(
+        scheme=on.scheme,
+        on=[w for w in windows if w.path == on.stub_endpoint.name],
+        off=[w for w in windows if w.path == off.stub_endpoint.name],
+        counted=counted_calls(await _scrape(on.relay_metrics), RELAY_CALLS, job_id=STUB_JOB_ID),
+    )
+    answered = sum(w.calls for w in cost.on)
+    if cost.counted < answered:
+        raise GatewayError(
+            f"the {on.scheme} relay's metrics at {on.relay_metrics} count "
+            f"{cost.counted:.0f} {RELAY_CALLS}{{job_id={STUB_JOB_ID!r}}}, fewer than the "
+            f"{answered} calls it answered while measured: its metrics were not recorded"
+        )
+    return cost
+
+
+async def _scrape(url: str) -> str:
+    """The text of a ``/metrics`` page, as Prometheus scrapes it."""
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT)) as session,
+            session.get(url) as response,
+        ):
+            response.raise_for_status()
+            return await response.text()
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        raise GatewayError(f"cannot scrape the relay's metrics at {url}: {exc!r}") from exc
+
+
 class _Bench:
     def __init__(
         self, options: BenchOptions, plan: Plan, report: BenchReport, notify: Callable[[str], None]
@@ -240,28 +310,47 @@ class _Bench:
         # They stay registered: the ServerApp sends only to nodes it is told about, and
         # the SuperLink is thrown away at the end.
         nodes = await join_nodes(client, direct, plan.capacity_nodes)
-        real = await self._load(
-            client,
-            nodes,
-            [(direct, None), *((g.endpoint, g) for g in paths.gateways)],
-            plan.capacity_seconds,
-            plan.capacity_warmup,
-            "SuperLink",
+        real = _first_of_each(
+            await self._load(
+                client,
+                nodes,
+                [(direct, None), *((g.endpoint, g) for g in paths.gateways)],
+                plan.capacity_seconds,
+                plan.capacity_warmup,
+                "SuperLink",
+            )
         )
-        stub = await self._load(
+        windows = await self._load(
             client,
             nodes,
-            [(paths.stub, None), *((g.stub_endpoint, g) for g in paths.gateways)],
+            _stub_targets(paths),
             plan.stub_seconds,
             plan.stub_warmup,
             "constant answers",
         )
+        stub = _first_of_each(windows)
+        metrics = None
+        if paths.metrics_off is not None:
+            metrics = await _metrics_cost(paths, windows)
+            self.notify(
+                f"metrics cost over {metrics.scheme}: relay "
+                f"{cpu_per_call(metrics.on, 'relay') * 1e6:.0f} us per call on, "
+                f"{cpu_per_call(metrics.off, 'relay') * 1e6:.0f} us off; "
+                f"its /metrics counted {metrics.counted:.0f} calls"
+            )
+            self.report.details["capacity.metrics_cost"] = {
+                "scheme": metrics.scheme,
+                "on": [vars(w) for w in metrics.on],
+                "off": [vars(w) for w in metrics.off],
+                "relay_calls_counted": metrics.counted,
+            }
         capacity_rows(
             self.report,
             real,
             stub,
             nodes=plan.capacity_nodes,
             schemes=[g.scheme for g in paths.gateways],
+            metrics=metrics,
         )
         for key, results in (("capacity", real), ("capacity.relay_only", stub)):
             self.report.details[key] = {name: vars(r) for name, r in results.items()}
@@ -274,9 +363,9 @@ class _Bench:
         seconds: float,
         warmup: float,
         behind: str,
-    ) -> dict[str, Capacity]:
-        """One load window per target; with a gateway, also its processes' CPU time."""
-        results = {}
+    ) -> list[Capacity]:
+        """One load window per target, in order; with a gateway, also its processes' CPU."""
+        results = []
         for endpoint, gateway in targets:
             pids = {} if gateway is None else {"relay": gateway.relay.pid, "site": gateway.site.pid}
 
@@ -290,7 +379,7 @@ class _Bench:
                 f"capacity over {endpoint.name} ({behind}): {result.calls_per_second:.0f} "
                 f"calls/s, p99 {ms(result.p99):.0f} ms, {result.errors} errors"
             )
-            results[endpoint.name] = result
+            results.append(result)
         return results
 
     # --- step 2 ------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from statistics import median
 
-from .capacity import Capacity
+from .capacity import Capacity, MetricsCost, cpu_per_call
 from .latency import LatencySamples
 from .objects import Exchange
 from .report import BenchReport, Figure, Target
@@ -32,6 +32,8 @@ LATENCY_P50 = Target("added_max", 1.0, "added <= 1 ms")
 OBJECT_RATE = Target("ratio_min", 0.9, ">= 0.9x direct")
 RUN_TIME = Target("ratio_max", 1.05, "<= 1.05x direct")
 CAPACITY_RATE = Target("gateway_min", 3000, ">= 3000/s")
+METRICS_COST = Target("ratio_max", 1.05, "<= 1.05x off")
+"""Recording metrics may cost the relay at most 5 % more CPU per call."""
 RELAY_MEMORY = Target("gateway_max", 250, "<= 250 MB")
 
 
@@ -60,8 +62,10 @@ def capacity_rows(
     *,
     nodes: int,
     schemes: Sequence[str],
+    metrics: MetricsCost | None = None,
 ) -> None:
-    """Calls/s and p99 behind the real SuperLink and the stub; the gateway's CPU per call."""
+    """Calls/s and p99 behind the real SuperLink and the stub; the gateway's CPU per call,
+    and with ``metrics`` the relay's with metrics on against off."""
     for key, results, label in (
         ("capacity", real, f"{nodes} nodes, real SuperLink"),
         ("capacity.relay_only", stub, f"{nodes} nodes, constant answers"),
@@ -87,9 +91,35 @@ def capacity_rows(
             "us",
         )
         for scheme in schemes:
-            result = stub[scheme]
-            per_call = result.cpu_seconds[role] / max(1, result.calls)
-            row.figures[scheme] = Figure(None, per_call * 1e6)
+            row.figures[scheme] = Figure(None, cpu_per_call([stub[scheme]], role) * 1e6)
+    if metrics is not None:
+        metrics_cost_row(report, metrics, stub, schemes=schemes)
+
+
+def metrics_cost_row(
+    report: BenchReport,
+    metrics: MetricsCost,
+    stub: Mapping[str, Capacity],
+    *,
+    schemes: Sequence[str],
+) -> None:
+    """The relay's CPU per call with metrics off (the "direct" column) and on, over all
+    windows of each; the other transports show only their metrics-on figure."""
+    row = report.row(
+        "capacity.metrics_cost.relay_cpu_per_call",
+        CAPACITY,
+        "relay CPU per call, constant answers, metrics on vs off",
+        "us",
+        target=METRICS_COST,
+        note=f"direct = metrics off, {metrics.scheme} only",
+    )
+    for scheme in schemes:
+        if scheme == metrics.scheme:
+            off = cpu_per_call(metrics.off, "relay")
+            on = cpu_per_call(metrics.on, "relay")
+            row.figures[scheme] = Figure(off * 1e6, on * 1e6)
+        else:
+            row.figures[scheme] = Figure(None, cpu_per_call([stub[scheme]], "relay") * 1e6)
 
 
 def object_rows(

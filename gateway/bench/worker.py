@@ -6,6 +6,11 @@ routes; ``... site ...`` runs a site gateway with one LGS per job; ``... stub``
 answers every Fleet call at once with an empty success (the relay-only ceiling
 of the capacity step: the same path, with the SuperLink's own cost taken out).
 Each writes a JSON ready file once it serves and runs until SIGTERM.
+
+With ``--metrics`` a relay or site serves its Prometheus metrics on a free
+loopback port (``metrics_port`` in the ready file) and records them, as
+``flgate relay start`` and ``flgate site start`` do by default; without it
+nothing is recorded, as with ``--metrics-listen off``.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
 
 from ..core import fleet, logs
 from ..core.config import TLSConfig
+from ..observability.endpoint import MetricsEndpoint, MetricsListen
 from ..proto.bench_fleet_pb2 import PullObjectResponse, PushObjectResponse
 from ..proto.envelope_pb2 import DIALECT_HTTP
 from ..relay.server import Relay
@@ -47,6 +54,20 @@ def _write_ready(path: Path, payload: dict[str, object]) -> None:
     os.replace(temporary, path)
 
 
+@contextlib.asynccontextmanager
+async def _metrics(on: bool) -> AsyncIterator[dict[str, object]]:
+    """With ``on``, serve /metrics (which starts recording); the ready file's entries."""
+    if not on:
+        yield {}
+        return
+    endpoint = MetricsEndpoint(MetricsListen("127.0.0.1", 0), lambda: None)
+    await endpoint.start()
+    try:
+        yield {"metrics_port": endpoint.port}
+    finally:
+        await endpoint.aclose()
+
+
 async def _until_terminated() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -62,30 +83,32 @@ async def _relay(args: argparse.Namespace) -> None:
         tls=_tls(args),
         dedup_store=SqliteDedupStore(args.workspace / "dedup.db"),
     )
-    await relay.start()
-    try:
-        for route in args.route:
-            job, _, superlink = route.partition("=")
-            relay.add_job(
-                job, sites=frozenset([args.site]), dialect=DIALECT_HTTP, superlink=superlink
-            )
-        _write_ready(args.ready, {"port": relay.port})
-        await _until_terminated()
-    finally:
-        await relay.aclose()
+    async with _metrics(args.metrics) as ready:
+        await relay.start()
+        try:
+            for route in args.route:
+                job, _, superlink = route.partition("=")
+                relay.add_job(
+                    job, sites=frozenset([args.site]), dialect=DIALECT_HTTP, superlink=superlink
+                )
+            _write_ready(args.ready, {"port": relay.port, **ready})
+            await _until_terminated()
+        finally:
+            await relay.aclose()
 
 
 async def _site(args: argparse.Namespace) -> None:
-    gateway = SiteGateway(name=args.name, relay_url=args.relay, tls=_tls(args))
-    try:
-        addresses = {}
-        for job in args.job:
-            lgs = await gateway.open_job(job, DIALECT_HTTP)
-            addresses[job] = lgs.address
-        _write_ready(args.ready, {"lgs": addresses})
-        await _until_terminated()
-    finally:
-        await gateway.aclose()
+    async with _metrics(args.metrics) as ready:
+        gateway = SiteGateway(name=args.name, relay_url=args.relay, tls=_tls(args))
+        try:
+            addresses = {}
+            for job in args.job:
+                lgs = await gateway.open_job(job, DIALECT_HTTP)
+                addresses[job] = lgs.address
+            _write_ready(args.ready, {"lgs": addresses, **ready})
+            await _until_terminated()
+        finally:
+            await gateway.aclose()
 
 
 def _stub_answers() -> dict[str, bytes]:
@@ -134,6 +157,11 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--ca", type=Path, required=True)
             p.add_argument("--cert", type=Path, required=True)
             p.add_argument("--key", type=Path, required=True)
+            p.add_argument(
+                "--metrics",
+                action="store_true",
+                help="serve and record Prometheus metrics (port in the ready file)",
+            )
     relay = sub.choices["relay"]
     relay.add_argument("--listen", required=True)
     relay.add_argument("--workspace", type=Path, required=True)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from gateway.bench.capacity import RELAY_CALLS, Capacity, MetricsCost, counted_calls
 from gateway.bench.flower_app import CHUNK_BYTES, Control, write_app
 from gateway.bench.latency import LatencySamples
 from gateway.bench.paths import default_schemes, is_secure
@@ -31,7 +32,14 @@ from gateway.bench.report import (
     write_json,
 )
 from gateway.bench.stats import percentile, ratio
-from gateway.bench.targets import LATENCY_P50, in_brief_order, latency_rows, memory_rows
+from gateway.bench.targets import (
+    LATENCY_P50,
+    METRICS_COST,
+    capacity_rows,
+    in_brief_order,
+    latency_rows,
+    memory_rows,
+)
 from gateway.bench.wire import (
     NodeKey,
     ObjectFormatError,
@@ -325,3 +333,118 @@ def test_json_has_null_where_a_figure_could_not_be_taken(tmp_path: Path) -> None
     assert payload["details"]["capacity"]["rediss"] == {"calls": 0, "p99": None}
     assert "memory.relay_peak_rss/tcps" in report.missing()
     assert "latency.heartbeat.p50/tcps" in report.missing()
+
+
+# --- what metrics cost the relay ----------------------------------------------------
+
+
+def _window(path: str, calls: int, relay_cpu: float, site_cpu: float = 0.5) -> Capacity:
+    return Capacity(
+        path=path,
+        nodes=50,
+        seconds=1.0,
+        calls=calls,
+        errors=0,
+        p50=0.004,
+        p99=0.02,
+        cpu_seconds={"relay": relay_cpu, "site": site_cpu},
+    )
+
+
+def _capacity_report(on: list[Capacity], off: list[Capacity]) -> BenchReport:
+    report = BenchReport(quick=True, flower_version="1.41.0", transports=["grpcs", "tcps"])
+    windows = {"direct": _window("direct", 20_000, 0.0), "grpcs": on[0]}
+    windows["tcps"] = _window("tcps", 2000, 0.2)
+    capacity_rows(
+        report,
+        windows,
+        windows,
+        nodes=50,
+        schemes=["grpcs", "tcps"],
+        metrics=MetricsCost("grpcs", on=on, off=off, counted=5000.0),
+    )
+    return report
+
+
+def test_metrics_cost_is_relay_cpu_per_call_on_over_off_across_all_their_windows() -> None:
+    # 0.3 s + 0.1 s over 4000 calls on (100 us), 0.2 s + 0.2 s over 4000 off (100 us)...
+    on = [_window("grpcs", 1000, 0.11), _window("grpcs", 3000, 0.31)]
+    off = [_window("grpcs, metrics off", 2000, 0.2), _window("grpcs, metrics off", 2000, 0.2)]
+    report = _capacity_report(on, off)
+    row = report.rows[-1]
+    assert row.key == "capacity.metrics_cost.relay_cpu_per_call"
+    assert (row.step, row.unit, row.target) == ("4 capacity", "us", METRICS_COST)
+    assert row.figures["grpcs"].direct == pytest.approx(100.0)  # off
+    assert row.figures["grpcs"].gateway == pytest.approx(105.0)  # on: 0.42 s / 4000
+    assert row.figures["grpcs"].ratio == pytest.approx(1.05)
+    assert METRICS_COST.met(row.figures["grpcs"]) is True
+    # Another transport has no metrics-off pair: its metrics-on figure, no ratio.
+    assert row.figures["tcps"].direct is None
+    assert row.figures["tcps"].gateway == pytest.approx(100.0)
+    assert METRICS_COST.met(row.figures["tcps"]) is None
+    # The relay CPU row is the first metrics-on window alone, as for every transport.
+    relay = next(r for r in report.rows if r.key == "capacity.relay_cpu_per_call")
+    assert relay.figures["grpcs"].gateway == pytest.approx(110.0)
+    assert report.missing() == []
+
+
+def test_metrics_cost_over_the_target_is_missed_in_the_table_and_json() -> None:
+    on = [_window("grpcs", 1000, 0.106)]
+    off = [_window("grpcs, metrics off", 1000, 0.1)]
+    report = _capacity_report(on, off)
+    lines = [line for line in table_rows(report) if "metrics on vs off" in line[1]]
+    assert lines == [
+        (
+            "4 capacity",
+            "relay CPU per call, constant answers, metrics on vs off "
+            "(direct = metrics off, grpcs only)",
+            "us",
+            "grpcs",
+            "100",
+            "106",
+            "1.06x",
+            "",
+            "<= 1.05x off: MISSED",
+        )
+    ]
+    assert [line[3:] for line in table_rows(report)][-1] == (
+        "tcps",
+        "-",
+        "100",
+        "-",
+        "",
+        "<= 1.05x off: ?",
+    )
+    payload = json.loads(json.dumps(to_json(report)))
+    row = next(r for r in payload["rows"] if r["key"].startswith("capacity.metrics_cost"))
+    assert row["target"] == {"kind": "ratio_max", "value": 1.05, "text": "<= 1.05x off"}
+    assert row["results"]["grpcs"]["ratio"] == pytest.approx(1.06)
+    assert row["results"]["grpcs"]["target_met"] is False
+    # What the end-to-end test asks of every row: every transport, None only for CPU rows.
+    assert set(row["results"]) == {"grpcs", "tcps"}
+    assert "cpu" in row["key"]
+
+
+def test_the_relay_count_of_calls_is_read_from_its_metrics_text() -> None:
+    from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+    registry = CollectorRegistry()
+    calls = Counter(
+        RELAY_CALLS.removesuffix("_total"),
+        "calls",
+        ["job_id", "site", "method", "status"],
+        registry=registry,
+    )
+    calls.labels("bench-stub", "bench-site", "PullMessages", "200").inc(600)
+    calls.labels("bench-stub", "bench-site", "SendNodeHeartbeat", "200").inc(100)
+    calls.labels("bench", "bench-site", "PullMessages", "200").inc(5)
+    calls.labels('odd "job"\\', "bench-site", "PullMessages", "200").inc(7)
+    text = generate_latest(registry).decode()
+    assert counted_calls(text, RELAY_CALLS, job_id="bench-stub") == 700.0
+    assert counted_calls(text, RELAY_CALLS, job_id="bench") == 5.0
+    assert counted_calls(text, RELAY_CALLS, job_id='odd "job"\\') == 7.0
+    assert counted_calls(text, RELAY_CALLS, job_id="bench-stub", method="PullMessages") == 600.0
+    assert counted_calls(text, RELAY_CALLS) == 712.0
+    assert counted_calls(text, RELAY_CALLS, job_id="nobody") == 0.0
+    assert counted_calls(text, RELAY_CALLS, job="bench-stub") == 0.0  # not the label
+    assert counted_calls(text, "flgate_other_total", job_id="bench-stub") == 0.0
