@@ -72,7 +72,8 @@ class Endpoint:
     """Where Fleet calls go: the SuperLink itself or a site's LGS."""
 
     name: str
-    """``direct`` or the transport scheme of a gateway path (``grpcs``...)."""
+    """``direct``, or the transport scheme of a gateway path (``grpcs``...), with a variant
+    after a comma (``grpcs, metrics off``)."""
     address: str
     """host:port of the Fleet API (the SuperLink's or the LGS's)."""
 
