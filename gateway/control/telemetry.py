@@ -33,6 +33,8 @@ def observe_relay(app: RelayApp, *, flower: str) -> None:
         now = time.time()
         online: dict[str, int] = {}
         seen: list[Sample] = []
+        if app.manager.store.closed:  # stopping: the sites' jobs are no longer known
+            return [], []
         for site in app.manager.sites():
             if site.last_seen:
                 seen.append(((site.name,), site.last_seen))

@@ -18,6 +18,7 @@ functions below.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 """The gateway's own registry (not the library's global one, which also collects
@@ -251,7 +254,12 @@ class _StateCollector(Collector):
                 )
             else:
                 family = GaugeMetricFamily(metric.name, metric.documentation, labels=metric.labels)
-            for labels, value in source():
+            try:
+                samples = list(source())
+            except Exception:  # one broken source must not fail the whole scrape
+                log.warning("a metrics source failed", extra={"metric": metric.name}, exc_info=True)
+                continue
+            for labels, value in samples:
                 family.add_metric(list(labels), value)
             yield family
 

@@ -100,3 +100,20 @@ def test_every_exported_name_is_documented_in_the_text_format() -> None:
     text = generate_latest(metrics.REGISTRY).decode()
     assert "# HELP flgate_site_retries_total " in text
     assert "# TYPE flgate_site_fleet_call_seconds histogram" in text
+
+
+def test_a_source_that_fails_leaves_the_rest_of_the_scrape_intact(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken() -> list[metrics.Sample]:
+        raise RuntimeError("store closed")
+
+    metrics.observe(metrics.IN_FLIGHT, broken)
+    metrics.observe(metrics.SUPERLINKS, lambda: [((), 3)])
+    try:
+        text = generate_latest(metrics.REGISTRY).decode()
+    finally:
+        metrics.observe(metrics.IN_FLIGHT, lambda: [])
+    assert "flgate_relay_superlinks_running 3.0" in text
+    assert "flgate_relay_calls_in_flight " not in text
+    assert "a metrics source failed" in caplog.text
