@@ -32,6 +32,7 @@ RELAY_DEFAULT = "127.0.0.1:9464"
 SITE_DEFAULT = "127.0.0.1:9465"
 """A site agent's default endpoint; a second agent on the host takes a free port."""
 
+_BACKLOG = 128
 Readiness = Callable[[], str | None]
 """Why the process is not ready, or ``None`` when it is."""
 
@@ -67,6 +68,9 @@ def _bind(listen: MetricsListen) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((listen.host, port))
+            # Listen here: with SO_REUSEADDR two processes may bind one port that
+            # neither listens on yet, and the second learns it only at listen().
+            sock.listen(_BACKLOG)
         except OSError as exc:
             sock.close()
             if exc.errno == errno.EADDRINUSE and port:
