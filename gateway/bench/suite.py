@@ -556,6 +556,7 @@ async def run_bench(options: BenchOptions, notify: Callable[[str], None]) -> Ben
     if not options.transports:
         raise ConfigError("no transport to measure (see --transport)")
     install = FlowerInstall.find(options.flower_bin)
+    install.require_supported()
     if install.dialect != DIALECT_HTTP:
         raise ConfigError(
             f"flgate bench speaks Flower's HTTP Fleet API (flwr >= 1.40); "

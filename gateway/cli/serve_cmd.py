@@ -160,6 +160,7 @@ async def _serve_relay(args: argparse.Namespace) -> None:
     if kit is not None:
         print(f"relay: {kit.describe()}", flush=True)
     install = FlowerInstall.find(args.flower_bin)
+    await asyncio.to_thread(install.require_supported)  # runs flwr --version
     metrics_listen = metrics_listen_from(args, kit, RELAY_DEFAULT)
     app = RelayApp(
         listen_urls=args.listen or (kit.listen_urls if kit else None) or ["grpcs://0.0.0.0:8443"],
@@ -217,6 +218,7 @@ async def _serve_site(args: argparse.Namespace) -> None:
     if kit is not None:
         print(f"site: {kit.describe()}", flush=True)
     install = FlowerInstall.find(args.flower_bin)
+    await asyncio.to_thread(install.require_supported)  # runs flwr --version
     metrics_listen = metrics_listen_from(args, kit, SITE_DEFAULT)
     agent = SiteAgent(
         relay_url=relay_url,

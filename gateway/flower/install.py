@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 
 # flwr 1.40 moved the Fleet API from gRPC to protobuf over HTTP.
 FIRST_HTTP_VERSION = (1, 40)
+SUPPORTED = ((1, 37), (1, 42))
+"""The Flower releases (major, minor) the gateway starts and drives, oldest and newest:
+measured through the gateway with results identical to direct Flower. Older releases
+take other flags (issue 16 extends the range); 1.43 drops the gRPC Fleet API."""
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 
 
@@ -57,7 +61,7 @@ class FlowerInstall:
             found = shutil.which("flower-superlink")
             if found is None:
                 raise ConfigError(
-                    "Flower is not installed: `pip install flwr==1.41.0` "
+                    "Flower is not installed: `pip install flwr==1.42.0` "
                     "(or pass --flower-bin DIR of an environment that has it)"
                 )
             install = cls(Path(found).parent)
@@ -95,6 +99,16 @@ class FlowerInstall:
             raise ConfigError(f"cannot read Flower's version from {out!r}")
         major, minor, patch = (int(x) for x in match.groups())
         return major, minor, patch
+
+    def require_supported(self) -> None:
+        """Refuse, before anything starts, a release outside :data:`SUPPORTED`."""
+        low, high = SUPPORTED
+        if not low <= self.version[:2] <= high:
+            raise ConfigError(
+                f"Flower {self.version_text} in {self.bin_dir} is not supported: the gateway runs "
+                f"Flower {low[0]}.{low[1]} to {high[0]}.{high[1]} "
+                f"(pip install flwr=={high[0]}.{high[1]}.0, or --flower-bin DIR of such a release)"
+            )
 
     @property
     def version_text(self) -> str:

@@ -90,6 +90,7 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> RunOutcome
         raise ConfigError(f"unknown transport {options.transport!r}; valid: {valid}")
     spec = JobSpec.load(options.job_dir)
     install = FlowerInstall.find(options.flower_bin)
+    install.require_supported()
     workdir = options.workdir or Path(tempfile.mkdtemp(prefix="flgate-demo-"))
     print(
         f"flgate demo: job {spec.name} on {options.sites} sites through the gateway "

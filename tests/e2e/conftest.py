@@ -14,7 +14,7 @@ import pytest
 
 from gateway.control.jobs.spec import JobSpec
 from gateway.harness.local_run import RunOutcome, run_app
-from tests.support.flower_envs import flwr139, flwr141
+from tests.support.flower_envs import flwr139, flwr142
 from tests.support.flower_load import gather_bounded
 from tests.support.paths import GATEWAY_TRANSPORTS, QUICKSTART, gateway_run
 
@@ -29,17 +29,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunOutcome]:
-    """Real Flower runs of the quickstart job: flwr 1.41 direct (3 and 2
-    rounds), flwr 1.41 through the gateway (HTTP dialect) and flwr 1.39 through the
+    """Real Flower runs of the quickstart job: flwr 1.42 direct (3 and 2
+    rounds), flwr 1.42 through the gateway (HTTP dialect) and flwr 1.39 through the
     gateway (gRPC dialect, one ``--grpc-rere`` and one ``--grpc-adapter`` SuperNode)."""
     spec = JobSpec.load(QUICKSTART)
     legacy = flwr139()
-    current = flwr141()
+    current = flwr142()
     root = tmp_path_factory.mktemp("e2e")
 
     plans: dict[str, dict[str, Any]] = {
-        "direct-141": {"mode": "direct", "install": current},
-        "direct-141-r2": {
+        "direct-142": {"mode": "direct", "install": current},
+        "direct-142-r2": {
             "mode": "direct",
             "install": current,
             "run_config": {"num-server-rounds": 2},

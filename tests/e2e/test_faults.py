@@ -16,7 +16,7 @@ from gateway.control.jobs.results import COMPLETED
 from gateway.control.jobs.spec import JobSpec
 from gateway.harness.faultproxy import FaultConfig
 from gateway.harness.local_run import RunOutcome, run_app
-from tests.support.flower_envs import flwr141
+from tests.support.flower_envs import flwr142
 from tests.support.flower_load import gather_bounded
 from tests.support.paths import QUICKSTART
 
@@ -41,7 +41,7 @@ def faulty_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunOutcom
                 spec,
                 mode="gateway",
                 workdir=root / scheme,
-                install=flwr141(),
+                install=flwr142(),
                 faults=FAULTS,
                 transport=scheme,
             )
@@ -61,7 +61,7 @@ def test_job_completes_with_the_fault_free_results(
     faulty_run: RunOutcome, runs: dict[str, RunOutcome]
 ) -> None:
     assert faulty_run.status == COMPLETED, faulty_run.output[-3000:]
-    assert faulty_run.result == runs["direct-141"].result
+    assert faulty_run.result == runs["direct-142"].result
 
 
 def test_no_request_was_executed_twice(faulty_run: RunOutcome) -> None:

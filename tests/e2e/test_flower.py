@@ -22,7 +22,7 @@ def _describe(outcome: RunOutcome) -> str:
     )
 
 
-ALL_RUNS = ["direct-141", "gateway-139", *(gateway_run(s) for s in GATEWAY_TRANSPORTS)]
+ALL_RUNS = ["direct-142", "gateway-139", *(gateway_run(s) for s in GATEWAY_TRANSPORTS)]
 GATEWAY_RUNS = ["gateway-139", *(gateway_run(s) for s in GATEWAY_TRANSPORTS)]
 
 
@@ -51,7 +51,7 @@ def test_every_fleet_call_went_through_the_relay(runs: dict[str, RunOutcome], na
 
 @pytest.mark.parametrize("scheme", GATEWAY_TRANSPORTS)
 def test_gateway_results_equal_direct_flower(runs: dict[str, RunOutcome], scheme: str) -> None:
-    direct = runs["direct-141"].result
+    direct = runs["direct-142"].result
     through = runs[gateway_run(scheme)].result
     assert direct is not None and through is not None
     assert through["final_params_sha256"] == direct["final_params_sha256"]
@@ -62,8 +62,8 @@ def test_gateway_results_equal_direct_flower(runs: dict[str, RunOutcome], scheme
 
 def test_grpc_dialect_results_equal_direct_flower(runs: dict[str, RunOutcome]) -> None:
     # Same app, same seeds, same aggregation: flwr 1.39 over gRPC through the
-    # gateway gives the very numbers of flwr 1.41 run directly.
-    direct = runs["direct-141"].result
+    # gateway gives the very numbers of flwr 1.42 run directly.
+    direct = runs["direct-142"].result
     legacy = runs["gateway-139"].result
     assert direct is not None and legacy is not None
     assert legacy == direct

@@ -131,7 +131,7 @@ async def test_two_jobs_run_concurrently_with_results_equal_to_direct_flower(
         done = await asyncio.gather(*(_until_ended(federation, j.job_id) for j in (first, second)))
         for info in done:
             assert info.state == "finished", info
-        for info, reference in zip(done, ("direct-141", "direct-141-r2"), strict=True):
+        for info, reference in zip(done, ("direct-142", "direct-142-r2"), strict=True):
             result = json.loads(info.result_json)
             assert result == runs[reference].result, f"{info.name} differs from {reference}"
         assert json.loads(done[0].result_json)["rounds"] == 3
@@ -150,7 +150,7 @@ async def test_two_jobs_run_concurrently_with_results_equal_to_direct_flower(
             summary = json.load(tar.extractfile(f"{first.job_id}/job.json"))  # type: ignore[arg-type]
         assert f"{first.job_id}/logs/server.log" in names
         assert summary["state"] == "finished"
-        assert summary["result"] == runs["direct-141"].result
+        assert summary["result"] == runs["direct-142"].result
     finally:
         await admin.aclose()
 

@@ -17,7 +17,7 @@ from gateway.flower.launch import start_superlink
 from gateway.proto.envelope_pb2 import DIALECT_HTTP
 from gateway.relay.server import Relay
 from gateway.site.gateway import SiteGateway
-from tests.support.flower_envs import flwr141
+from tests.support.flower_envs import flwr142
 from tests.support.pki import FederationKits
 
 pytestmark = pytest.mark.e2e
@@ -34,7 +34,7 @@ async def _post(url: str) -> tuple[int, bytes]:
 async def test_control_and_runtime_are_refused_locally(
     tmp_path: Path, federation: FederationKits
 ) -> None:
-    install = flwr141()
+    install = flwr142()
     superlink, addresses = start_superlink(install, tmp_path / "superlink")
     relay = Relay(listen_urls=["grpcs://127.0.0.1:0"], tls=federation.relay)
     site: SiteGateway | None = None

@@ -90,7 +90,7 @@ async def test_relay_killed_mid_job_and_restarted(
         f"after the restart"
     )
     assert info.state == "finished", info
-    assert json.loads(info.result_json) == runs["direct-141"].result
+    assert json.loads(info.result_json) == runs["direct-142"].result
     assert "adopted a running job" in (federation.root / "relay.out").read_text()
 
 
@@ -104,7 +104,7 @@ async def test_site_agent_killed_mid_job_and_restarted(
     federation.start_site("site-1")
     info = await _poll(federation, job_id, "ended")
     assert info.state == "finished", info
-    assert json.loads(info.result_json) == runs["direct-141"].result
+    assert json.loads(info.result_json) == runs["direct-142"].result
     assert "adopted a running SuperNode" in (federation.root / "site-1.out").read_text()
 
 

@@ -154,8 +154,8 @@ async def test_two_relays_on_one_redis_each_run_a_job_to_the_direct_result(
         done = await asyncio.gather(until_state(a, first.job_id), until_state(b, second.job_id))
         for info in done:
             assert info.state == "finished", info
-        assert json.loads(done[0].result_json) == runs["direct-141"].result
-        assert json.loads(done[1].result_json) == runs["direct-141-r2"].result
+        assert json.loads(done[0].result_json) == runs["direct-142"].result
+        assert json.loads(done[1].result_json) == runs["direct-142-r2"].result
 
         # Each job ran on the relay it was submitted to, and on that one alone.
         root = two_relays.fed.root

@@ -1,6 +1,6 @@
 """Flower installations for end-to-end tests.
 
-flwr 1.41 (HTTP dialect) is the one installed with the package's dev extra;
+flwr 1.42 (HTTP dialect) is the one installed with the package's dev extra;
 flwr 1.39 (gRPC dialect) lives in its own virtual environment, created here on
 first use (``.venv-flwr139`` in the repository, or ``$FLGATE_FLWR139_VENV``).
 """
@@ -22,7 +22,7 @@ FLWR_GRPC_LOCK = REPO / "requirements" / "flwr139.txt"
 """Its dependencies, locked as for the dev extra (``scripts/refresh-locks`` refreshes both)."""
 
 
-def flwr141() -> FlowerInstall:
+def flwr142() -> FlowerInstall:
     return FlowerInstall.find()
 
 

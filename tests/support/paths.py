@@ -11,5 +11,5 @@ GATEWAY_TRANSPORTS = ["grpcs", "https", "tcps", "rediss"]
 
 
 def gateway_run(scheme: str) -> str:
-    """Name of the flwr 1.41 run through the gateway over ``scheme`` in the ``runs`` fixture."""
-    return "gateway-141" if scheme == "grpcs" else f"gateway-141-{scheme}"
+    """Name of the flwr 1.42 run through the gateway over ``scheme`` in the ``runs`` fixture."""
+    return "gateway-142" if scheme == "grpcs" else f"gateway-142-{scheme}"

@@ -92,6 +92,7 @@ async def compare_app(
     """
     spec, config, transport = _prepare(options)
     install = FlowerInstall.find(options.flower_bin)
+    install.require_supported()
     out = options.out or Path.cwd() / f"compare-{spec.name}"
     workdir = options.workdir or Path(tempfile.mkdtemp(prefix=f"flgate-compare-{spec.name}-"))
     notify = on_progress or (lambda _mode, _p: None)

@@ -327,11 +327,15 @@ async def test_a_relay_answers_its_long_polls_at_once_when_it_stops(
 
 
 def _no_flower(directory: Path) -> Path:
-    """A bin directory that passes the relay's check for Flower; nothing here may run."""
+    """A bin directory that passes the relay's checks for Flower (``flwr --version`` names
+    a supported release); nothing else here may run."""
     directory.mkdir()
     for name in ("flower-superlink", "flower-supernode", "flwr"):
         program = directory / name
-        program.write_text("#!/bin/sh\necho 'no Flower in this test' >&2\nexit 1\n")
+        program.write_text(
+            '#!/bin/sh\n[ "$1" = --version ] && echo "Flower version: 1.42.0" && exit 0\n'
+            "echo 'no Flower in this test' >&2\nexit 1\n"
+        )
         program.chmod(0o755)
     return directory
 
