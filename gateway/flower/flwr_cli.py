@@ -63,11 +63,9 @@ async def register_supernode(
     API) to admit a SuperNode when the SuperLink runs ``--enable-supernode-auth``.
     ``flwr`` exits 0 even when the SuperLink refuses, so its JSON answer decides.
     """
-    text = await _flwr_output(
-        install,
-        flwr_home,
-        ["supernode", "register", str(public_key), connection, "--name", name, "--format", "json"],
-    )
+    named = ["--name", name] if install.traits.register_takes_name else []  # 1.38+
+    command = ["supernode", "register", str(public_key), connection, "--format", "json"]
+    text = await _flwr_output(install, flwr_home, [*command, *named])
     try:
         payload = json.loads(text[text.index("{") : text.rindex("}") + 1])
     except ValueError:

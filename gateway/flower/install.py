@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..core.exceptions import ConfigError
 from ..proto.envelope_pb2 import DIALECT_GRPC, DIALECT_HTTP, Dialect
+from .releases import ReleaseTraits, traits_of
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +23,8 @@ log = logging.getLogger(__name__)
 FIRST_HTTP_VERSION = (1, 40)
 SUPPORTED = ((1, 37), (1, 42))
 """The Flower releases (major, minor) the gateway starts and drives, oldest and newest:
-measured through the gateway with results identical to direct Flower. Older releases
-take other flags (issue 16 extends the range); 1.43 drops the gRPC Fleet API."""
+measured through the gateway with results identical to direct Flower (the table of
+:mod:`.releases` reaches further back: a release enters here once measured)."""
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 
 
@@ -36,6 +37,7 @@ def flower_env(bin_dir: Path | None = None, flwr_home: Path | None = None) -> di
     """
     env = dict(os.environ)
     env["FLWR_TELEMETRY_ENABLED"] = "0"
+    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"  # 1.29+: each process asks api.flower.ai
     env["PYTHONUNBUFFERED"] = "1"
     if bin_dir is not None:
         env["PATH"] = os.pathsep.join([str(bin_dir), env.get("PATH", "")])
@@ -109,6 +111,15 @@ class FlowerInstall:
                 f"Flower {low[0]}.{low[1]} to {high[0]}.{high[1]} "
                 f"(pip install flwr=={high[0]}.{high[1]}.0, or --flower-bin DIR of such a release)"
             )
+
+    @property
+    def traits(self) -> ReleaseTraits:
+        """How this release is started (:mod:`.releases`); refused outside its table."""
+        traits = traits_of(self.version[:2])
+        if traits is None:
+            self.require_supported()
+            raise AssertionError("unreachable: outside the table is outside SUPPORTED")
+        return traits
 
     @property
     def version_text(self) -> str:

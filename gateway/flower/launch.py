@@ -1,9 +1,9 @@
 """Start Flower's programs the way an operator would, on loopback ports we pick.
 
-These are the only places that know the flags of ``flower-superlink`` and
-``flower-supernode``, per version: flwr >= 1.40 serves Fleet, Control and
-Runtime on one HTTP port; flwr <= 1.39 serves the Fleet API over gRPC on
-``--fleet-api-address`` and Control/Runtime over HTTP on ``--host/--port``.
+These are the only places that build the command lines of ``flower-superlink`` and
+``flower-supernode``; which flags a release takes is the table of :mod:`.releases`
+(flwr >= 1.40 serves all its APIs on one HTTP port, older releases some or all of
+them on gRPC ports of their own).
 ``launch_*`` also waits until the started program serves, and starts it again
 on new ports when another process took a port first. Driving a started
 SuperLink with the ``flwr`` CLI is :mod:`.flwr_cli`'s.
@@ -34,6 +34,8 @@ class SuperLinkAddresses:
     """host:port that ``flwr run`` talks to (Control API)."""
     fleet: str
     """host:port of the Fleet API (the same port as ``control`` for flwr >= 1.40)."""
+    serving: tuple[str, ...] = ()
+    """Every address it opens (each of its APIs), to wait for."""
 
 
 def start_superlink(
@@ -43,30 +45,14 @@ def start_superlink(
     tls: LoopbackTLS | None = None,
     node_auth: bool = False,
 ) -> tuple[ManagedProcess, SuperLinkAddresses]:
-    """A SuperLink with its own database in ``workdir``, bound to loopback only.
+    """A SuperLink with its own database in ``workdir``, bound to loopback only, each of
+    its APIs where its release serves it (:mod:`.releases`).
 
     ``tls`` makes it serve TLS on all its APIs; ``node_auth`` turns on Flower's
     SuperNode authentication, which Flower only allows with TLS.
     """
-    if node_auth and tls is None:
-        raise ValueError("flower-superlink --enable-supernode-auth requires TLS")
     workdir.mkdir(parents=True, exist_ok=True)
-    http_port = free_port()
-    argv = [
-        str(install.program("flower-superlink")),
-        *_superlink_tls_args(tls),
-        "--host", LOOPBACK,
-        "--port", str(http_port),
-        "--database", str(workdir / "superlink.db"),
-        "--disable-runtime-dependency-installation",
-    ]  # fmt: skip
-    if node_auth:
-        argv.append("--enable-supernode-auth")
-    control = f"{LOOPBACK}:{http_port}"
-    fleet = control
-    if install.dialect == DIALECT_GRPC:
-        fleet = f"{LOOPBACK}:{free_port()}"
-        argv += ["--fleet-api-address", fleet]
+    argv, addresses = superlink_command(install, workdir, tls=tls, node_auth=node_auth)
     process = ManagedProcess(
         "superlink",
         argv,
@@ -74,7 +60,48 @@ def start_superlink(
         env=install.env(workdir / "flwr-home"),
         cwd=workdir,
     )
-    return process, SuperLinkAddresses(control=control, fleet=fleet)
+    return process, addresses
+
+
+def superlink_command(
+    install: FlowerInstall,
+    workdir: Path,
+    *,
+    tls: LoopbackTLS | None = None,
+    node_auth: bool = False,
+) -> tuple[list[str], SuperLinkAddresses]:
+    """The command line of :func:`start_superlink` (on free ports picked now), and where
+    it will serve."""
+    if node_auth and tls is None:
+        raise ValueError("flower-superlink --enable-supernode-auth requires TLS")
+    traits = install.traits
+    argv = [
+        str(install.program("flower-superlink")),
+        *_superlink_tls_args(tls),
+        "--database", str(workdir / "superlink.db"),
+    ]  # fmt: skip
+    if traits.disable_dependency_install:
+        argv.append("--disable-runtime-dependency-installation")
+    serving: list[str] = []
+    http = f"{LOOPBACK}:{free_port()}"
+    if traits.superlink_http_port:
+        argv += ["--host", LOOPBACK, "--port", http.rpartition(":")[2]]
+        serving.append(http)
+
+    def api(on_http: bool, flag: str) -> str:
+        if on_http:
+            return http
+        address = f"{LOOPBACK}:{free_port()}"
+        argv.extend([flag, address])
+        serving.append(address)
+        return address
+
+    api(traits.serverappio_http, "--serverappio-api-address")
+    control = api(traits.control_http, "--control-api-address")
+    fleet = api(traits.fleet_http, "--fleet-api-address")
+    if node_auth:
+        argv.append("--enable-supernode-auth")
+    return argv, SuperLinkAddresses(control=control, fleet=fleet, serving=tuple(serving))
 
 
 def _superlink_tls_args(tls: LoopbackTLS | None) -> list[str]:
@@ -133,7 +160,7 @@ async def launch_superlink(
 
     def start() -> tuple[ManagedProcess, SuperLinkAddresses, list[str]]:
         process, addresses = start_superlink(install, workdir, tls=tls, node_auth=node_auth)
-        return process, addresses, [addresses.control, addresses.fleet]
+        return process, addresses, list(addresses.serving)
 
     return await _start_serving(start, timeout=timeout, attempts=attempts)
 
@@ -201,6 +228,35 @@ def start_supernode(
     Flower allows that only over TLS: ``root_certificates`` is the CA of the
     server at ``superlink`` (without it the connection is plain).
     """
+    workdir.mkdir(parents=True, exist_ok=True)
+    return ManagedProcess(
+        name,
+        supernode_command(
+            install,
+            superlink,
+            node_config=node_config,
+            grpc_mode=grpc_mode,
+            auth_key=auth_key,
+            root_certificates=root_certificates,
+            port=port,
+        ),
+        log_path=workdir / f"{name}.log",
+        env=install.env(workdir / "flwr-home"),
+        cwd=workdir,
+    )
+
+
+def supernode_command(
+    install: FlowerInstall,
+    superlink: str,
+    *,
+    node_config: Mapping[str, int | str],
+    grpc_mode: str = "rere",
+    auth_key: Path | None = None,
+    root_certificates: Path | None = None,
+    port: int = 0,
+) -> list[str]:
+    """The command line of :func:`start_supernode`."""
     if auth_key is not None and root_certificates is None:
         raise ValueError("flower-supernode --auth-supernode-private-key requires TLS")
     trust = (
@@ -208,22 +264,20 @@ def start_supernode(
         if root_certificates is not None
         else ["--insecure"]
     )
+    own_api = str(port or free_port())
     argv = [
         str(install.program("flower-supernode")),
         *trust,
         "--superlink", superlink,
-        "--port", str(port or free_port()),
+        *(
+            ["--port", own_api]
+            if install.traits.supernode_port_flag
+            else ["--clientappio-api-address", f"{LOOPBACK}:{own_api}"]
+        ),
         "--node-config", node_config_text(node_config),
     ]  # fmt: skip
     if install.dialect == DIALECT_GRPC:
         argv.append("--grpc-adapter" if grpc_mode == "adapter" else "--grpc-rere")
     if auth_key is not None:
         argv += ["--auth-supernode-private-key", str(auth_key.resolve())]
-    workdir.mkdir(parents=True, exist_ok=True)
-    return ManagedProcess(
-        name,
-        argv,
-        log_path=workdir / f"{name}.log",
-        env=install.env(workdir / "flwr-home"),
-        cwd=workdir,
-    )
+    return argv
