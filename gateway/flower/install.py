@@ -21,10 +21,12 @@ log = logging.getLogger(__name__)
 
 # flwr 1.40 moved the Fleet API from gRPC to protobuf over HTTP.
 FIRST_HTTP_VERSION = (1, 40)
-SUPPORTED = ((1, 37), (1, 42))
+SUPPORTED = ((1, 27), (1, 42))
 """The Flower releases (major, minor) the gateway starts and drives, oldest and newest:
-measured through the gateway with results identical to direct Flower (the table of
-:mod:`.releases` reaches further back: a release enters here once measured)."""
+each measured through the gateway with results identical to direct Flower
+(``scripts/flower-matrix``). The table of :mod:`.releases` reaches 1.26 too, but
+1.26.1's own SuperLink fails when two SuperNodes register at once on a file
+database (a race in its lazy migrations: "table alembic_version already exists")."""
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 
 
