@@ -15,13 +15,13 @@ facts, read from each release's ``--help`` and a live run of each):
   1.29-1.31, on by default from 1.32 (``--disable-runtime-dependency-installation``);
 - ``flwr supernode register --name``: from 1.38.
 
-Adding a release is one row in :data:`RELEASES` (and its run in the tests); everything
+Adding a release is one entry in :data:`CHANGES` (and its run in the tests); everything
 that starts or drives Flower asks :func:`traits_of`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 Version = tuple[int, int]
 """(major, minor)."""
@@ -53,62 +53,34 @@ class ReleaseTraits:
         return self.serverappio_http or self.control_http or self.fleet_http
 
 
-RELEASES = (
-    ReleaseTraits(
-        first=(1, 26),
-        serverappio_http=False,
-        control_http=False,
-        fleet_http=False,
-        supernode_port_flag=False,
-        disable_dependency_install=False,
-        register_takes_name=False,
-    ),
-    ReleaseTraits(
-        first=(1, 32),
-        serverappio_http=False,
-        control_http=False,
-        fleet_http=False,
-        supernode_port_flag=False,
-        disable_dependency_install=True,
-        register_takes_name=False,
-    ),
-    ReleaseTraits(
-        first=(1, 35),
-        serverappio_http=True,
-        control_http=False,
-        fleet_http=False,
-        supernode_port_flag=True,
-        disable_dependency_install=True,
-        register_takes_name=False,
-    ),
-    ReleaseTraits(
-        first=(1, 37),
-        serverappio_http=True,
-        control_http=True,
-        fleet_http=False,
-        supernode_port_flag=True,
-        disable_dependency_install=True,
-        register_takes_name=False,
-    ),
-    ReleaseTraits(
-        first=(1, 38),
-        serverappio_http=True,
-        control_http=True,
-        fleet_http=False,
-        supernode_port_flag=True,
-        disable_dependency_install=True,
-        register_takes_name=True,
-    ),
-    ReleaseTraits(
-        first=(1, 40),
-        serverappio_http=True,
-        control_http=True,
-        fleet_http=True,
-        supernode_port_flag=True,
-        disable_dependency_install=True,
-        register_takes_name=True,
-    ),
+OLDEST = ReleaseTraits(
+    first=(1, 26),
+    serverappio_http=False,
+    control_http=False,
+    fleet_http=False,
+    supernode_port_flag=False,
+    disable_dependency_install=False,
+    register_takes_name=False,
 )
+CHANGES: tuple[tuple[Version, dict[str, bool]], ...] = (
+    ((1, 32), {"disable_dependency_install": True}),
+    ((1, 35), {"serverappio_http": True, "supernode_port_flag": True}),
+    ((1, 37), {"control_http": True}),
+    ((1, 38), {"register_takes_name": True}),
+    ((1, 40), {"fleet_http": True}),
+)
+"""What each release changed, from :data:`OLDEST` on: a new release is one entry."""
+
+
+def _rows() -> tuple[ReleaseTraits, ...]:
+    rows = [OLDEST]
+    for first, changed in CHANGES:
+        rows.append(replace(rows[-1], first=first, **changed))
+    return tuple(rows)
+
+
+RELEASES = _rows()
+"""One row per range of releases that are started alike, oldest first."""
 NEWEST: Version = (1, 42)
 """The newest release measured (1.43 drops the gRPC Fleet API: a row of its own)."""
 
