@@ -121,8 +121,10 @@ DEDUP_ANSWERS = Counter(
 )
 REFUSALS = Counter(
     "flgate_relay_refusals_total",
-    "Calls the relay refused, by reason class (busy: a budget was full; auth, not_in_job, "
-    "unknown_job, not_fleet: the dispatcher's checks; blocked: the peer was refused too often).",
+    "Calls and connections the relay refused, by reason class (busy: a budget was full; "
+    "handshakes: too many TLS handshakes pending; blocked: the peer was refused too often; "
+    "revoked, not_a_site, wrong_site, unknown_job, not_in_job, not_fleet: the dispatcher's "
+    "checks).",
     ["reason"],
     registry=REGISTRY,
 )
@@ -297,7 +299,9 @@ def metric_names() -> frozenset[str]:
 # --- bounded labels -----------------------------------------------------------------
 
 _methods: set[str] = set()
-_job_series: dict[str, set[tuple[Counter, tuple[str, ...]]]] = {}
+_job_series: dict[str, dict[tuple[Counter, tuple[str, ...]], Counter]] = {}
+"""Per job, the children of its series, kept for :func:`job_ended` (and so that a call
+looks its child up once, not through ``labels()`` with its lock every time)."""
 _ended: deque[str] = deque()
 
 
@@ -313,8 +317,11 @@ def _method(name: str) -> str:
 def _job_counter(counter: Counter, job: str, *rest: str) -> Counter:
     """The child of ``counter`` for ``job`` and ``rest``, remembered for :func:`job_ended`."""
     labels = (job, *rest)
-    _job_series.setdefault(job, set()).add((counter, labels))
-    return counter.labels(*labels)
+    series = _job_series.setdefault(job, {})
+    child = series.get((counter, labels))
+    if child is None:
+        child = series[(counter, labels)] = counter.labels(*labels)
+    return child
 
 
 def job_ended(job: str) -> None:
@@ -324,7 +331,7 @@ def job_ended(job: str) -> None:
     _ended.append(job)
     while len(_ended) > KEEP_ENDED_JOBS:
         old = _ended.popleft()
-        for counter, labels in _job_series.pop(old, set()):
+        for counter, labels in _job_series.pop(old, {}):
             counter.remove(*labels)
 
 
