@@ -79,6 +79,9 @@ class RelayApp:
         # Relays sharing a Redis: each reads the calls of the jobs it owns.
         self.relay.serve_jobs(self.manager.owns)
         self.relay.dispatcher.control = ControlService(self.manager).handle
+        self.relay.dispatcher.on_lost_message = lambda lost: self.manager.message_lost(
+            lost.job_id, lost.describe()
+        )
         if revocations is not None:
             self.relay.refuse_revoked(revocations.refusal)
         self._started = False
@@ -96,6 +99,8 @@ class RelayApp:
         # Jobs that outlived a restart are routed before the relay listens: the
         # sites' retries arrive at once, and a 404 would make Flower drop a call.
         await self.manager.start()
+        # Calls the last process lost are found before new ones can expire them.
+        self.relay.dispatcher.report_lost_messages()
         await self.relay.start()
         self._started = True
 

@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -323,6 +324,11 @@ class SiteAgent:
         """Whether a poll of the relay succeeded in the last ``within`` seconds: one
         failed poll (a cut connection, retried) does not make the site unready."""
         return self.last_contact is not None and time.monotonic() - self.last_contact < within
+
+    @property
+    def calls_in_flight(self) -> Counter[str]:
+        """Per job, the SuperNodes' Fleet calls waiting at the LGS for their answer."""
+        return self._gateway.calls_in_flight
 
     def supernodes_running(self) -> int:
         """The jobs' SuperNode processes that are alive now."""

@@ -54,6 +54,10 @@ def observe_relay(app: RelayApp, *, flower: str) -> None:
         metrics.CONNECTIONS, lambda: [((s,), n) for s, n in app.relay.connections().items()]
     )
     metrics.observe(metrics.IN_FLIGHT, lambda: [((), app.in_flight)])
+    at_superlink = app.relay.dispatcher.stats.at_superlink
+    metrics.observe(
+        metrics.AT_SUPERLINK, lambda: [((m,), n) for m, n in sorted(at_superlink.items())]
+    )
     metrics.observe(metrics.SUPERLINKS, lambda: [((), app.manager.superlinks_running())])
     metrics.observe(metrics.REDIS_PENDING, pending)
 
@@ -62,6 +66,10 @@ def observe_site(agent: SiteAgent, *, flower: str) -> None:
     """Read the site agent's state at each scrape; ``flower``: its SuperNodes' release."""
     metrics.build_info(__version__, flower)
     metrics.observe(metrics.SUPERNODES, lambda: [((), agent.supernodes_running())])
+    in_flight = agent.calls_in_flight
+    metrics.observe(
+        metrics.SITE_IN_FLIGHT, lambda: [((job,), n) for job, n in sorted(in_flight.items())]
+    )
     metrics.observe(
         metrics.SITE_CONNECTED, lambda: [((agent.transport,), 1 if agent.in_contact() else 0)]
     )

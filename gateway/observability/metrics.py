@@ -212,6 +212,12 @@ CONNECTIONS = StateMetric(
     ("transport",),
 )
 IN_FLIGHT = StateMetric("flgate_relay_calls_in_flight", "Calls the relay is handling now.")
+AT_SUPERLINK = StateMetric(
+    "flgate_relay_superlink_calls_in_flight",
+    "Fleet calls waiting for a SuperLink's answer now, by method (a relay that dies "
+    "now loses those answers: 0 is the moment to restart it).",
+    ("method",),
+)
 SUPERLINKS = StateMetric(
     "flgate_relay_superlinks_running", "SuperLink processes the relay runs for its jobs."
 )
@@ -219,6 +225,11 @@ SITE_CONNECTED = StateMetric(
     "flgate_site_connected",
     "1 while the site agent has polled its relay within the last minute, else 0.",
     ("transport",),
+)
+SITE_IN_FLIGHT = StateMetric(
+    "flgate_site_calls_in_flight",
+    "Fleet calls of the SuperNodes waiting at the site's LGS for their answer now, by job.",
+    ("job_id",),
 )
 SUPERNODES = StateMetric(
     "flgate_site_supernodes_running", "SuperNode processes the site agent runs for its jobs."
@@ -233,8 +244,10 @@ STATE_METRICS = (
     SITE_LAST_SEEN,
     CONNECTIONS,
     IN_FLIGHT,
+    AT_SUPERLINK,
     SUPERLINKS,
     SITE_CONNECTED,
+    SITE_IN_FLIGHT,
     SUPERNODES,
     REDIS_PENDING,
 )
@@ -305,7 +318,8 @@ looks its child up once, not through ``labels()`` with its lock every time)."""
 _ended: deque[str] = deque()
 
 
-def _method(name: str) -> str:
+def method_label(name: str) -> str:
+    """``name``, or ``other`` once :data:`MAX_METHODS` names are in use."""
     if name in _methods:
         return name
     if len(_methods) >= MAX_METHODS:
@@ -344,7 +358,7 @@ def site_call(
     """One Fleet call of a SuperNode, answered by its LGS."""
     if not _on:
         return
-    name = _method(method)
+    name = method_label(method)
     _job_counter(SITE_CALLS, job, site, name, str(status)).inc()
     SITE_CALL_SECONDS.labels(name).observe(seconds)
     _job_counter(SITE_SENT, job, site).inc(sent)
@@ -355,24 +369,24 @@ def relay_call(job: str, site: str, method: str, status: int, received: int, sen
     """One Fleet call the relay answered for ``job`` after its checks."""
     if not _on:
         return
-    _job_counter(RELAY_CALLS, job, site, _method(method), str(status)).inc()
+    _job_counter(RELAY_CALLS, job, site, method_label(method), str(status)).inc()
     _job_counter(RELAY_RECEIVED, job, site).inc(received)
     _job_counter(RELAY_SENT, job, site).inc(sent)
 
 
 def superlink_call(method: str, seconds: float) -> None:
     if _on:
-        SUPERLINK_SECONDS.labels(_method(method)).observe(seconds)
+        SUPERLINK_SECONDS.labels(method_label(method)).observe(seconds)
 
 
 def site_retry(job: str, method: str) -> None:
     if _on:
-        _job_counter(SITE_RETRIES, job, _method(method)).inc()
+        _job_counter(SITE_RETRIES, job, method_label(method)).inc()
 
 
 def site_give_up(job: str, method: str) -> None:
     if _on:
-        _job_counter(SITE_GIVE_UPS, job, _method(method)).inc()
+        _job_counter(SITE_GIVE_UPS, job, method_label(method)).inc()
 
 
 def relay_retry(job: str, site: str) -> None:

@@ -7,6 +7,10 @@ job runs on this relay, the site takes part in the job, the method is a Fleet
 method and the deadline has not passed. Anything else is refused here, with a
 reason, and reaches no SuperLink.
 
+A PullMessages whose outcome is lost (the relay died while the SuperLink
+answered it) is reported to :attr:`Dispatcher.on_lost_message`: Flower hands a
+message out once, so the job may otherwise wait for it until its time limit.
+
 Refusals are metered per peer (:mod:`gateway.transport.refusals`): their log lines
 are aggregated, and a peer that keeps being refused is blocked for a while, its calls
 answered "busy" unread, here and by the transports.
@@ -34,7 +38,7 @@ from ..core.failures import reply_for_error
 from ..core.identity import Peer, Role
 from ..observability import metrics
 from ..proto.envelope_pb2 import KIND_FLEET, Envelope, Reply
-from ..reliable import MemoryDedupStore, ReliableReceiver, dedup_key
+from ..reliable import LostOutcome, MemoryDedupStore, ReliableReceiver, dedup_key
 from ..transport.admission import Admission
 from .lgc import Upstream
 
@@ -43,6 +47,39 @@ log = logging.getLogger(__name__)
 ControlHandler = Callable[[Peer, Envelope], Awaitable[Reply]]
 RevocationCheck = Callable[[Peer], str | None]
 """Why a peer's certificate is revoked, or ``None`` when it is not."""
+
+
+LOST_IF_UNANSWERED = frozenset({"PullMessages"})
+"""Fleet methods whose lost reply loses Flower data: the SuperLink marks the
+messages it hands out as delivered and never hands them out again (flwr 1.42,
+``get_message_ins``), so a pull answered into a dead relay drops them."""
+
+
+@dataclass(frozen=True)
+class LostMessage:
+    """A Fleet call that may have reached the SuperLink, whose reply is gone."""
+
+    job_id: str
+    site: str
+    method: str
+    message_id: str
+
+    def note(self) -> str:
+        """How it is kept with its pending dedup record."""
+        return "\t".join((self.job_id, self.site, self.method, self.message_id))
+
+    @classmethod
+    def from_note(cls, note: str) -> LostMessage | None:
+        fields = note.split("\t")
+        return cls(*fields) if len(fields) == 4 else None
+
+    def describe(self) -> str:
+        return (
+            f"site {self.site}'s {self.method} (message {self.message_id}) was at the "
+            "SuperLink when the relay lost its reply; Flower hands a message out only "
+            "once, so a message it carried is lost and the run could wait for it until "
+            "its time limit. Submit the job again."
+        )
 
 
 @dataclass(frozen=True)
@@ -69,6 +106,9 @@ class DispatchStats:
     """Fleet calls answered per job after the checks (executed, replayed or joined):
     what the relay's ``flgate_relay_fleet_calls_total`` counts."""
     received: int = 0
+    at_superlink: Counter[str] = field(default_factory=Counter)
+    """Fleet calls waiting for a SuperLink's answer now, by method (0 entries kept,
+    so that a scrape shows the methods seen)."""
 
 
 class Dispatcher:
@@ -95,6 +135,21 @@ class Dispatcher:
         """Handles AGENT and ADMIN envelopes (the job manager's service), if any."""
         self.revoked: RevocationCheck | None = None
         """The federation's revocation list, if the relay has one."""
+        self.on_lost_message: Callable[[LostMessage], None] = lambda lost: None
+        """Told of each call in :data:`LOST_IF_UNANSWERED` whose reply was lost."""
+        self.receiver.on_lost = self._lost
+
+    def report_lost_messages(self) -> int:
+        """Tell :attr:`on_lost_message` of the calls an earlier relay process lost;
+        call it once at start, before the listeners open. Returns how many."""
+        lost = [m for r in self.receiver.lost() if (m := LostMessage.from_note(r.note))]
+        for message in lost:
+            self.on_lost_message(message)
+        return len(lost)
+
+    def _lost(self, outcome: LostOutcome) -> None:
+        if message := LostMessage.from_note(outcome.note):
+            self.on_lost_message(message)
 
     def add_job(self, job_id: str, sites: frozenset[str], upstream: Upstream) -> None:
         self._jobs[job_id] = JobRoute(job_id=job_id, sites=sites, upstream=upstream)
@@ -220,10 +275,16 @@ class Dispatcher:
 
         async def forward() -> Reply:
             self.stats.forwarded[envelope.job_id] += 1
+            at_superlink = self.stats.at_superlink
+            method = metrics.method_label(envelope.method)
+            at_superlink[method] += 1
             started = time.perf_counter()
-            reply = await route.upstream.call(
-                envelope, timeout=min(remaining, fleet.DEFAULT_CALL_BUDGET)
-            )
+            try:
+                reply = await route.upstream.call(
+                    envelope, timeout=min(remaining, fleet.DEFAULT_CALL_BUDGET)
+                )
+            finally:
+                at_superlink[method] -= 1
             metrics.superlink_call(envelope.method, time.perf_counter() - started)
             return reply
 
@@ -236,6 +297,11 @@ class Dispatcher:
                 self.stats.ledger[envelope.message_id] += 1
             return forward()
 
+        note = (
+            LostMessage(envelope.job_id, peer.name, envelope.method, envelope.message_id).note()
+            if envelope.method in LOST_IF_UNANSWERED
+            else ""
+        )
         return await self.receiver.handle(
-            envelope.message_id, execute, scope=dedup_key(peer.name, envelope.job_id)
+            envelope.message_id, execute, scope=dedup_key(peer.name, envelope.job_id), note=note
         )

@@ -20,7 +20,7 @@ from .protocol import (
     RetryPolicy,
     SenderProtocol,
 )
-from .receiver import ReliableReceiver, dedup_key, reached_upstream
+from .receiver import LostOutcome, ReliableReceiver, dedup_key, reached_upstream
 from .sender import GiveUpError, ReliableSender
 from .store import DedupStore, DedupStoreError, MemoryDedupStore, Record, SqliteDedupStore, State
 
@@ -34,6 +34,7 @@ __all__ = [
     "GiveUp",
     "GiveUpError",
     "Join",
+    "LostOutcome",
     "MemoryDedupStore",
     "ReceiverProtocol",
     "Record",

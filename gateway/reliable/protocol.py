@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Literal, overload
 
 from ..core.exceptions import ConfigError
-from .store import DedupStore, State
+from .store import DedupStore, Record, State
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -285,7 +285,8 @@ class ReceiverProtocol:
         self._store = store
         self.result_ttl = policy.result_ttl
         self.max_reply_bytes = max_reply_bytes
-        self._in_flight: dict[str, float] = {}
+        self._in_flight: dict[str, tuple[float, str]] = {}
+        """The ids executing in this process: when each started, and its note."""
         self.executed = 0
         self.joined = 0
         self.cache_hits = 0
@@ -307,8 +308,20 @@ class ReceiverProtocol:
     def is_executing(self, message_id: str) -> bool:
         return message_id in self._in_flight
 
-    def begin(self, message_id: str, now: float) -> Decision:
-        """Decide what to do with a request carrying ``message_id``."""
+    def lost(self) -> list[Record]:
+        """Pending records that nobody executes now: their outcome is lost.
+
+        After a restart these are the executions the previous process did not
+        finish (or whose execution failed): the request may have reached the
+        SuperLink, and its reply is gone. Read it before the first
+        :meth:`expire`, which forgets them once they are old.
+        """
+        return [r for r in self._store.pending() if r.message_id not in self._in_flight]
+
+    def begin(self, message_id: str, now: float, note: str = "") -> Decision:
+        """Decide what to do with a request carrying ``message_id``.
+
+        ``note`` is kept with the pending record (see :meth:`lost`)."""
         if not message_id:
             raise ValueError("at-most-once needs a non-empty message id")
         if message_id in self._in_flight:
@@ -316,8 +329,8 @@ class ReceiverProtocol:
             return Join()
         record = self._store.get(message_id)
         if record is None:
-            self._store.mark_pending(message_id, now)
-            self._in_flight[message_id] = now
+            self._store.mark_pending(message_id, now, note)
+            self._in_flight[message_id] = (now, note)
             self.executed += 1
             return Execute()
         if record.state is State.COMPLETED and record.reply is not None:
@@ -364,10 +377,10 @@ class ReceiverProtocol:
         cutoff = now - self.result_ttl
         # An execution that has been running longer than the ttl must keep its
         # pending record, or a crash now would let a retry run it again.
-        for message_id, started in list(self._in_flight.items()):
+        for message_id, (started, note) in list(self._in_flight.items()):
             if started < cutoff:
-                self._store.mark_pending(message_id, now)
-                self._in_flight[message_id] = now
+                self._store.mark_pending(message_id, now, note)
+                self._in_flight[message_id] = (now, note)
         gone = self._store.expire(cutoff)
         self.expired += gone
         return gone

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
@@ -56,6 +57,25 @@ Execution = Callable[[], Awaitable[Reply]]
 """Runs the request once (e.g. the LGC's call to the SuperLink); should not raise."""
 
 
+@dataclass(frozen=True)
+class LostOutcome:
+    """An execution that may have reached the SuperLink, whose reply nobody has."""
+
+    key: str
+    """Its key in the dedup store (scope and message id)."""
+    note: str
+    """What the caller passed to :meth:`ReliableReceiver.handle`."""
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One execution: its store key, the id for the logs, its note."""
+
+    key: str
+    message_id: str
+    note: str
+
+
 class ReliableReceiver:
     """At-most-once execution of requests keyed by message id, on the event loop.
 
@@ -88,15 +108,21 @@ class ReliableReceiver:
         self._closed = False
         self.untracked = 0
         """Calls without a message id, executed with no dedup at all."""
+        self.on_lost: Callable[[LostOutcome], None] = lambda lost: None
+        """Told of each execution whose outcome this process loses (it failed, or
+        the relay stopped under it); :meth:`lost` lists those of earlier processes."""
 
-    async def handle(self, message_id: str, execute: Execution, *, scope: str = "") -> Reply:
+    async def handle(
+        self, message_id: str, execute: Execution, *, scope: str = "", note: str = ""
+    ) -> Reply:
         """Return the reply to the request ``message_id``, executing it at most once.
 
         ``scope`` separates the ids of different senders (e.g. the verified
         site and the job), so that nobody can collect another site's reply by
         sending its id. A request without an id is executed with no dedup.
-        The returned reply may be shared between duplicates: treat it as
-        read-only.
+        ``note`` is kept with the id while it executes and handed back when its
+        outcome is lost (:class:`LostOutcome`). The returned reply may be shared
+        between duplicates: treat it as read-only.
         """
         if self._closed:
             return reply_for_error(
@@ -109,7 +135,7 @@ class ReliableReceiver:
         now = self._clock()
         self._maybe_expire(now)
         try:
-            decision = self.protocol.begin(key, now)
+            decision = self.protocol.begin(key, now, note)
         except DedupStoreError as exc:
             log.error("dedup store failed", extra={"message_id": message_id, "error": str(exc)})
             return reply_for_error(
@@ -138,9 +164,10 @@ class ReliableReceiver:
         if isinstance(decision, Execute):
             future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
             self._results[key] = future
-            task = asyncio.create_task(self._execute(key, message_id, execute, future))
+            call = _Call(key, message_id, note)
+            task = asyncio.create_task(self._execute(call, execute, future))
             self._tasks.add(task)
-            task.add_done_callback(lambda t: self._executed(t, key, message_id, future))
+            task.add_done_callback(lambda t: self._executed(t, call, future))
         else:
             future = self._results[key]
             metrics.dedup_answer("joined")
@@ -149,13 +176,14 @@ class ReliableReceiver:
         return await asyncio.shield(future)
 
     async def _execute(
-        self, key: str, message_id: str, execute: Execution, future: asyncio.Future[Reply]
+        self, call: _Call, execute: Execution, future: asyncio.Future[Reply]
     ) -> None:
+        key, message_id = call.key, call.message_id
         try:
             reply = await execute()
         except Exception as exc:
             log.exception("execution failed", extra={"message_id": message_id})
-            self._unknown_outcome(key, future, message_id, f"its execution failed: {exc!r}")
+            self._unknown_outcome(call, future, f"its execution failed: {exc!r}")
             return
         now = self._clock()
         try:
@@ -171,20 +199,20 @@ class ReliableReceiver:
             future.set_result(reply)
 
     def _executed(
-        self, task: asyncio.Task[None], key: str, message_id: str, future: asyncio.Future[Reply]
+        self, task: asyncio.Task[None], call: _Call, future: asyncio.Future[Reply]
     ) -> None:
         # Here rather than in _execute: a task cancelled before its first step
         # never enters _execute's body, yet its waiters need an answer.
         self._tasks.discard(task)
         if not future.done():
             why = "the relay stopped while executing it" if task.cancelled() else "it crashed"
-            self._unknown_outcome(key, future, message_id, why)
+            self._unknown_outcome(call, future, why)
 
-    def _unknown_outcome(
-        self, key: str, future: asyncio.Future[Reply], message_id: str, why: str
-    ) -> None:
+    def _unknown_outcome(self, call: _Call, future: asyncio.Future[Reply], why: str) -> None:
+        key, message_id = call.key, call.message_id
         self.protocol.fail(key, self._clock())
         del self._results[key]
+        self.on_lost(LostOutcome(key, call.note))
         future.set_result(
             reply_for_error(
                 message_id,
@@ -194,6 +222,16 @@ class ReliableReceiver:
                 ),
             )
         )
+
+    def lost(self) -> list[LostOutcome]:
+        """The executions an earlier process left with no outcome (call it at start,
+        before the first call: expiry forgets them once they are old)."""
+        try:
+            records = self.protocol.lost()
+        except DedupStoreError as exc:
+            log.error("dedup store failed", extra={"error": str(exc)})
+            return []
+        return [LostOutcome(r.message_id, r.note) for r in records]
 
     def _maybe_expire(self, now: float) -> None:
         if now - self._last_expiry >= self._expire_interval:

@@ -54,6 +54,9 @@ class Record:
     reply: bytes | None = None
     """The serialized reply of a completed id; ``None`` while pending, or when
     the reply was too large to keep (the receiver then refuses duplicates)."""
+    note: str = ""
+    """What the caller said of a pending id (e.g. which call it is), so that an
+    outcome lost in a crash can be reported after the restart."""
 
 
 class DedupStore(abc.ABC):
@@ -64,8 +67,12 @@ class DedupStore(abc.ABC):
         """The record of ``message_id``, or ``None`` when the id is unknown."""
 
     @abc.abstractmethod
-    def mark_pending(self, message_id: str, now: float) -> None:
+    def mark_pending(self, message_id: str, now: float, note: str = "") -> None:
         """Record that ``message_id`` started executing (replaces any record)."""
+
+    @abc.abstractmethod
+    def pending(self) -> list[Record]:
+        """Every pending record, oldest first (read once, at a restart)."""
 
     @abc.abstractmethod
     def mark_completed(self, message_id: str, reply: bytes | None, now: float) -> None:
@@ -114,8 +121,12 @@ class MemoryDedupStore(DedupStore):
     def get(self, message_id: str) -> Record | None:
         return self._records.get(message_id)
 
-    def mark_pending(self, message_id: str, now: float) -> None:
-        self._records[message_id] = Record(message_id, State.PENDING, now)
+    def mark_pending(self, message_id: str, now: float, note: str = "") -> None:
+        self._records[message_id] = Record(message_id, State.PENDING, now, note=note)
+
+    def pending(self) -> list[Record]:
+        found = [r for r in self._records.values() if r.state is State.PENDING]
+        return sorted(found, key=lambda r: r.at)
 
     def mark_completed(self, message_id: str, reply: bytes | None, now: float) -> None:
         self._records[message_id] = Record(message_id, State.COMPLETED, now, reply)
@@ -135,16 +146,19 @@ class MemoryDedupStore(DedupStore):
         return len(self._records)
 
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dedup (
     message_id TEXT PRIMARY KEY,
     state      TEXT NOT NULL CHECK (state IN ('pending', 'completed')),
     at         REAL NOT NULL,
-    reply      BLOB
+    reply      BLOB,
+    note       TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dedup_at ON dedup (at);
 """
+_MIGRATIONS = {1: "ALTER TABLE dedup ADD COLUMN note TEXT NOT NULL DEFAULT ''"}
+"""The statement that takes a store from version N to N + 1."""
 
 
 class SqliteDedupStore(DedupStore):
@@ -185,12 +199,15 @@ class SqliteDedupStore(DedupStore):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, _SCHEMA_VERSION):
+            if version not in (0, *_MIGRATIONS, _SCHEMA_VERSION):
                 raise ConfigError(
                     f"the dedup store {self.path} has schema version {version}; this "
-                    f"relay understands version {_SCHEMA_VERSION}. Move the file away "
-                    "(ids in it are then forgotten) or run a matching relay."
+                    f"relay understands versions 1 to {_SCHEMA_VERSION}. Move the file "
+                    "away (ids in it are then forgotten) or run a matching relay."
                 )
+            while version in _MIGRATIONS:  # records are kept: pending ids stay pending
+                self._db.execute(_MIGRATIONS[version])
+                version += 1
             self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         except sqlite3.Error as exc:
@@ -217,17 +234,23 @@ class SqliteDedupStore(DedupStore):
         state, at, reply = row
         return Record(message_id, State(state), float(at), None if reply is None else bytes(reply))
 
-    def mark_pending(self, message_id: str, now: float) -> None:
+    def mark_pending(self, message_id: str, now: float, note: str = "") -> None:
         self._run(
-            "INSERT OR REPLACE INTO dedup (message_id, state, at, reply) "
-            "VALUES (?, 'pending', ?, NULL)",
-            (message_id, now),
+            "INSERT OR REPLACE INTO dedup (message_id, state, at, reply, note) "
+            "VALUES (?, 'pending', ?, NULL, ?)",
+            (message_id, now, note),
         )
+
+    def pending(self) -> list[Record]:
+        rows = self._run(
+            "SELECT message_id, at, note FROM dedup WHERE state = 'pending' ORDER BY at", ()
+        ).fetchall()
+        return [Record(key, State.PENDING, float(at), note=note) for key, at, note in rows]
 
     def mark_completed(self, message_id: str, reply: bytes | None, now: float) -> None:
         self._run(
-            "INSERT OR REPLACE INTO dedup (message_id, state, at, reply) "
-            "VALUES (?, 'completed', ?, ?)",
+            "INSERT OR REPLACE INTO dedup (message_id, state, at, reply, note) "
+            "VALUES (?, 'completed', ?, ?, '')",
             (message_id, now, reply),
         )
 

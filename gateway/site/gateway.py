@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from ..core.config import Limits, LoopbackTLS, TLSConfig
 from ..observability import metrics
 from ..proto.envelope_pb2 import DIALECT_GRPC, Dialect
@@ -30,6 +32,8 @@ class SiteGateway:
         self._jobs: dict[str, tuple[LocalGatewayServer, JobForwarder]] = {}
         self.call_window = CallWindow()
         """The Fleet calls of all this site's jobs over the last minute (for the agent's poll)."""
+        self.calls_in_flight: Counter[str] = Counter()
+        """Per job, the SuperNode's Fleet calls waiting for their answer now."""
 
     async def open_job(
         self, job_id: str, dialect: Dialect, *, port: int = 0, tls: LoopbackTLS | None = None
@@ -41,7 +45,9 @@ class SiteGateway:
         forwarder = JobForwarder(
             job_id=job_id, site=self.name, client=self._client, window=self.call_window
         )
-        forward = metered(forwarder.forward, job=job_id, site=self.name)
+        forward = metered(
+            forwarder.forward, job=job_id, site=self.name, in_flight=self.calls_in_flight
+        )
         lgs = create_lgs(dialect, forward, self._limits, tls=tls)
         await lgs.start(port)
         self._jobs[job_id] = (lgs, forwarder)
@@ -59,6 +65,7 @@ class SiteGateway:
         entry = self._jobs.pop(job_id, None)
         if entry is not None:
             await entry[0].aclose()
+            self.calls_in_flight.pop(job_id, None)
             metrics.job_ended(job_id)
 
     async def aclose(self) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from ..observability import metrics
@@ -23,14 +24,19 @@ Forward = Callable[[str, Dialect, list[tuple[str, bytes]], bytes], Awaitable[Rep
 """forward(method, dialect, headers, body) -> reply; see JobForwarder.forward."""
 
 
-def metered(forward: Forward, *, job: str, site: str) -> Forward:
-    """``forward``, its calls counted and timed end to end (``flgate_site_*``)."""
+def metered(forward: Forward, *, job: str, site: str, in_flight: Counter[str]) -> Forward:
+    """``forward``, its calls counted and timed end to end (``flgate_site_*``), and
+    counted in ``in_flight[job]`` while they wait for their answer."""
 
     async def call(
         method: str, dialect: Dialect, headers: list[tuple[str, bytes]], body: bytes
     ) -> Reply:
         started = time.perf_counter()
-        reply = await forward(method, dialect, headers, body)
+        in_flight[job] += 1
+        try:
+            reply = await forward(method, dialect, headers, body)
+        finally:
+            in_flight[job] -= 1
         elapsed = time.perf_counter() - started
         metrics.site_call(job, site, method, reply.http_status, elapsed, len(body), len(reply.body))
         return reply

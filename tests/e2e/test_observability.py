@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 import urllib.request
 from collections import Counter
@@ -34,18 +33,6 @@ FAULTS = FaultConfig(
 )
 METRICS = ["--metrics-listen", "127.0.0.1:0", "--log-format", "json"]
 SETTLE_SECONDS = 30.0
-
-
-def _metrics_address(out: Path, name: str, timeout: float = 60.0) -> str:
-    """``host:port`` of the endpoint that process ``name`` printed at its start."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = out.read_text() if out.exists() else ""
-        match = re.search(rf"{name} metrics on http://([\d.]+:\d+)/metrics", text)
-        if match:
-            return match.group(1)
-        time.sleep(0.1)
-    raise AssertionError(f"{name} printed no metrics address: {out.read_text()[-2000:]}")
 
 
 def _logged(out: Path, job: str | None = None) -> Counter[str]:
@@ -106,7 +93,7 @@ QUERIES = {
 
 async def _observe(fed: RunningFederation, root: Path) -> Observed:
     fed.start_relay(extra=METRICS)
-    relay_metrics = _metrics_address(root / "relay.out", "relay")
+    relay_metrics = fed.metrics_address("relay")
     proxy = FaultProxy("127.0.0.1", fed.relay_port, FAULTS)
     await proxy.start()
     prometheus: RunningPrometheus | None = None
@@ -114,7 +101,7 @@ async def _observe(fed: RunningFederation, root: Path) -> Observed:
     try:
         for name in SITES:
             fed.start_site(name, extra=METRICS, relay_url=f"grpcs://localhost:{proxy.port}")
-        sites = {name: _metrics_address(root / f"{name}.out", "site") for name in SITES}
+        sites = {name: fed.metrics_address(name) for name in SITES}
         prometheus = await asyncio.to_thread(
             RunningPrometheus.start,
             root / "prometheus",

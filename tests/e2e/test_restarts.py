@@ -14,7 +14,8 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -26,11 +27,12 @@ from tests.support.federation import RunningFederation, running_federation
 from tests.support.paths import QUICKSTART
 
 pytestmark = pytest.mark.e2e
+SITES = ["site-1", "site-2"]
 
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFederation]:
-    with running_federation(tmp_path_factory.mktemp("restarts"), ["site-1", "site-2"]) as fed:
+    with running_federation(tmp_path_factory.mktemp("restarts"), SITES) as fed:
         yield fed
 
 
@@ -68,22 +70,58 @@ async def _submit(fed: RunningFederation) -> str:
             if sum(s.online for s in await admin.list_sites()) >= 2:
                 break
             await asyncio.sleep(0.5)
-        return (await admin.submit(QUICKSTART, sites=["site-1", "site-2"])).job_id
+        return (await admin.submit(QUICKSTART, sites=SITES)).job_id
     finally:
         await admin.aclose()
+
+
+async def _until(what: str, holds: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not holds():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
+        await asyncio.sleep(0.1)
+
+
+def _superlink_of(fed: RunningFederation) -> int:
+    """The pid of the (one) SuperLink that the relay runs."""
+    assert fed.relay is not None
+    found = [
+        pid
+        for pid in descendants(fed.relay.pid)
+        if b"flower-superlink" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _lgs_idle(fed: RunningFederation, site: str) -> bool:
+    return not any(fed.metric(site, "flgate_site_calls_in_flight").values())
 
 
 async def test_relay_killed_mid_job_and_restarted(
     federation: RunningFederation, runs: dict[str, RunOutcome]
 ) -> None:
+    """Killed while no Fleet call is anywhere between a SuperNode and its SuperLink:
+    the SuperNodes are stopped (SIGSTOP) until their LGS holds no call, so a reply the
+    SuperLink gave is never lost with the relay (that case is the next test's)."""
     job_id = await _submit(federation)
     await _poll(federation, job_id, "round1")
+    supernodes = [_supernode_of(federation, site) for site in SITES]
     port = federation.relay_port
-    federation.stop(federation.relay, signal.SIGKILL)
-    killed = time.monotonic()
-    await asyncio.sleep(2.0)
-    federation.start_relay(port=port)
-    restarted = time.monotonic()
+    for pid in supernodes:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        for site in SITES:
+            await _until(f"{site}'s LGS holding no call", partial(_lgs_idle, federation, site))
+        federation.stop(federation.relay, signal.SIGKILL)
+        killed = time.monotonic()
+        await asyncio.sleep(2.0)
+        federation.start_relay(port=port)
+        restarted = time.monotonic()
+    finally:
+        for pid in supernodes:
+            os.kill(pid, signal.SIGCONT)
     info = await _poll(federation, job_id, "ended")
     print(
         f"relay down {restarted - killed:.1f} s; job ended {time.monotonic() - restarted:.1f} s "
@@ -92,6 +130,42 @@ async def test_relay_killed_mid_job_and_restarted(
     assert info.state == "finished", info
     assert json.loads(info.result_json) == runs["direct-142"].result
     assert "adopted a running job" in (federation.root / "relay.out").read_text()
+
+
+async def test_relay_killed_while_a_pull_waits_at_the_superlink_fails_the_job_clearly(
+    federation: RunningFederation,
+) -> None:
+    """Flower hands a message out once: a PullMessages answered into a dead relay loses
+    what it carried, and the run would wait for it until its time limit. The relay
+    finds the lost pull in its dedup store at the restart and fails the job at once.
+    (The SuperLink is stopped with SIGSTOP so the pull is surely there when the relay
+    dies, and continued before the relay restarts.)"""
+    job_id = await _submit(federation)
+    await _poll(federation, job_id, "round1")
+    superlink = _superlink_of(federation)
+    port = federation.relay_port
+    os.kill(superlink, signal.SIGSTOP)
+    try:
+        await _until(
+            "a PullMessages waiting at the SuperLink",
+            lambda: (
+                federation.metric("relay", "flgate_relay_superlink_calls_in_flight").get(
+                    ("PullMessages",), 0
+                )
+                >= 1
+            ),
+        )
+        federation.stop(federation.relay, signal.SIGKILL)
+    finally:
+        os.kill(superlink, signal.SIGCONT)
+    federation.start_relay(port=port)
+    restarted = time.monotonic()
+    info = await _poll(federation, job_id, "ended", timeout=120)
+    print(f"job {info.state} {time.monotonic() - restarted:.1f} s after the restart")
+    assert info.state == "failed", info
+    assert info.reason.startswith("a message of the run was lost: site site-"), info.reason
+    assert "PullMessages (message " in info.reason, info.reason
+    assert "Submit the job again" in info.reason, info.reason
 
 
 async def test_site_agent_killed_mid_job_and_restarted(

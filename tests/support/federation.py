@@ -18,9 +18,12 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.control.admin import AdminClient
 from gateway.core.config import TLSConfig
@@ -243,6 +246,34 @@ class RunningFederation:
         done = self.run_cli(*argv)
         assert done.returncode == 0, f"flgate {' '.join(argv)} failed: {done.stderr}"
         return done.stdout
+
+    def metrics_address(self, name: str, timeout: float = 60.0) -> str:
+        """``host:port`` of the metrics endpoint that process ``name`` ("relay" or a
+        site) printed at its last start."""
+        out = self.root / f"{name}.out"
+        kind = "relay" if name == "relay" else "site"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = out.read_text() if out.exists() else ""
+            found = re.findall(rf"{kind} metrics on http://([\d.]+:\d+)/metrics", text)
+            if found:
+                return str(found[-1])
+            time.sleep(0.1)
+        raise AssertionError(f"{name} printed no metrics address: {out.read_text()[-2000:]}")
+
+    def metric(self, name: str, family: str) -> dict[tuple[str, ...], float]:
+        """The samples of metric ``family`` that process ``name`` exports now, by
+        their label values."""
+        with urllib.request.urlopen(
+            f"http://{self.metrics_address(name)}/metrics", timeout=5
+        ) as answer:
+            text = answer.read().decode()
+        return {
+            tuple(sample.labels.values()): sample.value
+            for parsed in text_string_to_metric_families(text)
+            if parsed.name == family
+            for sample in parsed.samples
+        }
 
     @property
     def relay_port(self) -> int:

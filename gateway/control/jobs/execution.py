@@ -109,6 +109,8 @@ class JobRunner:
         self._closing = closing
         self._site_start_timeout = site_start_timeout
         self._live: dict[str, _LiveJob] = {}
+        self._broken: dict[str, str] = {}
+        """Why a running job cannot complete although all its parts run (a lost message)."""
 
     def __contains__(self, job_id: str) -> bool:
         return job_id in self._live
@@ -168,6 +170,13 @@ class JobRunner:
             extra={"job": record.job_id, "superlink_pid": pid},
         )
 
+    def break_run(self, job_id: str, reason: str) -> None:
+        """Fail a job running here with ``reason`` as soon as its run is watched."""
+        if job_id in self._live and job_id not in self._broken:
+            self._broken[job_id] = reason
+            log.error("a running job cannot complete", extra={"job": job_id, "reason": reason})
+            self._changed.set()
+
     async def abort(self, job_id: str, reason: str) -> bool:
         """End a job running here with ``reason``; False when it does not run here."""
         live = self._live.get(job_id)
@@ -220,7 +229,7 @@ class JobRunner:
                 routed = True
             if adopted and record.run_id:
                 await unless_raised(
-                    self._until_a_site_fails(record),
+                    self._until_the_run_breaks(record),
                     self._follow_adopted_run(record, addresses.control),
                 )
                 return
@@ -263,7 +272,7 @@ class JobRunner:
             try:
                 exit_code, output = await asyncio.wait_for(
                     unless_raised(
-                        self._until_a_site_fails(record),
+                        self._until_the_run_breaks(record),
                         flwr_run(
                             self._install,
                             spec.app_dir,
@@ -299,6 +308,7 @@ class JobRunner:
                 await asyncio.to_thread(live.superlink.stop)
                 _copy(live.superlink.log_path, self._paths.log_path(job_id, SUPERLINK_LOG))
             self._live.pop(job_id, None)
+            self._broken.pop(job_id, None)
             self._changed.set()
             self._on_event(job_id, f"ended: {self._store.require(job_id).state}")
 
@@ -389,11 +399,14 @@ class JobRunner:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), 1.0)
 
-    async def _until_a_site_fails(self, record: JobRecord) -> None:
-        """Return never; raise once a site of the running job reports a failure."""
+    async def _until_the_run_breaks(self, record: JobRecord) -> None:
+        """Return never; raise once a site of the running job reports a failure, or
+        the relay lost a message of the run (:meth:`break_run`)."""
         while True:
             if failed := self._failed_sites(record):
                 raise JobError(f"a site failed during the run: {failed}")
+            if broken := self._broken.get(record.job_id):
+                raise JobError(f"a message of the run was lost: {broken}")
             self._changed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), 1.0)

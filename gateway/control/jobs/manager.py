@@ -131,6 +131,11 @@ class JobManager:
     def superlinks_running(self) -> int:
         return self._runner.superlinks_running()
 
+    def message_lost(self, job_id: str, reason: str) -> None:
+        """The relay lost a reply that carried the job's data: fail the job with ``reason``
+        rather than let it wait for that data until its time limit."""
+        self._runner.break_run(job_id, reason)
+
     def _summary(self, record: JobRecord) -> JobInfo:
         info = job_info(record)
         info.fleet_calls = self.fleet_calls(record.job_id)

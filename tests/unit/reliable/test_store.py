@@ -141,3 +141,50 @@ def test_dedup_keys_of_different_scopes_and_ids_never_collide(
     assert dedup_key(dedup_key("site-1", "job/a"), "m") != dedup_key(
         dedup_key("site-1/job", "a"), "m"
     )
+
+
+def test_pending_lists_only_pending_records_oldest_first_with_their_notes(
+    store: DedupStore,
+) -> None:
+    store.mark_pending("late", 5.0, "pull of site-2")
+    store.mark_pending("early", 1.0)
+    store.mark_pending("done", 0.5, "was pending")
+    store.mark_completed("done", b"r", 2.0)
+    assert store.pending() == [
+        Record("early", State.PENDING, 1.0),
+        Record("late", State.PENDING, 5.0, note="pull of site-2"),
+    ]
+
+
+def test_a_version_1_store_is_migrated_and_keeps_its_pending_ids(tmp_path: Path) -> None:
+    """Relays before the note column left pending ids that must stay refused."""
+    path = tmp_path / "v1.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(
+        "CREATE TABLE dedup (message_id TEXT PRIMARY KEY, state TEXT NOT NULL, "
+        "at REAL NOT NULL, reply BLOB) WITHOUT ROWID; PRAGMA user_version=1;"
+    )
+    db.execute("INSERT INTO dedup VALUES ('crashed', 'pending', 1.0, NULL)")
+    db.close()
+    with SqliteDedupStore(path) as store:
+        assert store.pending() == [Record("crashed", State.PENDING, 1.0)]
+        assert isinstance(ReceiverProtocol(store, policy=POLICY).begin("crashed", 2.0), Refuse)
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()
+
+
+def test_lost_lists_the_pending_ids_that_nobody_executes_now(tmp_path: Path) -> None:
+    path = tmp_path / "dedup.db"
+    with SqliteDedupStore(path) as first:
+        relay = ReceiverProtocol(first, policy=POLICY)
+        assert relay.begin("crashed", 0.0, "what it was") == Execute()
+    with SqliteDedupStore(path) as second:
+        restarted = ReceiverProtocol(second, policy=POLICY)
+        assert restarted.begin("new", 1.0, "running") == Execute()
+        assert restarted.lost() == [Record("crashed", State.PENDING, 0.0, note="what it was")]
+        # An execution that outlives the ttl is marked pending again, note and all.
+        restarted.expire(1.0 + POLICY.result_ttl + 1)
+        assert second.pending() == [
+            Record("new", State.PENDING, 1.0 + POLICY.result_ttl + 1, note="running")
+        ]
