@@ -148,6 +148,8 @@ def _print_job(info: JobInfo) -> None:
         print(f"  reason:     {info.reason}")
     print(f"  sites:      {', '.join(info.sites)}")
     print(f"  submitted:  {_when(info.created)} by {info.submitted_by}")
+    if info.flower:
+        print(f"  flower:     {info.flower}")
     if info.run_id:
         print(f"  flower run: {info.run_id}")
     if info.rounds:
@@ -240,7 +242,7 @@ def _site_row(site: SiteInfo) -> tuple[str, ...]:
         status = site.status
         reported = (
             status.transport or "-",
-            status.flower_version or "-",
+            ",".join(status.flower_versions) or status.flower_version or "-",
             f"{status.rtt_ms:.1f}" if status.HasField("rtt_ms") else "-",
             str(status.calls_last_minute),
             str(status.errors_last_minute),

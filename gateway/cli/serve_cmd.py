@@ -25,7 +25,7 @@ from ..control.site_agent import SiteAgent
 from ..core.exceptions import ConfigError
 from ..core.identity import Role
 from ..core.memory import return_large_blocks_at_once
-from ..flower.install import FlowerInstall, flower_release
+from ..flower.install import FlowerInstalls
 from ..observability.endpoint import RELAY_DEFAULT, SITE_DEFAULT, MetricsEndpoint, Readiness
 from ..provisioning.kit import Kit
 from .common import (
@@ -80,12 +80,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="comma-separated names of the federation's sites "
         "(default: any site with a valid certificate that has connected)",
     )
-    start.add_argument(
-        "--flower-bin",
-        type=Path,
-        metavar="DIR",
-        help="bin directory of the Flower installation for SuperLinks",
-    )
+    add_flower_options(start, "SuperLinks")
     add_tls_options(start, relay=False)
     add_limit_options(start)
     add_budget_options(start)
@@ -106,12 +101,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=Path,
         help="directory for the site's job logs (default with --kit: KIT/workspace)",
     )
-    start.add_argument(
-        "--flower-bin",
-        type=Path,
-        metavar="DIR",
-        help="bin directory of the Flower installation for SuperNodes",
-    )
+    add_flower_options(start, "SuperNodes")
     start.add_argument(
         "--flower-node-key", type=Path, metavar="PATH",
         help="the site's Flower node key (OpenSSH, 0600), for jobs with node_auth",
@@ -121,6 +111,41 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     add_metrics_options(start, SITE_DEFAULT)
     add_log_options(start)
     start.set_defaults(func=_site_start)
+
+
+def add_flower_options(parser: argparse.ArgumentParser, runs: str) -> None:
+    parser.add_argument(
+        "--flower-bin",
+        type=Path,
+        metavar="DIR",
+        action="append",
+        default=[],
+        help=f"bin directory of a Flower installation for {runs}; repeat for several "
+        'releases (a job\'s job.yaml picks one with flower: "1.39"); the first is the '
+        "default (default: the Flower beside this Python, else on PATH)",
+    )
+    parser.add_argument(
+        "--flower-envs",
+        type=Path,
+        metavar="DIR",
+        help="a directory of Flower environments (DIR/*/bin/flower-superlink), all of "
+        "them offered after those of --flower-bin",
+    )
+
+
+async def _flower_installs(args: argparse.Namespace) -> FlowerInstalls:
+    """The Flower installations of ``--flower-bin`` and ``--flower-envs``, each refused
+    outside the supported releases before anything starts (reading their versions runs
+    ``flwr --version`` once each, in a thread)."""
+
+    def find() -> FlowerInstalls:
+        installs = FlowerInstalls.find(args.flower_bin, envs_dir=args.flower_envs)
+        installs.require_supported()
+        return installs
+
+    installs = await asyncio.to_thread(find)
+    print(f"Flower releases: {', '.join(installs.releases)}", flush=True)
+    return installs
 
 
 def _workspace(args: argparse.Namespace, kit: Kit | None) -> Path:
@@ -159,14 +184,13 @@ async def _serve_relay(args: argparse.Namespace) -> None:
     kit = kit_from(args, Role.RELAY)
     if kit is not None:
         print(f"relay: {kit.describe()}", flush=True)
-    install = FlowerInstall.find(args.flower_bin)
-    await asyncio.to_thread(install.require_supported)  # runs flwr --version
+    installs = await _flower_installs(args)
     metrics_listen = metrics_listen_from(args, kit, RELAY_DEFAULT)
     app = RelayApp(
         listen_urls=args.listen or (kit.listen_urls if kit else None) or ["grpcs://0.0.0.0:8443"],
         tls=tls,
         workspace=_workspace(args, kit),
-        install=install,
+        installs=installs,
         known_sites=frozenset(s.strip() for s in args.sites.split(",")) if args.sites else None,
         crl=args.crl or (kit.crl if kit else None),
         limits=limits_from(args),
@@ -176,7 +200,7 @@ async def _serve_relay(args: argparse.Namespace) -> None:
     try:
         if endpoint is not None:
             await _serve_metrics("relay", endpoint)
-            telemetry.observe_relay(app, flower=await flower_release(install))
+            telemetry.observe_relay(app, flower=installs.releases)
         await app.start()
         for url, port in zip(app.relay.listen_urls, app.ports, strict=True):
             scheme, _, rest = url.partition("://")
@@ -217,14 +241,13 @@ async def _serve_site(args: argparse.Namespace) -> None:
     relay_url = relay_from(args, Role.SITE)
     if kit is not None:
         print(f"site: {kit.describe()}", flush=True)
-    install = FlowerInstall.find(args.flower_bin)
-    await asyncio.to_thread(install.require_supported)  # runs flwr --version
+    installs = await _flower_installs(args)
     metrics_listen = metrics_listen_from(args, kit, SITE_DEFAULT)
     agent = SiteAgent(
         relay_url=relay_url,
         tls=tls,
         workspace=_workspace(args, kit),
-        install=install,
+        installs=installs,
         flower_node_key=args.flower_node_key or (kit.flower_node_key if kit else None),
         limits=limits_from(args),
     )
@@ -233,7 +256,7 @@ async def _serve_site(args: argparse.Namespace) -> None:
     try:
         if endpoint is not None:
             await _serve_metrics("site", endpoint)
-            telemetry.observe_site(agent, flower=await flower_release(install))
+            telemetry.observe_site(agent, flower=installs.releases)
         print(f"site {agent.name} dialing {relay_url}", flush=True)
         running = asyncio.create_task(agent.run_forever(), name="site-agent")
         stopping = asyncio.create_task(stop.wait(), name="site-stop")

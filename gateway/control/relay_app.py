@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..core.config import Budgets, Limits, TLSConfig
-from ..flower.install import FlowerInstall
+from ..flower.install import FlowerInstalls
 from ..proto.envelope_pb2 import KIND_FLEET, Envelope
 from ..provisioning.revocation import RevocationList, tls_ca
 from ..relay.server import Relay
@@ -40,7 +40,7 @@ class RelayApp:
         listen_urls: Sequence[str],
         tls: TLSConfig,
         workspace: Path,
-        install: FlowerInstall,
+        installs: FlowerInstalls,
         known_sites: frozenset[str] | None = None,
         limits: Limits = Limits(),
         budgets: Budgets = Budgets(),
@@ -70,7 +70,7 @@ class RelayApp:
         self.manager = JobManager(
             workspace=workspace,
             routes=self.relay,
-            install=install,
+            installs=installs,
             known_sites=known_sites,
             board=board,
         )

@@ -34,7 +34,7 @@ from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 from ..core.config import Limits, LoopbackTLS, TLSConfig
 from ..core.exceptions import ConfigError, GatewayError, ProcessError
 from ..core.identity import Role, peer_from_pem
-from ..flower.install import FlowerInstall, flower_release
+from ..flower.install import FlowerInstalls
 from ..flower.launch import launch_supernode
 from ..flower.node_auth import (
     fingerprint,
@@ -110,7 +110,7 @@ class SiteAgent:
         relay_url: str,
         tls: TLSConfig,
         workspace: Path,
-        install: FlowerInstall,
+        installs: FlowerInstalls,
         limits: Limits = Limits(),
         poll_wait: float = POLL_WAIT_SECONDS,
         flower_node_key: Path | None = None,
@@ -135,12 +135,10 @@ class SiteAgent:
                 extra={"site": self.name, "fingerprint": fingerprint(public)},
             )
         self.workspace = workspace
-        self._install = install
+        self._installs = installs
         self._poll_wait = poll_wait
         self._gateway = SiteGateway(name=self.name, relay_url=relay_url, tls=tls, limits=limits)
         self._transport = parse_url(relay_url).scheme
-        self._flower_version = ""
-        """Read once when the agent starts: `flwr --version` takes a second or more."""
         self._rtt_ms: float | None = None
         """The last poll's round trip, reported on the next poll."""
         self._jobs: dict[str, _JobSlot] = {}
@@ -187,7 +185,6 @@ class SiteAgent:
     async def run_forever(self) -> None:
         """Poll, reconcile and ship logs until cancelled; survive relay outages."""
         failures = 0
-        self._flower_version = await flower_release(self._install)
         await self._recover()
         try:
             while True:
@@ -233,7 +230,8 @@ class SiteAgent:
         calls, errors = self._gateway.call_window.counts(time.monotonic())
         status = SiteStatus(
             transport=self._transport,
-            flower_version=self._flower_version,
+            flower_version=self._installs.default.version_text,
+            flower_versions=self._installs.releases,
             calls_last_minute=calls,
             errors_last_minute=errors,
         )
@@ -266,12 +264,13 @@ class SiteAgent:
     async def _start_job(self, job: SiteJob) -> None:
         slot = _JobSlot(job=job)
         self._jobs[job.job_id] = slot
-        ours = self._install.version_text
-        if ours.split(".")[:2] != job.flower_version.split(".")[:2]:
+        install = self._installs.matching(job.flower_version)
+        if install is None:
             slot.state = "failed"
             slot.detail = (
-                f"this site runs flwr {ours} but the job's SuperLink runs flwr "
-                f"{job.flower_version}; install the same major.minor release"
+                f"this site runs flwr {', '.join(self._installs.releases)} but the job's "
+                f"SuperLink runs flwr {job.flower_version}; install the same major.minor "
+                "release (flgate site start --flower-bin DIR, repeatable)"
             )
             log.error("cannot start job", extra={"job": job.job_id, "reason": slot.detail})
             return
@@ -288,7 +287,7 @@ class SiteAgent:
             lgs = await self._gateway.open_job(job.job_id, job.dialect, tls=tls)
             slot.lgs_port = lgs.port
             slot.supernode = await launch_supernode(
-                self._install,
+                install,
                 lgs.address,
                 self._job_dir(job.job_id),
                 name="supernode",

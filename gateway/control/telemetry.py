@@ -6,6 +6,7 @@ whether they are ready for work.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from .. import __version__
 from ..observability import metrics
@@ -20,7 +21,7 @@ UNKNOWN = "unknown"
 """The transport of a site that has not said (an agent older than the metrics)."""
 
 
-def observe_relay(app: RelayApp, *, flower: str) -> None:
+def observe_relay(app: RelayApp, *, flower: Sequence[str]) -> None:
     """Read the relay's state at each scrape; ``flower``: the release its SuperLinks run."""
     metrics.build_info(__version__, flower)
 
@@ -62,7 +63,7 @@ def observe_relay(app: RelayApp, *, flower: str) -> None:
     metrics.observe(metrics.REDIS_PENDING, pending)
 
 
-def observe_site(agent: SiteAgent, *, flower: str) -> None:
+def observe_site(agent: SiteAgent, *, flower: Sequence[str]) -> None:
     """Read the site agent's state at each scrape; ``flower``: its SuperNodes' release."""
     metrics.build_info(__version__, flower)
     metrics.observe(metrics.SUPERNODES, lambda: [((), agent.supernodes_running())])

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -130,15 +130,90 @@ class FlowerInstall:
     @property
     def dialect(self) -> Dialect:
         """The Fleet API dialect this Flower speaks."""
-        return DIALECT_HTTP if self.version[:2] >= FIRST_HTTP_VERSION else DIALECT_GRPC
+        return dialect_of(self.version_text)
 
 
-async def flower_release(install: FlowerInstall) -> str:
-    """The release ``install`` runs (``flwr --version``, off the event loop), or ``""``
-    when that fails: the metrics and a site's status report it, and a process whose
-    Flower is broken must still serve and say so."""
-    try:
-        return await asyncio.to_thread(lambda: install.version_text)
-    except ConfigError as exc:
-        log.warning("cannot tell the Flower release", extra={"error": str(exc)})
-        return ""
+def dialect_of(release: str) -> Dialect:
+    """The Fleet API dialect of Flower ``release`` ("x.y.z")."""
+    return DIALECT_HTTP if _major_minor(release) >= FIRST_HTTP_VERSION else DIALECT_GRPC
+
+
+def _major_minor(release: str) -> tuple[int, int]:
+    major, _, rest = release.partition(".")
+    minor = rest.partition(".")[0]
+    if not (major.isdigit() and minor.isdigit()):
+        raise ConfigError(f"{release!r} is not a Flower release (x.y or x.y.z)")
+    return int(major), int(minor)
+
+
+def release_matches(wanted: str, release: str) -> bool:
+    """Whether ``release`` ("x.y.z") is what ``wanted`` names: "x.y" means any patch of
+    x.y, "x.y.z" that release exactly."""
+    if wanted.count(".") >= 2:
+        return wanted == release
+    return _major_minor(wanted) == _major_minor(release)
+
+
+@dataclass(frozen=True)
+class FlowerInstalls:
+    """The Flower installations a relay or a site runs jobs with; the first is the
+    default, for jobs that name no release. One per release: a second installation of
+    a release already listed is left out."""
+
+    installs: tuple[FlowerInstall, ...]
+
+    @classmethod
+    def find(cls, bin_dirs: Sequence[Path] = (), *, envs_dir: Path | None = None) -> FlowerInstalls:
+        """The installations in ``bin_dirs`` and in each environment under ``envs_dir``
+        (``envs_dir/*/bin``), in that order; with neither, :meth:`FlowerInstall.find`'s."""
+        found = [FlowerInstall.find(d) for d in bin_dirs]
+        if envs_dir is not None:
+            if not envs_dir.is_dir():
+                raise ConfigError(f"--flower-envs {envs_dir}: no such directory")
+            envs = [e / "bin" for e in sorted(envs_dir.iterdir())]
+            found += [FlowerInstall.find(b) for b in envs if (b / "flower-superlink").exists()]
+            if not found:
+                raise ConfigError(
+                    f"no Flower environment in {envs_dir} (each ENV/bin/flower-superlink)"
+                )
+        return cls.of(found or [FlowerInstall.find()])
+
+    @classmethod
+    def of(cls, installs: Sequence[FlowerInstall]) -> FlowerInstalls:
+        kept: dict[str, FlowerInstall] = {}
+        for install in installs:
+            kept.setdefault(install.version_text, install)
+        return cls(tuple(kept.values()))
+
+    @property
+    def default(self) -> FlowerInstall:
+        return self.installs[0]
+
+    @property
+    def releases(self) -> list[str]:
+        """Their releases ("x.y.z"), the default first."""
+        return [i.version_text for i in self.installs]
+
+    def require_supported(self) -> None:
+        """Refuse, before anything starts, any of them outside :data:`SUPPORTED`."""
+        for install in self.installs:
+            install.require_supported()
+
+    def choose(self, wanted: str = "") -> FlowerInstall:
+        """The installation for a job that asks for ``wanted`` ("x.y" or "x.y.z"; "" for
+        the default); the newest patch when several match."""
+        if not wanted:
+            return self.default
+        matching = [i for i in self.installs if release_matches(wanted, i.version_text)]
+        if not matching:
+            raise ConfigError(
+                f"no Flower {wanted} here (installed: {', '.join(self.releases)}); "
+                f"add one with --flower-bin DIR"
+            )
+        return max(matching, key=lambda i: i.version)
+
+    def matching(self, release: str) -> FlowerInstall | None:
+        """The installation for a job whose SuperLink runs ``release``: the same
+        major.minor (the newest patch of it), or ``None``."""
+        same = [i for i in self.installs if _major_minor(i.version_text) == _major_minor(release)]
+        return max(same, key=lambda i: i.version) if same else None

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -171,7 +171,8 @@ SITE_ROUND_TRIP = Gauge(
 )
 BUILD_INFO = Gauge(
     "flgate_build_info",
-    "Always 1; the labels say the gateway's version and the Flower release it runs.",
+    "Always 1; the labels say the gateway's version and a Flower release it runs jobs "
+    "with (one sample per release).",
     ["version", "flower"],
     registry=REGISTRY,
 )
@@ -416,6 +417,7 @@ def site_round_trip(seconds: float) -> None:
         SITE_ROUND_TRIP.set(seconds)
 
 
-def build_info(version: str, flower: str) -> None:
+def build_info(version: str, flower: Sequence[str]) -> None:
     if _on:
-        BUILD_INFO.labels(version, flower).set(1)
+        for release in flower:
+            BUILD_INFO.labels(version, release).set(1)

@@ -34,18 +34,20 @@ class SiteJobState(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class SiteStatus(_message.Message):
-    __slots__ = ("transport", "flower_version", "rtt_ms", "calls_last_minute", "errors_last_minute")
+    __slots__ = ("transport", "flower_version", "rtt_ms", "calls_last_minute", "errors_last_minute", "flower_versions")
     TRANSPORT_FIELD_NUMBER: _ClassVar[int]
     FLOWER_VERSION_FIELD_NUMBER: _ClassVar[int]
     RTT_MS_FIELD_NUMBER: _ClassVar[int]
     CALLS_LAST_MINUTE_FIELD_NUMBER: _ClassVar[int]
     ERRORS_LAST_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    FLOWER_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     transport: str
     flower_version: str
     rtt_ms: float
     calls_last_minute: int
     errors_last_minute: int
-    def __init__(self, transport: _Optional[str] = ..., flower_version: _Optional[str] = ..., rtt_ms: _Optional[float] = ..., calls_last_minute: _Optional[int] = ..., errors_last_minute: _Optional[int] = ...) -> None: ...
+    flower_versions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, transport: _Optional[str] = ..., flower_version: _Optional[str] = ..., rtt_ms: _Optional[float] = ..., calls_last_minute: _Optional[int] = ..., errors_last_minute: _Optional[int] = ..., flower_versions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PollTasksRequest(_message.Message):
     __slots__ = ("jobs", "wait_ms", "flower_node_public_key", "status")
@@ -100,7 +102,7 @@ class SubmitJobRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., app_archive: _Optional[bytes] = ..., sites: _Optional[_Iterable[str]] = ..., min_sites: _Optional[int] = ..., run_config: _Optional[str] = ..., time_limit: _Optional[float] = ...) -> None: ...
 
 class JobInfo(_message.Message):
-    __slots__ = ("job_id", "name", "state", "reason", "sites", "submitted_by", "created", "updated", "run_id", "round", "rounds", "result_json", "run_config", "fleet_calls")
+    __slots__ = ("job_id", "name", "state", "reason", "sites", "submitted_by", "created", "updated", "run_id", "round", "rounds", "result_json", "run_config", "fleet_calls", "flower")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +117,7 @@ class JobInfo(_message.Message):
     RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
     RUN_CONFIG_FIELD_NUMBER: _ClassVar[int]
     FLEET_CALLS_FIELD_NUMBER: _ClassVar[int]
+    FLOWER_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     name: str
     state: str
@@ -129,7 +132,8 @@ class JobInfo(_message.Message):
     result_json: str
     run_config: str
     fleet_calls: int
-    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., sites: _Optional[_Iterable[str]] = ..., submitted_by: _Optional[str] = ..., created: _Optional[float] = ..., updated: _Optional[float] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., rounds: _Optional[int] = ..., result_json: _Optional[str] = ..., run_config: _Optional[str] = ..., fleet_calls: _Optional[int] = ...) -> None: ...
+    flower: str
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., sites: _Optional[_Iterable[str]] = ..., submitted_by: _Optional[str] = ..., created: _Optional[float] = ..., updated: _Optional[float] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., rounds: _Optional[int] = ..., result_json: _Optional[str] = ..., run_config: _Optional[str] = ..., fleet_calls: _Optional[int] = ..., flower: _Optional[str] = ...) -> None: ...
 
 class JobRef(_message.Message):
     __slots__ = ("job_id",)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gateway.control.jobs.manager import JobManager
-from gateway.flower.install import FlowerInstall
+from gateway.flower.install import FlowerInstall, FlowerInstalls
 from gateway.proto.envelope_pb2 import Dialect
 
 
@@ -36,10 +36,21 @@ class NoRoutes:
         raise AssertionError("no job runs in these tests")
 
 
-def offline_job_manager(tmp_path: Path, *, known_sites: frozenset[str] | None = None) -> JobManager:
+def offline_job_manager(
+    tmp_path: Path,
+    *,
+    known_sites: frozenset[str] | None = None,
+    releases: tuple[tuple[int, int, int], ...] = ((1, 41, 0),),
+) -> JobManager:
     """A job manager in ``tmp_path/relay`` that can store and answer, never start, a job;
-    ``known_sites``: the sites a submission may name (as the relay's project lists them)."""
-    install = flower_not_installed(tmp_path / "no-flower-here")
+    ``known_sites``: the sites a submission may name (as the relay's project lists them);
+    ``releases``: the Flower releases it has (none installed), the default first."""
+    installs = FlowerInstalls(
+        tuple(flower_not_installed(tmp_path / f"flower-{v}", v) for v in releases)
+    )
     return JobManager(
-        workspace=tmp_path / "relay", routes=NoRoutes(), install=install, known_sites=known_sites
+        workspace=tmp_path / "relay",
+        routes=NoRoutes(),
+        installs=installs,
+        known_sites=known_sites,
     )

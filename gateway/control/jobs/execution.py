@@ -31,7 +31,7 @@ from ...flower.flwr_cli import (
     run_status,
     write_flwr_home,
 )
-from ...flower.install import FlowerInstall
+from ...flower.install import FlowerInstall, FlowerInstalls
 from ...flower.launch import SuperLinkAddresses, launch_superlink
 from ...flower.node_auth import write_loopback_tls
 from ...flower.process import ManagedProcess, port_open
@@ -41,7 +41,16 @@ from .layout import SERVER_LOG, SUPERLINK_LOG, JobPaths
 from .node_keys import register_node_keys
 from .results import COMPLETED, ROUND_RE, parse_result
 from .spec import JobSpec, parse_run_config
-from .store import ABORTED, DISPATCHED, FAILED, FINISHED, RUNNING, JobRecord, JobStore
+from .store import (
+    ABORTED,
+    DISPATCHED,
+    FAILED,
+    FINISHED,
+    FLOWER_KEY,
+    RUNNING,
+    JobRecord,
+    JobStore,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +97,7 @@ class JobRunner:
         self,
         *,
         store: JobStore,
-        install: FlowerInstall,
+        installs: FlowerInstalls,
         routes: RouteTable,
         paths: JobPaths,
         sites: SiteReports,
@@ -100,7 +109,7 @@ class JobRunner:
         """``changed``: set when a job's state changes, and waited on for the sites' reports;
         ``closing()``: whether the relay shuts down (a job it cancels then fails, not aborts)."""
         self._store = store
-        self._install = install
+        self._installs = installs
         self._routes = routes
         self._paths = paths
         self._sites = sites
@@ -155,6 +164,16 @@ class JobRunner:
                 state=FAILED,
                 reason=f"the relay restarted while the job was {record.state} "
                 "and the job's SuperLink did not survive",
+            )
+            return
+        try:
+            self._install_of(record)
+        except ConfigError as exc:
+            await asyncio.to_thread(superlink.stop)
+            self._store.update(
+                record.job_id,
+                state=FAILED,
+                reason=f"the relay restarted without the job's Flower release: {exc}",
             )
             return
         # Routed here, before the relay listens again: the sites' retries arrive
@@ -222,7 +241,10 @@ class JobRunner:
                     else None
                 )
                 superlink, addresses = await launch_superlink(
-                    self._install, job_dir / "superlink", tls=tls, node_auth=spec.node_auth
+                    self._install_of(record),
+                    job_dir / "superlink",
+                    tls=tls,
+                    node_auth=spec.node_auth,
                 )
                 live.superlink = superlink
                 self._route(record, addresses.fleet)
@@ -246,6 +268,7 @@ class JobRunner:
                 state=DISPATCHED,
                 reason="starting SuperNodes on its sites",
                 runtime={
+                    **record.runtime,
                     "superlink_pid": str(live.superlink.pid),
                     "control": addresses.control,
                     "fleet": addresses.fleet,
@@ -274,7 +297,7 @@ class JobRunner:
                     unless_raised(
                         self._until_the_run_breaks(record),
                         flwr_run(
-                            self._install,
+                            self._install_of(record),
                             spec.app_dir,
                             flwr_home,
                             run_config=config,
@@ -286,7 +309,9 @@ class JobRunner:
             finally:
                 server_log.close()
             run_id = run_id_from_output(output)
-            status = await final_status(self._install, flwr_home, run_id) if run_id else None
+            status = (
+                await final_status(self._install_of(record), flwr_home, run_id) if run_id else None
+            )
             if self._store.require(job_id).state == DISPATCHED:
                 self._store.update(job_id, state=RUNNING)
             self._record_outcome(job_id, exit_code, status, output)
@@ -324,13 +349,13 @@ class JobRunner:
         deadline = record.created + record.time_limit
         status = None
         while time.time() < deadline:
-            status = await run_status(self._install, flwr_home, run_id)
+            status = await run_status(self._install_of(record), flwr_home, run_id)
             if status is not None and status.startswith("finished"):
                 break
             await asyncio.sleep(2.0)
         else:
             raise asyncio.TimeoutError
-        output = await run_logs(self._install, flwr_home, run_id)
+        output = await run_logs(self._install_of(record), flwr_home, run_id)
         self._paths.log_path(job_id, SERVER_LOG).write_text(output + "\n")
         self._record_outcome(job_id, 0, status, output)
 
@@ -339,10 +364,14 @@ class JobRunner:
         self._routes.add_job(
             record.job_id,
             sites=frozenset(record.sites),
-            dialect=self._install.dialect,
+            dialect=self._install_of(record).dialect,
             superlink=fleet,
             superlink_ca=self.superlink_ca(record.job_id),
         )
+
+    def _install_of(self, record: JobRecord) -> FlowerInstall:
+        """The Flower installation the job runs with (chosen when it was submitted)."""
+        return self._installs.choose(record.runtime.get(FLOWER_KEY, ""))
 
     def superlink_ca(self, job_id: str) -> Path | None:
         """The CA of the job's SuperLink when it serves TLS (jobs with node auth), else None."""
@@ -352,7 +381,7 @@ class JobRunner:
     async def register_node_keys(self, record: JobRecord, flwr_home: Path) -> None:
         """Admit the job's sites' Flower node keys to its SuperLink (jobs with node auth)."""
         await register_node_keys(
-            self._install,
+            self._install_of(record),
             flwr_home,
             sites=record.sites,
             key_of=self._sites.node_key,

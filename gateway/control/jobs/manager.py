@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ...core.exceptions import ConfigError, JobError, UnknownJobError
 from ...core.identity import Peer
-from ...flower.install import FlowerInstall
+from ...flower.install import FlowerInstalls, release_matches
 from ...proto.control_pb2 import (
     GetLogsResponse,
     JobInfo,
@@ -54,7 +54,7 @@ from .spec import (
     check_time_limit,
     parse_run_config,
 )
-from .store import ABORTED, ACTIVE_STATES, SUBMITTED, JobRecord, JobStore, job_info
+from .store import ABORTED, ACTIVE_STATES, FLOWER_KEY, SUBMITTED, JobRecord, JobStore, job_info
 
 __all__ = ["JobManager", "RouteTable", "job_info"]
 
@@ -74,7 +74,7 @@ class JobManager:
         *,
         workspace: Path,
         routes: RouteTable,
-        install: FlowerInstall,
+        installs: FlowerInstalls,
         known_sites: frozenset[str] | None = None,
         site_start_timeout: float = 120.0,
         board: Board | None = None,
@@ -82,6 +82,7 @@ class JobManager:
         """``board``: where relays sharing one Redis exchange what their jobs need
         (scale-out); without it this relay answers from its own jobs alone."""
         self.workspace = workspace
+        self._installs = installs
         self.store = JobStore(workspace / "jobs.db")
         self._paths = JobPaths(workspace)
         self._known_sites = known_sites
@@ -95,14 +96,14 @@ class JobManager:
         """The Fleet calls the relay answered for a job (the relay sets it)."""
         self._sites = SiteTasks(
             store=self.store,
-            install=install,
+            installs=installs,
             paths=self._paths,
             changed=self._changed,
             on_change=self._site_changed,
         )
         self._runner = JobRunner(
             store=self.store,
-            install=install,
+            installs=installs,
             routes=routes,
             paths=self._paths,
             sites=self._sites,
@@ -301,6 +302,7 @@ class JobManager:
                 f"job {spec.name} needs at least {spec.min_sites} sites, got {len(sites)}"
             )
         config = {**spec.run_config, **overrides}
+        release = self._release_for(spec, sites)
         return JobRecord(
             job_id=job_id,
             name=name or spec.name,
@@ -311,7 +313,35 @@ class JobManager:
             run_config=" ".join(f"{k}={_quoted(v)}" for k, v in config.items()),
             time_limit=time_limit or spec.time_limit,
             reason="waiting for its sites",
+            runtime={FLOWER_KEY: release},
         )
+
+    def _release_for(self, spec: JobSpec, sites: list[str]) -> str:
+        """The Flower release ("x.y.z") the job runs with: the one its job file names,
+        else the relay's default; refused when the relay or a site lacks it (a site
+        that has not reported its releases yet is checked when it starts the job)."""
+        try:
+            release = self._installs.choose(spec.flower).version_text
+        except ConfigError as exc:
+            raise ConfigError(
+                f"job {spec.name} needs Flower {spec.flower}, but the relay has "
+                f"{', '.join(self._installs.releases)}: start the relay with "
+                f"--flower-bin DIR of a Flower {spec.flower} environment"
+            ) from exc
+        wanted = spec.flower or ".".join(release.split(".")[:2])
+        lacking = {
+            site: offered
+            for site in sites
+            if (offered := self._sites.flower_releases(site)) is not None
+            and not any(release_matches(wanted, r) for r in offered)
+        }
+        if lacking:
+            raise ConfigError(
+                f"job {spec.name} runs with Flower {release}, which "
+                + "; ".join(f"site {s} lacks (it has {', '.join(r)})" for s, r in lacking.items())
+                + f": install Flower {wanted} there (flgate site start --flower-bin DIR)"
+            )
+        return release
 
     async def abort(self, job_id: str, reason: str) -> JobRecord:
         record = self._get(job_id)

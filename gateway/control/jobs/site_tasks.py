@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from ...core.exceptions import JobError
-from ...flower.install import FlowerInstall
+from ...flower.install import FlowerInstalls, dialect_of
 from ...proto.control_pb2 import (
     PollTasksRequest,
     PollTasksResponse,
@@ -28,7 +28,7 @@ from ...proto.control_pb2 import (
 )
 from ..board import BoardView, Report, Status, newest
 from .layout import JobPaths
-from .store import DISPATCHED, RUNNING, JobStore
+from .store import DISPATCHED, FLOWER_KEY, RUNNING, JobStore
 
 SITE_ONLINE_SECONDS = 60.0
 """A site that polled within this many seconds counts as online."""
@@ -43,7 +43,7 @@ class SiteTasks:
         self,
         *,
         store: JobStore,
-        install: FlowerInstall,
+        installs: FlowerInstalls,
         paths: JobPaths,
         changed: asyncio.Event,
         on_change: Callable[[str, str], None],
@@ -51,7 +51,7 @@ class SiteTasks:
         """``changed``: set whenever a site reports a new state (and waited on by polls);
         ``on_change(job_id, text)``: told of each such new state."""
         self._store = store
-        self._install = install
+        self._installs = installs
         self._paths = paths
         self._changed = changed
         self._on_change = on_change
@@ -93,11 +93,12 @@ class SiteTasks:
         for record in self._store.list():
             if record.state not in (DISPATCHED, RUNNING) or site not in record.sites:
                 continue
+            release = record.runtime.get(FLOWER_KEY) or self._installs.default.version_text
             desired.append(
                 SiteJob(
                     job_id=record.job_id,
-                    dialect=self._install.dialect,
-                    flower_version=self._install.version_text,
+                    dialect=dialect_of(release),
+                    flower_version=release,
                     partition_id=record.sites.index(site),
                     num_partitions=len(record.sites),
                     node_auth=record.runtime.get("node_auth") == "1",
@@ -155,6 +156,15 @@ class SiteTasks:
     def status(self, site: str) -> SiteStatus | None:
         """The newest status ``site`` reported to this relay or another, or None if never."""
         return newest((self.statuses.get(site), self.others.status(site)))
+
+    def flower_releases(self, site: str) -> list[str] | None:
+        """The Flower releases ``site`` reported it runs jobs with, or None before it
+        reported any (agents that predate the list report their one release)."""
+        status = self.status(site)
+        if status is None:
+            return None
+        releases = list(status.flower_versions) or [status.flower_version]
+        return [r for r in releases if r] or None
 
     def node_key(self, site: str) -> str:
         """The Flower node key ``site`` reported to this relay or another, or ''."""

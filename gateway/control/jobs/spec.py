@@ -8,6 +8,8 @@
       num-server-rounds: 3
     time_limit: 900             # seconds before the job is stopped
     node_auth: true             # Flower's SuperNode authentication with the sites' node keys
+    flower: "1.39"              # the Flower release to run it with (x.y or x.y.z): relay
+                                # and sites pick that installation (default: the relay's)
 
 A directory without a job file is still a job: its defaults apply.
 
@@ -49,7 +51,7 @@ _YAML_LOADER: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = getattr(
 
 JOB_FILE = "job.yaml"
 PYPROJECT = "pyproject.toml"
-_KNOWN_KEYS = {"name", "min_sites", "run_config", "time_limit", "node_auth"}
+_KNOWN_KEYS = {"name", "min_sites", "run_config", "time_limit", "node_auth", "flower"}
 RunConfigValue = int | float | str
 
 MAX_TIME_LIMIT = 7 * 24 * 3600.0
@@ -64,6 +66,8 @@ MAX_PYPROJECT_BYTES = 1024 * 1024
 JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 """A job's name: shown in tables and logs, so no spaces, control characters or markup."""
 _RUN_CONFIG_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+FLOWER_RELEASE = re.compile(r"[1-9][0-9]?\.[0-9]{1,3}(\.[0-9]{1,3})?")
+"""A Flower release as a job names it: "1.39" (any patch) or "1.39.0"."""
 _OBJECT_REF = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*")
 """Flower's ``module:attribute`` reference to a ServerApp or ClientApp."""
 
@@ -80,6 +84,8 @@ class JobSpec:
     node_auth: bool = False
     """Run the job's SuperLink with ``--enable-supernode-auth``: only SuperNodes
     holding a key that a site of the job reported may join."""
+    flower: str = ""
+    """The Flower release the job needs ("x.y" or "x.y.z"); "" for the relay's default."""
 
     @classmethod
     def load(cls, directory: Path, *, shown_as: str | None = None) -> JobSpec:
@@ -115,6 +121,20 @@ class JobSpec:
                 f"{JOB_FILE}: node_auth must be true or false, not {_kind(node_auth)}"
             )
         name = data.get("name")
+        flower = data.get("flower", "")
+        if not (isinstance(flower, str) and (flower == "" or FLOWER_RELEASE.fullmatch(flower))):
+            # YAML reads an unquoted 1.40 as the number 1.4: only quotes keep the release
+            shown = (
+                repr(flower)[:40]
+                if isinstance(flower, str)
+                else f"the number {flower!r} (quote it)"
+                if isinstance(flower, float)
+                else _kind(flower)
+            )
+            raise ConfigError(
+                f'{JOB_FILE}: flower must be a quoted Flower release such as "1.39" or '
+                f'"1.42.0"; got {shown}'
+            )
         return cls(
             app_dir=app_dir,
             name=(
@@ -126,6 +146,7 @@ class JobSpec:
             run_config=_run_config(data.get("run_config")),
             time_limit=check_time_limit(data.get("time_limit", 900), f"{JOB_FILE}: time_limit"),
             node_auth=node_auth,
+            flower=flower,
         )
 
 

@@ -37,6 +37,10 @@ _NEXT = {
 }
 
 
+FLOWER_KEY = "flower"
+"""The key of a job's Flower release ("x.y.z") in its ``runtime``, set when it is submitted."""
+
+
 @dataclass(frozen=True)
 class JobRecord:
     job_id: str
@@ -54,7 +58,8 @@ class JobRecord:
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
     runtime: dict[str, str] = field(default_factory=dict)
-    """Where the job's SuperLink runs (pid, addresses), for a restarted relay."""
+    """The job's Flower release (:data:`FLOWER_KEY`) and where its SuperLink runs (pid,
+    addresses), for a restarted relay."""
 
     @property
     def ended(self) -> bool:
@@ -77,6 +82,7 @@ def job_info(record: JobRecord) -> JobInfo:
         rounds=record.rounds,
         result_json=record.result_json,
         run_config=record.run_config,
+        flower=record.runtime.get(FLOWER_KEY, ""),
     )
 
 

@@ -25,6 +25,7 @@ SITES = [
             rtt_ms=12.345,
             calls_last_minute=120,
             errors_last_minute=3,
+            flower_versions=["1.41.0", "1.39.0"],  # every release it offers, default first
         ),
     ),
     # Polled before it measured a round trip, with no Flower release it could tell.
@@ -58,7 +59,7 @@ def test_the_table_shows_each_sites_link_and_calls_and_dashes_for_what_it_never_
         "JOBS",
     ]
     assert [row.split() for row in rows] == [
-        ["site-1", "yes", "-", "grpcs", "1.41.0", "12.3", "120", "3", "job-1"],
+        ["site-1", "yes", "-", "grpcs", "1.41.0,1.39.0", "12.3", "120", "3", "job-1"],
         ["site-2", "yes", "-", "https", "-", "-", "0", "0", "-"],
         ["site-3", "no", "-", "-", "-", "-", "-", "-", "-"],
     ]
@@ -78,11 +79,13 @@ def test_json_carries_the_status_and_leaves_out_what_was_never_reported(
         "rtt_ms": 12.345,
         "calls_last_minute": 120,
         "errors_last_minute": 3,
+        "flower_versions": ["1.41.0", "1.39.0"],
     }
     assert two["status"] == {
         "transport": "https",
         "flower_version": "",
         "calls_last_minute": 0,
         "errors_last_minute": 0,
+        "flower_versions": [],
     }
     assert "status" not in three

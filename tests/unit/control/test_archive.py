@@ -37,6 +37,7 @@ from gateway.control.relay_app import RelayApp
 from gateway.core.config import MiB
 from gateway.core.exceptions import ConfigError
 from gateway.core.identity import AdminRole, Peer, Role
+from gateway.flower.install import FlowerInstalls
 from gateway.proto.control_pb2 import SubmitJobRequest
 from tests.support.archives import (
     PYPROJECT,
@@ -502,7 +503,7 @@ async def test_job_submit_prints_what_it_left_out(
         listen_urls=["tcps://127.0.0.1:0"],
         tls=federation.relay,
         workspace=tmp_path / "relay",
-        install=flower_not_installed(tmp_path / "no-flower-here"),
+        installs=FlowerInstalls((flower_not_installed(tmp_path / "no-flower-here"),)),
         known_sites=SITES,
     )
     await relay.start()

@@ -24,7 +24,7 @@ from gateway.control.jobs.store import FAILED, RUNNING, JobRecord, JobStore
 from gateway.control.relay_app import RelayApp
 from gateway.core.exceptions import JobError
 from gateway.flower import flwr_cli
-from gateway.flower.install import FlowerInstall
+from gateway.flower.install import FlowerInstall, FlowerInstalls
 from tests.support.pki import FederationKits
 from tests.support.relay import flower_not_installed
 
@@ -70,7 +70,7 @@ async def test_an_adopted_job_is_routed_before_the_relay_listens(
         listen_urls=["grpcs://127.0.0.1:0"],
         tls=federation.relay,
         workspace=tmp_path / "relay",
-        install=install,
+        installs=FlowerInstalls((install,)),
     )
     app.manager.store.add(
         JobRecord(

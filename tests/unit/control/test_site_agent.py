@@ -17,7 +17,7 @@ import pytest
 from gateway.control.jobs.manager import JobManager
 from gateway.control.relay_api import ControlService
 from gateway.control.site_agent import SiteAgent, round_trip_ms
-from gateway.flower.install import FlowerInstall
+from gateway.flower.install import FlowerInstalls
 from gateway.proto.control_pb2 import PollTasksResponse, SiteInfo
 from gateway.relay.server import Relay
 from tests.support.pki import FederationKits
@@ -58,24 +58,20 @@ async def _reported(manager: JobManager, site: str) -> SiteInfo:
     raise AssertionError(f"{site} reported no round trip: {manager.sites()}")
 
 
-@pytest.mark.parametrize("flower", ["1.41.0", ""], ids=["flower", "flwr-version-fails"])
-async def test_the_agent_reports_its_transport_release_and_round_trip(
+async def test_the_agent_reports_its_transport_releases_and_round_trip(
     relay: tuple[str, JobManager],
     federation: FederationKits,
     tmp_path: Path,
-    flower: str,
 ) -> None:
     url, manager = relay
-    install = (
-        flower_not_installed(tmp_path / "flower", (1, 41, 0))
-        if flower
-        else FlowerInstall(tmp_path / "no-flwr-here")  # `flwr --version` cannot run
+    installs = FlowerInstalls(
+        tuple(flower_not_installed(tmp_path / str(v), v) for v in ((1, 41, 0), (1, 39, 0)))
     )
     agent = SiteAgent(
         relay_url=url,
         tls=federation.sites["site-1"],
         workspace=tmp_path / "site",
-        install=install,
+        installs=installs,
         poll_wait=POLL_WAIT,
     )
     running = asyncio.create_task(agent.run_forever())
@@ -86,7 +82,8 @@ async def test_the_agent_reports_its_transport_release_and_round_trip(
         with contextlib.suppress(asyncio.CancelledError):
             await running
     assert info.online
-    assert (info.status.transport, info.status.flower_version) == ("grpcs", flower)
+    assert (info.status.transport, info.status.flower_version) == ("grpcs", "1.41.0")
+    assert list(info.status.flower_versions) == ["1.41.0", "1.39.0"]  # the default first
     # Each poll took a whole POLL_WAIT; the relay's hold is taken off, leaving the network.
     assert 0.0 <= info.status.rtt_ms < POLL_WAIT * 1000
     assert (info.status.calls_last_minute, info.status.errors_last_minute) == (0, 0)

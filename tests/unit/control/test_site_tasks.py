@@ -11,6 +11,7 @@ import pytest
 
 from gateway.control.board import BoardView, Share
 from gateway.control.jobs.manager import JobManager
+from gateway.flower.install import FlowerInstalls
 from gateway.proto.control_pb2 import PollTasksRequest, SiteInfo, SiteStatus
 from tests.support.relay import NoRoutes, flower_not_installed, offline_job_manager
 
@@ -94,7 +95,7 @@ async def test_statuses_reported_to_other_relays_are_listed_and_the_newest_wins(
     manager = JobManager(
         workspace=tmp_path / "relay",
         routes=NoRoutes(),
-        install=flower_not_installed(tmp_path / "no-flower-here"),
+        installs=FlowerInstalls((flower_not_installed(tmp_path / "no-flower-here"),)),
         board=board,
     )
     await manager.start()

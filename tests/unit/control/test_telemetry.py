@@ -10,6 +10,7 @@ from gateway.control import telemetry
 from gateway.control.jobs.store import FINISHED, RUNNING, JobRecord
 from gateway.control.relay_app import RelayApp
 from gateway.control.site_agent import SiteAgent
+from gateway.flower.install import FlowerInstalls
 from gateway.observability import metrics
 from tests.support.pki import FederationKits
 from tests.support.relay import flower_not_installed
@@ -31,9 +32,9 @@ async def test_the_relays_state_and_readiness_are_read_at_each_scrape(
         listen_urls=["grpcs://127.0.0.1:0", "https://127.0.0.1:0"],
         tls=federation.relay,
         workspace=tmp_path / "relay",
-        install=flower_not_installed(tmp_path / "no-flower"),
+        installs=FlowerInstalls((flower_not_installed(tmp_path / "no-flower"),)),
     )
-    telemetry.observe_relay(app, flower="1.41.0")
+    telemetry.observe_relay(app, flower=["1.41.0"])
     assert app.not_ready() == "starting: the listeners are not open yet"
     app.manager.store.add(_record("j-done", FINISHED))
     await app.start()
@@ -64,9 +65,9 @@ async def test_a_site_is_ready_while_it_polled_its_relay_within_a_minute(
         relay_url="grpcs://localhost:1",
         tls=federation.sites["site-1"],
         workspace=tmp_path / "site",
-        install=flower_not_installed(tmp_path / "no-flower"),
+        installs=FlowerInstalls((flower_not_installed(tmp_path / "no-flower"),)),
     )
-    telemetry.observe_site(agent, flower="1.41.0")
+    telemetry.observe_site(agent, flower=["1.41.0"])
     assert (
         telemetry.site_not_ready(agent) == "no poll of the relay has succeeded in the last minute"
     )

@@ -26,6 +26,7 @@ from gateway.control.relay_app import RelayApp
 from gateway.core.config import TLSConfig
 from gateway.core.envelope import make_envelope, new_message_id, now_ms
 from gateway.core.exceptions import DeadlineError, GatewayError, JobError
+from gateway.flower.install import FlowerInstalls
 from gateway.proto.control_pb2 import ListJobsRequest, PollTasksRequest
 from gateway.proto.envelope_pb2 import DIALECT_HTTP, KIND_ADMIN, KIND_AGENT, Envelope, Kind
 from gateway.relay.server import Relay
@@ -236,7 +237,7 @@ async def relay_app(
         listen_urls=[redis_servers.tls.url],
         tls=redis_pki.federation.relay,
         workspace=tmp_path / "relay",
-        install=flower_not_installed(tmp_path / "no-flower-here"),
+        installs=FlowerInstalls((flower_not_installed(tmp_path / "no-flower-here"),)),
     )
     await app.start()
     try:
