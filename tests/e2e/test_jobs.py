@@ -2,13 +2,16 @@
 
 One federation serves every test of this module, in order: bad submissions are
 refused, a failing app ends as failed while the relay keeps serving, two jobs
-run at once over the one relay port with results equal to direct Flower, a
-site outside a job is refused, and an aborted job leaves nothing running.
+run at once over the one relay port with results equal to direct Flower (one with
+Flower 1.42 over HTTP, one with Flower 1.39 over gRPC: relay, site-1 and site-2 have
+both releases), a job naming a release that site-3 lacks is refused, a site outside
+a job is refused, and an aborted job leaves nothing running.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import io
 import json
@@ -22,12 +25,13 @@ import pytest
 
 from gateway.control.jobs.store import JobStore
 from gateway.core.exceptions import ConfigError, JobError
-from gateway.flower.process import port_open
+from gateway.flower.process import descendants, port_open
 from gateway.harness.local_run import RunOutcome
 from gateway.proto.control_pb2 import JobInfo
 from gateway.proto.envelope_pb2 import DIALECT_HTTP
 from gateway.site.gateway import SiteGateway
 from tests.support.federation import RunningFederation, running_federation, until_state, wait_online
+from tests.support.flower_envs import flwr139, flwr142
 from tests.support.paths import QUICKSTART
 from tests.support.procs import processes_touching, wait_until_gone
 
@@ -48,8 +52,31 @@ def main(grid: Grid, context: Context) -> None:
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFederation]:
-    with running_federation(tmp_path_factory.mktemp("fed"), ["site-1", "site-2", "site-3"]) as fed:
+    both = [flwr142().bin_dir, flwr139().bin_dir]  # 1.42 is the default
+    flower_bins = {"relay": both, "site-1": both, "site-2": both, "site-3": both[:1]}
+    with running_federation(
+        tmp_path_factory.mktemp("fed"), ["site-1", "site-2", "site-3"], flower_bins=flower_bins
+    ) as fed:
         yield fed
+
+
+def _needing_flower(app_dir: Path, release: str) -> Path:
+    """A copy of the quickstart job whose job file asks for Flower ``release``."""
+    shutil.copytree(QUICKSTART, app_dir)
+    job_file = app_dir / "job.yaml"
+    job_file.write_text(job_file.read_text() + f'flower: "{release}"\n')
+    return app_dir
+
+
+def _supernode_programs(fed: RunningFederation, site: str) -> list[str]:
+    """The ``flower-supernode`` programs (full paths) that ``site``'s agent runs now."""
+    agent = fed.sites[site]
+    found = []
+    for pid in descendants(agent.pid):
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            found += [a.decode() for a in argv if a.endswith(b"/flower-supernode")]
+    return sorted(found)
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -116,18 +143,28 @@ async def test_two_jobs_run_concurrently_with_results_equal_to_direct_flower(
     try:
         first = await admin.submit(QUICKSTART, sites=["site-1", "site-2"], name="three-rounds")
         second = await admin.submit(
-            QUICKSTART,
+            _needing_flower(tmp_path / "on-flower-139", "1.39"),
             sites=["site-1", "site-2"],
             name="two-rounds",
             run_config="num-server-rounds=2",
         )
-        # Both are running at the same time, on the same sites and relay port.
+        assert (first.flower, second.flower) == ("1.42.0", "1.39.0")
+        # Both are running at the same time, on the same sites and relay port, each
+        # with its own Flower release: its SuperLink on the relay, its SuperNodes here.
         for _ in range(120):
             states = {(await admin.get(j.job_id)).state for j in (first, second)}
             if states == {"running"}:
                 break
             await asyncio.sleep(0.5)
         assert states == {"running"}, states
+        for site in ("site-1", "site-2"):
+            programs = _supernode_programs(federation, site)
+            assert programs == sorted(
+                [
+                    str(flwr142().program("flower-supernode")),
+                    str(flwr139().program("flower-supernode")),
+                ]
+            ), programs
         done = await asyncio.gather(*(_until_ended(federation, j.job_id) for j in (first, second)))
         for info in done:
             assert info.state == "finished", info
@@ -142,6 +179,8 @@ async def test_two_jobs_run_concurrently_with_results_equal_to_direct_flower(
         status = await asyncio.to_thread(federation.cli, "job", "status", first.job_id)
         assert f"job {first.job_id} (three-rounds): finished" in status
         assert "round 3/3" in status
+        status = await asyncio.to_thread(federation.cli, "job", "status", second.job_id)
+        assert "flower:     1.39.0" in status, status
         site_log = await admin.logs(first.job_id, source="site-1")
         assert site_log.data, "site-1's SuperNode log was not shipped to the relay"
         archive = await admin.download(first.job_id)
@@ -151,6 +190,32 @@ async def test_two_jobs_run_concurrently_with_results_equal_to_direct_flower(
         assert f"{first.job_id}/logs/server.log" in names
         assert summary["state"] == "finished"
         assert summary["result"] == runs["direct-142"].result
+    finally:
+        await admin.aclose()
+
+
+async def test_a_job_naming_a_release_a_site_lacks_is_refused_and_nothing_starts(
+    federation: RunningFederation, tmp_path: Path
+) -> None:
+    admin = federation.admin()
+    try:
+        before = await admin.list_jobs()
+        with pytest.raises(ConfigError) as caught:
+            await admin.submit(
+                _needing_flower(tmp_path / "app", "1.39"), sites=["site-1", "site-3"]
+            )
+        assert "runs with Flower 1.39.0, which site site-3 lacks (it has 1.42.0)" in str(
+            caught.value
+        )
+        assert await admin.list_jobs() == before
+        assert _supernode_programs(federation, "site-1") == []
+        sites = json.loads(await asyncio.to_thread(federation.cli, "job", "sites", "--json"))
+        offered = {s["name"]: s["status"]["flower_versions"] for s in sites}
+        assert offered == {
+            "site-1": ["1.42.0", "1.39.0"],
+            "site-2": ["1.42.0", "1.39.0"],
+            "site-3": ["1.42.0"],
+        }
     finally:
         await admin.aclose()
 

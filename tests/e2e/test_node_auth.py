@@ -47,7 +47,7 @@ SITE_WITHOUT_KEY = "site-3"
 def _start_site(fed: RunningFederation, name: str, node_key: Path | None) -> None:
     """``RunningFederation.start_site`` plus ``--flower-node-key``."""
     key = ["--flower-node-key", str(node_key)] if node_key else []
-    flower = ["--flower-bin", str(fed.flower_bin)] if fed.flower_bin else []
+    flower = fed.flower_args(name)
     fed.sites[name] = fed._spawn(
         name,
         [

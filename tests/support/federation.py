@@ -90,7 +90,9 @@ class RunningFederation:
     relay_url: str = ""
     relay: subprocess.Popen[bytes] | None = None
     sites: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    flower_bin: Path | None = None
+    flower_bins: dict[str, list[Path]] = field(default_factory=dict)
+    """Per process ("relay" or a site): its ``--flower-bin`` directories, the default first
+    (none: the Flower beside this Python)."""
 
     @classmethod
     def create(
@@ -150,6 +152,10 @@ class RunningFederation:
         self.site_tls[name] = load_kit(self.kit(name)).tls
         return self.kit(name)
 
+    def flower_args(self, name: str) -> list[str]:
+        """``--flower-bin DIR`` for each Flower installation of process ``name``."""
+        return [arg for d in self.flower_bins.get(name, []) for arg in ("--flower-bin", str(d))]
+
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", PYTHONUNBUFFERED="1")
         with (self.root / f"{name}.out").open("ab") as log:
@@ -172,7 +178,7 @@ class RunningFederation:
         or with ``from_kit`` where the kit says (its ports and its workspace)."""
         out = self.root / "relay.out"
         out.unlink(missing_ok=True)
-        flower = ["--flower-bin", str(self.flower_bin)] if self.flower_bin else []
+        flower = self.flower_args("relay")
         where = (
             []
             if from_kit
@@ -219,7 +225,7 @@ class RunningFederation:
         """Start site ``name`` from its kit, told the relay's address (``--relay``:
         ``relay_url``, else the relay's) unless ``from_kit``, when it dials the address
         in its kit; ``extra``: more options of ``flgate site start``."""
-        flower = ["--flower-bin", str(self.flower_bin)] if self.flower_bin else []
+        flower = self.flower_args(name)
         where = (
             []
             if from_kit
@@ -306,9 +312,13 @@ class RunningFederation:
 
 
 @contextlib.contextmanager
-def running_federation(root: Path, sites: list[str]) -> Iterator[RunningFederation]:
-    """A relay and ``sites`` started as processes; everything stopped afterwards."""
+def running_federation(
+    root: Path, sites: list[str], *, flower_bins: dict[str, list[Path]] | None = None
+) -> Iterator[RunningFederation]:
+    """A relay and ``sites`` started as processes; everything stopped afterwards.
+    ``flower_bins``: per process, its Flower installations (see ``RunningFederation``)."""
     fed = RunningFederation.create(root, sites)
+    fed.flower_bins = flower_bins or {}
     try:
         fed.start_relay()
         for site in sites:
