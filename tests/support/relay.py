@@ -1,12 +1,14 @@
-"""A relay's job manager for unit tests: no Flower installed, no job ever routed."""
+"""A relay's parts for unit tests: a job manager with no Flower installed and no job ever
+routed, and the envelopes of a site's Fleet calls."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from gateway.control.jobs.manager import JobManager
+from gateway.core.envelope import make_envelope, now_ms
 from gateway.flower.install import FlowerInstall, FlowerInstalls
-from gateway.proto.envelope_pb2 import Dialect
+from gateway.proto.envelope_pb2 import DIALECT_HTTP, Dialect, Envelope
 
 
 def flower_not_installed(
@@ -53,4 +55,18 @@ def offline_job_manager(
         routes=NoRoutes(),
         installs=installs,
         known_sites=known_sites,
+    )
+
+
+def fleet_call(method: str, message_id: str, *, job: str = "job", site: str = "site-1") -> Envelope:
+    """A site's Fleet call ``method`` as the relay receives it, due in 10 s."""
+    return make_envelope(
+        job_id=job,
+        site=site,
+        method=method,
+        dialect=DIALECT_HTTP,
+        headers=[],
+        body=b"",
+        deadline_unix_ms=now_ms() + 10_000,
+        message_id=message_id,
     )

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from gateway.core.envelope import make_envelope, now_ms, upstream_reply
+from gateway.core.envelope import upstream_reply
 from gateway.core.identity import Peer, Role
-from gateway.proto.envelope_pb2 import DIALECT_HTTP, Envelope, Reply
+from gateway.proto.envelope_pb2 import Envelope, Reply
 from gateway.relay.dispatcher import Dispatcher, LostMessage
 from gateway.relay.lgc import Upstream
 from gateway.reliable import ReliableReceiver, SqliteDedupStore
+from tests.support.relay import fleet_call
 
 SITE = Peer("site-1", Role.SITE)
 
@@ -38,19 +39,6 @@ class _HeldUpstream(Upstream):
         pass
 
 
-def _envelope(method: str, message_id: str) -> Envelope:
-    return make_envelope(
-        job_id="job",
-        site="site-1",
-        method=method,
-        dialect=DIALECT_HTTP,
-        headers=[],
-        body=b"",
-        deadline_unix_ms=now_ms() + 10_000,
-        message_id=message_id,
-    )
-
-
 def _dispatcher(
     store: SqliteDedupStore, upstream: Upstream
 ) -> tuple[Dispatcher, list[LostMessage]]:
@@ -68,7 +56,7 @@ async def test_a_pull_in_flight_when_the_relay_died_is_reported_at_the_restart(
     with SqliteDedupStore(path) as store:
         first, _ = _dispatcher(store, held := _HeldUpstream())
         calls = [
-            asyncio.create_task(first.handle(SITE, _envelope(method, f"m-{method}")))
+            asyncio.create_task(first.handle(SITE, fleet_call(method, f"m-{method}")))
             for method in ("PullMessages", "SendNodeHeartbeat")
         ]
         await held.started.wait()
@@ -89,11 +77,11 @@ async def test_a_pull_whose_execution_fails_is_reported_at_once(tmp_path: Path) 
     with SqliteDedupStore(tmp_path / "dedup.db") as store:
         dispatcher, lost = _dispatcher(store, upstream := _HeldUpstream(raises=True))
         upstream.release.set()
-        reply = await dispatcher.handle(SITE, _envelope("PullMessages", "m-1"))
+        reply = await dispatcher.handle(SITE, fleet_call("PullMessages", "m-1"))
         assert reply.http_status == 504
         assert lost == [LostMessage("job", "site-1", "PullMessages", "m-1")]
         # Other methods' lost outcomes are refused on retry, but lose no Flower message.
-        await dispatcher.handle(SITE, _envelope("PushMessages", "m-2"))
+        await dispatcher.handle(SITE, fleet_call("PushMessages", "m-2"))
         assert len(lost) == 1
 
 
@@ -101,7 +89,7 @@ async def test_answered_pulls_are_never_reported(tmp_path: Path) -> None:
     with SqliteDedupStore(tmp_path / "dedup.db") as store:
         dispatcher, lost = _dispatcher(store, upstream := _HeldUpstream())
         upstream.release.set()
-        assert (await dispatcher.handle(SITE, _envelope("PullMessages", "m-1"))).http_status == 200
+        assert (await dispatcher.handle(SITE, fleet_call("PullMessages", "m-1"))).http_status == 200
         assert dispatcher.report_lost_messages() == 0
     assert lost == []
 

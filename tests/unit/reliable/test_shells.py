@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.core.envelope import make_envelope, now_ms, upstream_reply
+from gateway.core.envelope import make_envelope, upstream_reply
 from gateway.core.exceptions import (
     AuthError,
     ConnectError,
@@ -45,6 +45,7 @@ from gateway.reliable import (
 )
 from gateway.transport import TransportClient
 from tests.support.pki import FederationKits
+from tests.support.relay import fleet_call
 
 UNIT = 1.0  # the one time unit real waits in this file are multiples of
 POLICY = RetryPolicy(initial_backoff=0.1, max_backoff=1.0, jitter=0.0, deadline=5.0)
@@ -505,21 +506,9 @@ async def test_object_reads_are_run_again_on_a_retry_and_never_kept(tmp_path: Pa
     dispatcher.add_job("job", frozenset({"site-1"}), upstream)
     site = Peer("site-1", Role.SITE)
 
-    def envelope(method: str, message_id: str) -> Envelope:
-        return make_envelope(
-            job_id="job",
-            site="site-1",
-            method=method,
-            dialect=DIALECT_HTTP,
-            headers=[],
-            body=b"",
-            deadline_unix_ms=now_ms() + 10_000,
-            message_id=message_id,
-        )
-
     for _ in range(2):
-        assert (await dispatcher.handle(site, envelope("PullObject", "m-1"))).http_status == 200
-        assert (await dispatcher.handle(site, envelope("PushMessages", "m-2"))).http_status == 200
+        assert (await dispatcher.handle(site, fleet_call("PullObject", "m-1"))).http_status == 200
+        assert (await dispatcher.handle(site, fleet_call("PushMessages", "m-2"))).http_status == 200
     assert upstream.calls == ["PullObject", "PushMessages", "PullObject"]
     assert len(store) == 1  # PushMessages' reply only
     assert dispatcher.stats.ledger == {"m-2": 1}
