@@ -6,6 +6,7 @@ whether they are ready for work.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 
 from .. import __version__
@@ -30,27 +31,31 @@ def observe_relay(app: RelayApp, *, flower: Sequence[str]) -> None:
         counts = {} if store.closed else store.count_by_state()
         return [((state,), counts.get(state, 0)) for state in JOB_STATES]
 
-    def sites() -> tuple[list[Sample], list[Sample]]:
-        now = time.time()
-        online: dict[str, int] = {}
-        seen: list[Sample] = []
+    def online() -> list[Sample]:
+        """Sites online by transport: from the poll times and statuses, without the
+        job list that ``manager.sites()`` builds."""
         if app.manager.store.closed:  # stopping: the sites' jobs are no longer known
-            return [], []
-        for site in app.manager.sites():
-            if site.last_seen:
-                seen.append(((site.name,), site.last_seen))
-            if now - site.last_seen < SITE_ONLINE_SECONDS:
-                transport = site.status.transport or UNKNOWN
-                online[transport] = online.get(transport, 0) + 1
-        return [((t,), n) for t, n in sorted(online.items())], seen
+            return []
+        now = time.time()
+        counts = Counter(
+            app.manager.site_transport(site) or UNKNOWN
+            for site, seen in app.manager.last_seen().items()
+            if now - seen < SITE_ONLINE_SECONDS
+        )
+        return [((t,), n) for t, n in sorted(counts.items())]
+
+    def last_seen() -> list[Sample]:
+        if app.manager.store.closed:
+            return []
+        return [((site,), seen) for site, seen in sorted(app.manager.last_seen().items()) if seen]
 
     def pending() -> list[Sample]:
         count = app.relay.pending_entries()
         return [] if count is None else [((), count)]
 
     metrics.observe(metrics.JOBS, jobs)
-    metrics.observe(metrics.SITES_ONLINE, lambda: sites()[0])
-    metrics.observe(metrics.SITE_LAST_SEEN, lambda: sites()[1])
+    metrics.observe(metrics.SITES_ONLINE, online)
+    metrics.observe(metrics.SITE_LAST_SEEN, last_seen)
     metrics.observe(
         metrics.CONNECTIONS, lambda: [((s,), n) for s, n in app.relay.connections().items()]
     )

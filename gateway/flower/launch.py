@@ -24,6 +24,8 @@ from .install import FlowerInstall
 from .process import ManagedProcess, free_port
 
 LOOPBACK = "127.0.0.1"
+IN_MEMORY = ":flwr-in-memory:"
+"""``--database`` for Flower's in-memory SuperLink state (its default, in every release)."""
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,9 @@ def start_superlink(
     tls: LoopbackTLS | None = None,
     node_auth: bool = False,
 ) -> tuple[ManagedProcess, SuperLinkAddresses]:
-    """A SuperLink with its own database in ``workdir``, bound to loopback only, each of
-    its APIs where its release serves it (:mod:`.releases`).
+    """A SuperLink with its own database in ``workdir`` (in memory for the releases whose
+    file database breaks, :mod:`.releases`), bound to loopback only, each of its APIs
+    where its release serves it.
 
     ``tls`` makes it serve TLS on all its APIs; ``node_auth`` turns on Flower's
     SuperNode authentication, which Flower only allows with TLS.
@@ -78,7 +81,7 @@ def superlink_command(
     argv = [
         str(install.program("flower-superlink")),
         *_superlink_tls_args(tls),
-        "--database", str(workdir / "superlink.db"),
+        "--database", IN_MEMORY if traits.in_memory_state else str(workdir / "superlink.db"),
     ]  # fmt: skip
     if traits.disable_dependency_install:
         argv.append("--disable-runtime-dependency-installation")

@@ -183,6 +183,15 @@ class JobManager:
     def online_sites(self) -> list[str]:
         return self._sites.online_sites()
 
+    def last_seen(self) -> dict[str, float]:
+        """When each site last polled this relay or, scaled out, any relay."""
+        return self._sites.last_seen()
+
+    def site_transport(self, site: str) -> str:
+        """The transport ``site`` last reported ("" if it never did)."""
+        status = self._sites.status(site)
+        return status.transport if status is not None else ""
+
     def sites(self) -> list[SiteInfo]:
         """Every known site: online or not, the active jobs it is in, and the newest status
         it reported to any relay."""
