@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import functools
 import io
 import json
 import sys
@@ -17,10 +17,11 @@ from google.protobuf.json_format import MessageToDict
 
 from ..control.admin import AdminClient
 from ..control.jobs.archive import LeftOut
-from ..control.jobs.store import FINAL_STATES, FINISHED
+from ..control.jobs.store import FINISHED
 from ..core.identity import Role
-from ..proto.control_pb2 import JobInfo, SiteInfo
+from ..proto.control_pb2 import GetLogsResponse, JobInfo, SiteInfo
 from .common import EXIT_JOB_FAILED, EXIT_OK, add_tls_options, relay_from, run, tls_from
+from .job_follow import FollowView, Reconnecting, follow, format_value
 from .table import format_table
 
 T = TypeVar("T")
@@ -50,7 +51,10 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     submit.add_argument("--name", default="", help="job name (default: the job file's)")
     submit.add_argument("--time-limit", type=float, default=0.0, metavar="SECONDS")
     submit.add_argument(
-        "--follow", action="store_true", help="show progress per round until the job ends"
+        "--follow",
+        action="store_true",
+        help="show progress and each round's metrics until the job ends "
+        "(riding out relay restarts)",
     )
     submit.set_defaults(func=_submit)
 
@@ -66,8 +70,25 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     logs.add_argument("job_id", metavar="ID")
     logs.add_argument("--site", help="a site's SuperNode log instead")
     logs.add_argument("--source", help="server (default), superlink, or a site name")
-    logs.add_argument("--follow", "-f", action="store_true", help="keep printing until it ends")
+    logs.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="keep printing until it ends (riding out relay restarts)",
+    )
     logs.set_defaults(func=_logs)
+
+    metrics = command(
+        "metrics", "print a job's metric series per round, as the relay read them from its run"
+    )
+    metrics.add_argument("job_id", metavar="ID")
+    metrics.add_argument(
+        "--follow", "-f", action="store_true", help="print new points until the job ends"
+    )
+    metrics.add_argument(
+        "--csv", action="store_true", help="tag,round,value lines (with a header) instead"
+    )
+    metrics.set_defaults(func=_metrics)
 
     abort = command("abort", "stop a job everywhere and record it as aborted")
     abort.add_argument("job_id", metavar="ID")
@@ -162,23 +183,17 @@ def _print_job(info: JobInfo) -> None:
         print(f"  result:     {info.result_json}")
 
 
-async def _follow(client: AdminClient, job_id: str) -> JobInfo:
-    """Print state changes and rounds until the job ends."""
-    last = ("", 0)
-    while True:
-        info = await client.get(job_id)
-        now = (info.state, info.round)
-        if now != last:
-            progress = f" round {info.round}/{info.rounds}" if info.rounds else ""
-            print(
-                f"[{time.strftime('%H:%M:%S')}] {info.state}{progress}"
-                f"{' - ' + info.reason if info.reason else ''}",
-                flush=True,
-            )
-            last = now
-        if info.state in FINAL_STATES:
-            return info
-        await asyncio.sleep(1.0)
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+async def _follow(args: argparse.Namespace, job_id: str, view: FollowView) -> JobInfo:
+    """Print ``view``'s lines until the job ends, reconnecting through relay restarts."""
+    relay = Reconnecting(lambda: _client(args), write=_say)
+    try:
+        return await follow(relay, job_id, view, _say)
+    finally:
+        await relay.aclose()
 
 
 def _print_left_out(left_out: Sequence[LeftOut], *, json_output: bool) -> None:
@@ -209,11 +224,11 @@ def _submit(args: argparse.Namespace) -> int:
                     f"submitted job {info.job_id} ({info.name}) to sites {', '.join(info.sites)}",
                     flush=True,
                 )
-            if args.follow:
-                info = await _follow(client, info.job_id)
-            return info
         finally:
             await client.aclose()
+        if args.follow:
+            info = await _follow(args, info.job_id, FollowView())
+        return info
 
     info = run(go())
     if args.json:
@@ -283,16 +298,24 @@ def _status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _read_logs(
+    job_id: str, source: str, offset: int, wait: float, client: AdminClient
+) -> GetLogsResponse:
+    return await client.logs(job_id, source=source, offset=offset, wait=wait)
+
+
 def _logs(args: argparse.Namespace) -> int:
     source = args.site or args.source or "server"
 
     async def go() -> None:
-        client = _client(args)
+        # Reading from an offset is safe to repeat: a follower rides out relay restarts.
+        relay = Reconnecting(lambda: _client(args), write=lambda line: print(line, file=sys.stderr))
+        wait = 20.0 if args.follow else 0.0
         try:
             offset = 0
             while True:
-                chunk = await client.logs(
-                    args.job_id, source=source, offset=offset, wait=20.0 if args.follow else 0.0
+                chunk = await relay.call(
+                    functools.partial(_read_logs, args.job_id, source, offset, wait)
                 )
                 sys.stdout.buffer.write(chunk.data)
                 sys.stdout.flush()
@@ -300,9 +323,32 @@ def _logs(args: argparse.Namespace) -> int:
                 if chunk.ended or (not args.follow and not chunk.data):
                     return
         finally:
-            await client.aclose()
+            await relay.aclose()
 
     run(go())
+    return EXIT_OK
+
+
+def _metrics(args: argparse.Namespace) -> int:
+    if args.follow:
+        info = run(_follow(args, args.job_id, FollowView(metrics_only=True)))
+        return EXIT_OK if info.state == FINISHED else EXIT_JOB_FAILED
+    response = _call(args, lambda client: client.metrics(args.job_id))
+    if args.json:
+        series: dict[str, dict[str, float]] = {}
+        for point in response.points:
+            series.setdefault(point.tag, {})[str(point.step)] = point.value
+        print(json.dumps({"job_id": args.job_id, "state": response.job.state, "series": series}))
+    elif args.csv:
+        print("tag,round,value")
+        for point in response.points:
+            print(f"{point.tag},{point.step},{format_value(point.value)}")
+    else:
+        tags = sorted({p.tag for p in response.points})
+        steps = sorted({p.step for p in response.points})
+        cell = {(p.tag, p.step): format_value(p.value) for p in response.points}
+        rows = [(str(step), *(cell.get((tag, step), "-") for tag in tags)) for step in steps]
+        print(format_table(("ROUND", *tags), rows, right=("ROUND", *tags)))
     return EXIT_OK
 
 

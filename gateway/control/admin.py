@@ -11,6 +11,7 @@ from ..proto.control_pb2 import (
     DownloadResponse,
     GetLogsRequest,
     GetLogsResponse,
+    GetMetricsResponse,
     JobInfo,
     JobRef,
     ListJobsRequest,
@@ -101,6 +102,12 @@ class AdminClient:
         )
         return await control_call(
             self._client, KIND_ADMIN, "GetLogs", request, GetLogsResponse, timeout=wait + 30
+        )
+
+    async def metrics(self, job_id: str) -> GetMetricsResponse:
+        """The job's metric series so far (by tag, then round), with the job."""
+        return await control_call(
+            self._client, KIND_ADMIN, "GetMetrics", JobRef(job_id=job_id), GetMetricsResponse
         )
 
     async def abort(self, job_id: str) -> JobInfo:

@@ -7,7 +7,15 @@ from typing import TypeVar
 from google.protobuf.message import DecodeError, Message
 
 from ..core.envelope import new_message_id, now_ms
-from ..core.exceptions import AuthError, ConfigError, JobError, ProtocolError
+from ..core.exceptions import (
+    AuthError,
+    ConfigError,
+    JobError,
+    MaybeDeliveredError,
+    NotDeliveredError,
+    ProtocolError,
+    UnknownJobError,
+)
 from ..proto.envelope_pb2 import Envelope, Kind
 from ..transport import TransportClient
 
@@ -47,4 +55,10 @@ async def control_call(
         raise AuthError(detail)
     if reply.http_status == 400:
         raise ConfigError(detail)
+    if reply.http_status == 404:
+        raise UnknownJobError(detail)
+    if reply.http_status == 503:  # the relay did not run it (busy, stopping): may be sent again
+        raise NotDeliveredError(detail)
+    if reply.http_status == 504:
+        raise MaybeDeliveredError(detail)
     raise JobError(detail)

@@ -37,7 +37,16 @@ log = logging.getLogger(__name__)
 Operation = Callable[[Peer, bytes], Awaitable[Message]]
 
 MEMBER_OPERATIONS = frozenset(
-    {"SubmitJob", "ListJobs", "ListSites", "GetJob", "GetLogs", "AbortJob", "Download"}
+    {
+        "SubmitJob",
+        "ListJobs",
+        "ListSites",
+        "GetJob",
+        "GetLogs",
+        "GetMetrics",
+        "AbortJob",
+        "Download",
+    }
 )
 """What a ``member`` admin may call at all (AbortJob and Download on its own jobs
 only); an operation added later is for project admins until listed here."""
@@ -58,6 +67,7 @@ class ControlService:
             "ListSites": self._sites,
             "GetJob": self._get,
             "GetLogs": self._logs,
+            "GetMetrics": self._metrics,
             "AbortJob": self._abort,
             "Download": self._download,
         }
@@ -135,6 +145,9 @@ class ControlService:
             request.offset,
             min(request.wait_ms, 25_000) / 1000,
         )
+
+    async def _metrics(self, peer: Peer, body: bytes) -> Message:
+        return self._manager.metrics(JobRef.FromString(body).job_id)
 
     def _check_owner(self, peer: Peer, job_id: str, action: str) -> None:
         """A member may ``action`` only the jobs it submitted; a project admin any job."""

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..control.jobs.results import COMPLETED, ROUND_RE, parse_result
+from ..control.jobs.results import COMPLETED, parse_result
+from ..control.jobs.series import ServerOutput
 from ..control.jobs.spec import JobSpec, RunConfigValue
 from ..core.exceptions import JobError
 from ..core.identity import Role
@@ -193,15 +194,14 @@ async def run_app(
     config = {**spec.run_config, **(run_config or {})}
     running = _Running()
     started = time.monotonic()
-    rounds_seen = 0
+    reader = ServerOutput()
     workdir.mkdir(parents=True, exist_ok=True)
 
     def on_line(line: str) -> None:
-        nonlocal rounds_seen
-        match = ROUND_RE.search(line)
-        if match:
-            rounds_seen = int(match.group(1))
-            notify(Progress("round", line, round=rounds_seen, rounds=int(match.group(2))))
+        before = reader.round
+        reader.feed(line)
+        if reader.round != before:
+            notify(Progress("round", line, round=reader.round, rounds=reader.rounds))
         notify(Progress("line", line))
 
     try:
@@ -273,7 +273,7 @@ async def run_app(
                 seconds=ended - started,
                 run_seconds=ended - submitted,
                 workdir=workdir,
-                rounds_seen=rounds_seen,
+                rounds_seen=reader.round,
                 run_id=run_id,
                 status=status,
                 result=parse_result(output),

@@ -175,6 +175,24 @@ class GetLogsResponse(_message.Message):
     sources: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, data: _Optional[bytes] = ..., next_offset: _Optional[int] = ..., ended: _Optional[bool] = ..., sources: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class MetricPoint(_message.Message):
+    __slots__ = ("tag", "step", "value")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    tag: str
+    step: int
+    value: float
+    def __init__(self, tag: _Optional[str] = ..., step: _Optional[int] = ..., value: _Optional[float] = ...) -> None: ...
+
+class GetMetricsResponse(_message.Message):
+    __slots__ = ("points", "job")
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    points: _containers.RepeatedCompositeFieldContainer[MetricPoint]
+    job: JobInfo
+    def __init__(self, points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., job: _Optional[_Union[JobInfo, _Mapping]] = ...) -> None: ...
+
 class DownloadResponse(_message.Message):
     __slots__ = ("archive",)
     ARCHIVE_FIELD_NUMBER: _ClassVar[int]

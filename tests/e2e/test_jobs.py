@@ -23,6 +23,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from gateway.control.jobs.results import summary_from_result
 from gateway.control.jobs.store import JobStore
 from gateway.core.exceptions import ConfigError, JobError
 from gateway.flower.process import descendants, port_open
@@ -165,12 +166,32 @@ async def test_two_jobs_run_concurrently_with_results_equal_to_direct_flower(
                     str(flwr139().program("flower-supernode")),
                 ]
             ), programs
+        # The series grow while the job runs: round 1's metrics are there before it ends.
+        live = None
+        for _ in range(240):
+            answer = await admin.metrics(first.job_id)
+            if answer.job.state != "running":
+                break
+            if any(p.step == 1 for p in answer.points):
+                live = answer
+                break
+            await asyncio.sleep(0.5)
+        assert live is not None, "no point of round 1 arrived while the job ran"
         done = await asyncio.gather(*(_until_ended(federation, j.job_id) for j in (first, second)))
         for info in done:
             assert info.state == "finished", info
         for info, reference in zip(done, ("direct-142", "direct-142-r2"), strict=True):
             result = json.loads(info.result_json)
             assert result == runs[reference].result, f"{info.name} differs from {reference}"
+            # `job metrics` has every per-round metric the app reported, and no other.
+            printed = await asyncio.to_thread(
+                federation.cli, "job", "metrics", info.job_id, "--json"
+            )
+            series = {
+                tag: {int(step): value for step, value in points.items()}
+                for tag, points in json.loads(printed)["series"].items()
+            }
+            assert series == summary_from_result(result).metrics, info.name
         assert json.loads(done[0].result_json)["rounds"] == 3
         assert json.loads(done[1].result_json)["rounds"] == 2
 

@@ -107,6 +107,14 @@ async def test_relay_killed_mid_job_and_restarted(
     SuperLink gave is never lost with the relay (that case is the next test's)."""
     job_id = await _submit(federation)
     await _poll(federation, job_id, "round1")
+    deadline = time.monotonic() + 120
+    while not await _points(federation, job_id):  # round 1's training is aggregated
+        assert time.monotonic() < deadline, "no metric point arrived in round 1"
+        await asyncio.sleep(0.5)
+    # An admin following the job's metrics rides out the restart.
+    following = asyncio.create_task(
+        asyncio.to_thread(federation.run_cli, "job", "metrics", job_id, "--follow", timeout=400)
+    )
     supernodes = [_supernode_of(federation, site) for site in SITES]
     port = federation.relay_port
     for pid in supernodes:
@@ -114,6 +122,7 @@ async def test_relay_killed_mid_job_and_restarted(
     try:
         for site in SITES:
             await _until(f"{site}'s LGS holding no call", partial(_lgs_idle, federation, site))
+        before = await _points(federation, job_id)
         federation.stop(federation.relay, signal.SIGKILL)
         killed = time.monotonic()
         await asyncio.sleep(2.0)
@@ -130,6 +139,22 @@ async def test_relay_killed_mid_job_and_restarted(
     assert info.state == "finished", info
     assert json.loads(info.result_json) == runs["direct-142"].result
     assert "adopted a running job" in (federation.root / "relay.out").read_text()
+    # No series point read before the kill is lost (they are kept in the job store).
+    after = await _points(federation, job_id)
+    assert before and before <= after, (before, after)
+    followed = await following
+    assert followed.returncode == 0, followed.stderr
+    assert "reconnected to the relay after" in followed.stdout, followed.stdout
+    assert "round 3: " in followed.stdout, followed.stdout
+
+
+async def _points(fed: RunningFederation, job_id: str) -> set[tuple[str, int, float]]:
+    admin = fed.admin()
+    try:
+        answer = await admin.metrics(job_id)
+    finally:
+        await admin.aclose()
+    return {(p.tag, p.step, p.value) for p in answer.points}
 
 
 async def test_relay_killed_while_a_pull_waits_at_the_superlink_fails_the_job_clearly(

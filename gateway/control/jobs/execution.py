@@ -39,7 +39,8 @@ from ...proto.control_pb2 import SiteJobState
 from ...proto.envelope_pb2 import Dialect
 from .layout import SERVER_LOG, SUPERLINK_LOG, JobPaths
 from .node_keys import register_node_keys
-from .results import COMPLETED, ROUND_RE, parse_result
+from .results import COMPLETED, parse_result
+from .series import Point, ServerOutput
 from .spec import JobSpec, parse_run_config
 from .store import (
     ABORTED,
@@ -47,6 +48,7 @@ from .store import (
     FAILED,
     FINISHED,
     FLOWER_KEY,
+    MAX_POINTS_PER_JOB,
     RUNNING,
     JobRecord,
     JobStore,
@@ -118,6 +120,8 @@ class JobRunner:
         self._closing = closing
         self._site_start_timeout = site_start_timeout
         self._live: dict[str, _LiveJob] = {}
+        self._dropping: dict[str, bool] = {}
+        """Jobs whose series reached :data:`MAX_POINTS_PER_JOB` (logged once)."""
         self._broken: dict[str, str] = {}
         """Why a running job cannot complete although all its parts run (a lost message)."""
 
@@ -279,18 +283,14 @@ class JobRunner:
             await self._wait_for_sites(record)
             config = parse_run_config(record.run_config) if record.run_config else {}
             server_log = (logs / f"{SERVER_LOG}.log").open("a", buffering=1)
+            reader = ServerOutput()
 
             def on_line(line: str) -> None:
                 server_log.write(line + "\n")
                 current = self._store.require(job_id)
                 if not current.run_id and (run_id := run_id_from_output(line)):
                     self._store.update(job_id, state=RUNNING, run_id=run_id, reason="")
-                match = ROUND_RE.search(line)
-                if match:
-                    self._store.update(
-                        job_id, round=int(match.group(1)), rounds=int(match.group(2))
-                    )
-                    self._on_event(job_id, f"round {match.group(1)}/{match.group(2)}")
+                self._read_output(job_id, reader, line)
 
             try:
                 exit_code, output = await asyncio.wait_for(
@@ -308,6 +308,7 @@ class JobRunner:
                 )
             finally:
                 server_log.close()
+                self._keep_points(job_id, reader.close())
             run_id = run_id_from_output(output)
             status = (
                 await final_status(self._install_of(record), flwr_home, run_id) if run_id else None
@@ -334,6 +335,7 @@ class JobRunner:
                 _copy(live.superlink.log_path, self._paths.log_path(job_id, SUPERLINK_LOG))
             self._live.pop(job_id, None)
             self._broken.pop(job_id, None)
+            self._dropping.pop(job_id, None)
             self._changed.set()
             self._on_event(job_id, f"ended: {self._store.require(job_id).state}")
 
@@ -357,7 +359,32 @@ class JobRunner:
             raise asyncio.TimeoutError
         output = await run_logs(self._install_of(record), flwr_home, run_id)
         self._paths.log_path(job_id, SERVER_LOG).write_text(output + "\n")
+        # The whole run's output, read again: points already kept are replaced as they were.
+        reader = ServerOutput()
+        for line in output.splitlines():
+            self._read_output(job_id, reader, line)
+        self._keep_points(job_id, reader.close())
         self._record_outcome(job_id, 0, status, output)
+
+    def _read_output(self, job_id: str, reader: ServerOutput, line: str) -> None:
+        """One line of the ServerApp's output: the round it starts, the points it ends."""
+        before = (reader.round, reader.rounds)
+        points = reader.feed(line)
+        if (reader.round, reader.rounds) != before:
+            self._store.update(job_id, round=reader.round, rounds=reader.rounds)
+            total = f"/{reader.rounds}" if reader.rounds else ""
+            if reader.round != before[0]:
+                self._on_event(job_id, f"round {reader.round}{total}")
+        self._keep_points(job_id, points)
+
+    def _keep_points(self, job_id: str, points: list[Point]) -> None:
+        dropped = self._store.add_points(job_id, points)
+        if dropped and not self._dropping.get(job_id):
+            self._dropping[job_id] = True
+            log.warning(
+                "a job's series are full; further points are dropped",
+                extra={"job": job_id, "limit": MAX_POINTS_PER_JOB},
+            )
 
     def _route(self, record: JobRecord, fleet: str) -> None:
         """Send the job's Fleet calls from its sites to its SuperLink's ``fleet`` address."""

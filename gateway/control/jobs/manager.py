@@ -32,7 +32,9 @@ from ...core.identity import Peer
 from ...flower.install import FlowerInstalls, release_matches
 from ...proto.control_pb2 import (
     GetLogsResponse,
+    GetMetricsResponse,
     JobInfo,
+    MetricPoint,
     PollTasksRequest,
     PollTasksResponse,
     ShipLogsRequest,
@@ -392,6 +394,14 @@ class JobManager:
             ended=record.ended and next_offset >= size,
             sources=sources,
         )
+
+    def metrics(self, job_id: str) -> GetMetricsResponse:
+        """The job's metric series as the relay has read them so far, and the job."""
+        self._get(job_id)
+        points = [
+            MetricPoint(tag=p.tag, step=p.step, value=p.value) for p in self.store.points(job_id)
+        ]
+        return GetMetricsResponse(points=points, job=self.info(job_id))
 
     def download(self, job_id: str) -> bytes:
         """The job's logs and result as .tar.gz bytes."""

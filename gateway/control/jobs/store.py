@@ -11,11 +11,13 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from ...core.exceptions import JobError, UnknownJobError
 from ...proto.control_pb2 import JobInfo
+from .series import Point
 
 SUBMITTED = "submitted"
 DISPATCHED = "dispatched"
@@ -105,7 +107,20 @@ CREATE TABLE IF NOT EXISTS jobs (
     runtime TEXT NOT NULL
 )
 """
+_SERIES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS series (
+    job_id TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (job_id, tag, step)
+) WITHOUT ROWID
+"""
+"""The jobs' metric series (:mod:`.series`): a point per tag and round, the last kept."""
 _COLUMNS = [f.name for f in fields(JobRecord)]
+MAX_POINTS_PER_JOB = 100_000
+"""Series points kept per job: a round of Flower takes seconds, so this is thousands of
+rounds of dozens of metrics; more is an app printing without end, and is dropped."""
 
 
 class _ClosedDatabase:
@@ -117,6 +132,9 @@ class _ClosedDatabase:
 
     def execute(self, sql: str, parameters: object = (), /) -> sqlite3.Cursor:
         raise JobError(f"the job store {self._path} is closed: the relay is stopping")
+
+    def executemany(self, sql: str, parameters: object, /) -> sqlite3.Cursor:
+        return self.execute(sql)
 
     def close(self) -> None:
         pass
@@ -133,6 +151,7 @@ class JobStore:
         )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
+        self._db.execute(_SERIES_SCHEMA)
         self._lock = threading.Lock()
 
     @property
@@ -209,3 +228,37 @@ class JobStore:
                 (*self._row(updated)[1:], job_id),
             )
         return updated
+
+    # --- series ------------------------------------------------------------------
+
+    def add_points(self, job_id: str, points: Sequence[Point]) -> int:
+        """Keep ``points`` of the job's series (a point of a tag and round it has is
+        replaced); return how many were dropped over :data:`MAX_POINTS_PER_JOB`."""
+        if not points:
+            return 0
+        with self._lock:
+            (count,) = self._db.execute(
+                "SELECT COUNT(*) FROM series WHERE job_id = ?", (job_id,)
+            ).fetchone()
+            room = max(0, MAX_POINTS_PER_JOB - int(count))
+            kept = points[:room] if len(points) > room else points
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO series (job_id, tag, step, value) VALUES (?, ?, ?, ?)",
+                    [(job_id, p.tag, p.step, p.value) for p in kept],
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return len(points) - len(kept)
+
+    def points(self, job_id: str) -> tuple[Point, ...]:
+        """The job's series, by tag, then round."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT tag, step, value FROM series WHERE job_id = ? ORDER BY tag, step",
+                (job_id,),
+            ).fetchall()
+        return tuple(Point(str(tag), int(step), float(value)) for tag, step, value in rows)
