@@ -14,10 +14,10 @@ facts, read from each release's ``--help`` and a live run of each):
 - runtime dependency installation (``uv sync``): no flag up to 1.28, off by default in
   1.29-1.31, on by default from 1.32 (``--disable-runtime-dependency-installation``);
 - ``flwr supernode register --name``: from 1.38;
-- the SuperLink's state: 1.26 creates it on the first API call without a lock, so two
-  first calls at once (SuperExec's poll and a SuperNode's registration) both run the
-  alembic migrations of a database file and collide; it runs on Flower's in-memory state
-  instead, which has no migrations. 1.27 locks the creation.
+- the SuperLink's state: 1.26-1.27 create it on the first API call without a lock, so
+  two first calls at once (SuperExec's poll and a SuperNode's registration) both run the
+  alembic migrations of a database file and collide; they run on Flower's in-memory
+  state instead, which has no migrations. 1.28 creates it before serving, under a lock.
 
 Adding a release is one entry in :data:`CHANGES` (and its run in the tests); everything
 that starts or drives Flower asks :func:`traits_of`.
@@ -51,11 +51,14 @@ class ReleaseTraits:
     """``flwr supernode register`` accepts ``--name``."""
     in_memory_state: bool
     """The SuperLink keeps its state in memory (``--database :flwr-in-memory:``), not in
-    a database file: 1.26.1's ``LinkStateFactory.state()`` and ``ObjectStoreFactory.store()``
-    create the state on first use without a lock, and on a file each creation runs the
-    alembic migrations, so two first calls at once fail ("table alembic_version already
-    exists") or crash the SuperLink (a segfault in sqlite), in direct runs too. 1.27
-    creates it under a lock."""
+    a database file. In 1.26-1.27, ``LinkStateFactory.state()`` and
+    ``ObjectStoreFactory.store()`` create the state on first use without a lock; on a file
+    each creation runs the alembic migrations, so two first calls at once (SuperExec's
+    ``ListAppsToLaunch`` poll and a SuperNode's ``RegisterNode``) fail ("table
+    alembic_version already exists") or crash the SuperLink (a segfault in sqlite), in
+    direct runs too. In memory there are no migrations: what is left unlocked is a few
+    statements that build empty dicts. 1.28 creates the state under a lock, before its
+    servers start."""
 
     @property
     def superlink_http_port(self) -> bool:
@@ -75,7 +78,7 @@ OLDEST = ReleaseTraits(
     in_memory_state=True,
 )
 CHANGES: tuple[tuple[Version, dict[str, bool]], ...] = (
-    ((1, 27), {"in_memory_state": False}),
+    ((1, 28), {"in_memory_state": False}),
     ((1, 32), {"disable_dependency_install": True}),
     ((1, 35), {"serverappio_http": True, "supernode_port_flag": True}),
     ((1, 37), {"control_http": True}),

@@ -1,13 +1,12 @@
 """The version matrix: one Flower release of each era of flags runs the quickstart job
 through the gateway with the very result of the same release run directly.
 
-Each era is a row of ``gateway/flower/releases.py``: 1.30 (every API on gRPC, runtime
-dependency installation off by default), 1.34 (installation on by default, turned off by a
-flag), 1.35 (ServerAppIo on ``--host/--port``, the SuperNode's ``--port``), 1.36 (the
-last with Control on gRPC), 1.39 (the last gRPC Fleet API: the gRPC dialect) and 1.42 (all
-on one HTTP port: the HTTP dialect). 1.26.1 is left out: its own SuperLink fails direct
-runs when two SuperNodes register at once on a file database (a race in its lazy alembic
-migrations, "table alembic_version already exists").
+Each era is a row of ``gateway/flower/releases.py``: 1.26 (every API on gRPC, the
+SuperLink's state in memory: its file database races, see ``ReleaseTraits.in_memory_state``),
+1.30 (the state in a file, runtime dependency installation off by default), 1.34
+(installation on by default, turned off by a flag), 1.35 (ServerAppIo on ``--host/--port``,
+the SuperNode's ``--port``), 1.36 (the last with Control on gRPC), 1.39 (the last gRPC Fleet
+API: the gRPC dialect) and 1.42 (all on one HTTP port: the HTTP dialect).
 
 The environments (one virtual environment per release, ``tests/support/flower_envs.py``)
 are built once, in a cache outside the repository (``.ci/run`` builds them before the
@@ -35,7 +34,7 @@ from tests.support.paths import QUICKSTART
 
 pytestmark = pytest.mark.e2e
 
-RELEASES = ["1.30.0", "1.34.0", "1.35.0", "1.36.0", "1.39.0", "1.42.0"]
+RELEASES = ["1.26.1", "1.30.0", "1.34.0", "1.35.0", "1.36.0", "1.39.0", "1.42.0"]
 MODES: tuple[Mode, ...] = get_args(Mode)
 ROUNDS = 3
 """The quickstart's ``num-server-rounds`` (its pyproject.toml; its job.yaml keeps it)."""

@@ -99,3 +99,17 @@ def test_the_superlink_serves_each_api_where_its_release_puts_it(
     assert len(set(addresses.serving)) == ports
     assert {addresses.control, addresses.fleet} <= set(addresses.serving)
     assert (addresses.control == addresses.fleet) is control_is_fleet
+
+
+@pytest.mark.parametrize(
+    ("release", "database_file"), [("1.26.1", False), ("1.27.0", False), ("1.28.0", True)]
+)
+def test_the_superlink_keeps_its_state_in_memory_where_a_file_database_races(
+    tmp_path: Path, release: str, database_file: bool
+) -> None:
+    # 1.26-1.27 create the state on first use without a lock: on a file, two first calls at
+    # once run the alembic migrations together (seen: segfaults in direct runs).
+    argv, _ = superlink_command(flower_not_installed(tmp_path, _version(release)), tmp_path)
+    database = argv[argv.index("--database") + 1]
+    assert (database == str(tmp_path / "superlink.db")) is database_file
+    assert (database == ":flwr-in-memory:") is not database_file
