@@ -21,12 +21,12 @@ log = logging.getLogger(__name__)
 
 # flwr 1.40 moved the Fleet API from gRPC to protobuf over HTTP.
 FIRST_HTTP_VERSION = (1, 40)
-SUPPORTED = ((1, 27), (1, 42))
+SUPPORTED = ((1, 26), (1, 42))
 """The Flower releases (major, minor) the gateway starts and drives, oldest and newest:
 each measured through the gateway with results identical to direct Flower
-(``scripts/flower-matrix``). The table of :mod:`.releases` reaches 1.26 too, but
-1.26.1's own SuperLink fails when two SuperNodes register at once on a file
-database (a race in its lazy migrations: "table alembic_version already exists")."""
+(``scripts/flower-matrix``, and the version matrix of the end-to-end tests). 1.26 and
+1.27 run their SuperLink on Flower's in-memory state (:mod:`.releases`): on a file
+database their unlocked first migrations crash when two callers arrive at once."""
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 
 

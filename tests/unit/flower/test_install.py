@@ -18,12 +18,12 @@ def test_a_release_in_the_range_is_accepted(tmp_path: Path, version: tuple[int, 
     flower_not_installed(tmp_path, version).require_supported()
 
 
-@pytest.mark.parametrize("version", [(1, 26, 1), (1, 25, 0), (1, 43, 0), (2, 0, 0)])
+@pytest.mark.parametrize("version", [(1, 25, 0), (1, 43, 0), (2, 0, 0)])
 def test_a_release_outside_the_range_is_refused_naming_the_range(
     tmp_path: Path, version: tuple[int, int, int]
 ) -> None:
     with pytest.raises(
-        ConfigError, match=r"is not supported: the gateway runs Flower 1\.27 to 1\.42"
+        ConfigError, match=r"is not supported: the gateway runs Flower 1\.26 to 1\.42"
     ):
         flower_not_installed(tmp_path, version).require_supported()
 
