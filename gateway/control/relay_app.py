@@ -18,6 +18,7 @@ from ..proto.envelope_pb2 import KIND_FLEET, Envelope
 from ..provisioning.revocation import RevocationList, tls_ca
 from ..relay.server import Relay
 from ..reliable import SqliteDedupStore
+from ..tracking.exporters import Exporters, TensorBoardExporter
 from ..transport.base import parse_url
 from .board import RedisBoard
 from .jobs.manager import JobManager
@@ -73,6 +74,7 @@ class RelayApp:
             installs=installs,
             known_sites=known_sites,
             board=board,
+            exporters=Exporters([TensorBoardExporter()]),
         )
         answered = self.relay.dispatcher.stats.answered
         self.manager.fleet_calls = lambda job_id: answered[job_id]

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..control.jobs.results import COMPLETED, parse_result
-from ..control.jobs.series import ServerOutput
 from ..control.jobs.spec import JobSpec, RunConfigValue
 from ..core.exceptions import JobError
 from ..core.identity import Role
@@ -34,6 +33,7 @@ from ..provisioning.workspace import provision_local
 from ..relay.dispatcher import DispatchStats
 from ..relay.server import Relay
 from ..site.gateway import SiteGateway
+from ..tracking.series import ServerOutput
 from .faultproxy import FaultConfig, FaultProxy
 from .redis_server import RedisServer, start_redis
 

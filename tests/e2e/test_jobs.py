@@ -35,6 +35,7 @@ from tests.support.federation import RunningFederation, running_federation, unti
 from tests.support.flower_envs import flwr139, flwr142
 from tests.support.paths import QUICKSTART
 from tests.support.procs import processes_touching, wait_until_gone
+from tests.support.tensorboard import as_stored, read_scalars
 
 pytestmark = pytest.mark.e2e
 
@@ -208,9 +209,14 @@ async def test_two_jobs_run_concurrently_with_results_equal_to_direct_flower(
         with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
             names = tar.getnames()
             summary = json.load(tar.extractfile(f"{first.job_id}/job.json"))  # type: ignore[arg-type]
+            tar.extractall(tmp_path / "downloaded", filter="data")
         assert f"{first.job_id}/logs/server.log" in names
         assert summary["state"] == "finished"
         assert summary["result"] == runs["direct-142"].result
+        # The job's TensorBoard files, read back with TensorBoard's reader, hold its series
+        # (as 32-bit floats, TensorBoard's scalars; the job store keeps the full values).
+        scalars = read_scalars(tmp_path / "downloaded" / first.job_id / "tensorboard")
+        assert scalars == as_stored(summary_from_result(runs["direct-142"].result or {}).metrics)
     finally:
         await admin.aclose()
 

@@ -37,10 +37,11 @@ from ...flower.node_auth import write_loopback_tls
 from ...flower.process import ManagedProcess, port_open
 from ...proto.control_pb2 import SiteJobState
 from ...proto.envelope_pb2 import Dialect
+from ...tracking.exporters import Exporters, JobRun
+from ...tracking.series import Point, ServerOutput
 from .layout import SERVER_LOG, SUPERLINK_LOG, JobPaths
 from .node_keys import register_node_keys
 from .results import COMPLETED, parse_result
-from .series import Point, ServerOutput
 from .spec import JobSpec, parse_run_config
 from .store import (
     ABORTED,
@@ -107,6 +108,7 @@ class JobRunner:
         on_event: Callable[[str, str], None],
         closing: Callable[[], bool],
         site_start_timeout: float,
+        exporters: Exporters,
     ) -> None:
         """``changed``: set when a job's state changes, and waited on for the sites' reports;
         ``closing()``: whether the relay shuts down (a job it cancels then fails, not aborts)."""
@@ -119,6 +121,7 @@ class JobRunner:
         self._on_event = on_event
         self._closing = closing
         self._site_start_timeout = site_start_timeout
+        self._exporters = exporters
         self._live: dict[str, _LiveJob] = {}
         self._dropping: dict[str, bool] = {}
         """Jobs whose series reached :data:`MAX_POINTS_PER_JOB` (logged once)."""
@@ -231,8 +234,11 @@ class JobRunner:
         logs.mkdir(parents=True, exist_ok=True)
         flwr_home = write_flwr_home(job_dir / "flwr-home", "0.0.0.0:0")
         routed = adopted  # adopt() routed it already
+        exporting = False
         try:
             spec = JobSpec.load(job_dir / "app")
+            self._exporters.start(_job_run(record, job_dir, spec))
+            exporting = True
             if adopted:
                 addresses = SuperLinkAddresses(
                     control=record.runtime["control"], fleet=record.runtime["fleet"]
@@ -333,6 +339,8 @@ class JobRunner:
             if live.superlink is not None:
                 await asyncio.to_thread(live.superlink.stop)
                 _copy(live.superlink.log_path, self._paths.log_path(job_id, SUPERLINK_LOG))
+            if exporting:
+                self._exporters.end(job_id, self._store.require(job_id).state)
             self._live.pop(job_id, None)
             self._broken.pop(job_id, None)
             self._dropping.pop(job_id, None)
@@ -378,6 +386,7 @@ class JobRunner:
         self._keep_points(job_id, points)
 
     def _keep_points(self, job_id: str, points: list[Point]) -> None:
+        self._exporters.add(job_id, points)
         dropped = self._store.add_points(job_id, points)
         if dropped and not self._dropping.get(job_id):
             self._dropping[job_id] = True
@@ -475,6 +484,20 @@ class JobRunner:
             for site, state in states.items()
             if state is not None and state.state == "failed"
         )
+
+
+def _job_run(record: JobRecord, job_dir: Path, spec: JobSpec) -> JobRun:
+    """The job as its exporters see it."""
+    config = parse_run_config(record.run_config) if record.run_config else {}
+    return JobRun(
+        job_id=record.job_id,
+        name=record.name,
+        job_dir=job_dir,
+        sites=record.sites,
+        run_config={key: str(value) for key, value in config.items()},
+        flower=record.runtime.get(FLOWER_KEY, ""),
+        submitted_by=record.submitted_by,
+    )
 
 
 async def unless_raised(watch: Awaitable[None], work: Awaitable[T]) -> T:

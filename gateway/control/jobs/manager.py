@@ -42,6 +42,7 @@ from ...proto.control_pb2 import (
     SiteInfo,
     SubmitJobRequest,
 )
+from ...tracking.exporters import TENSORBOARD_DIR, Exporters
 from ..board import Board
 from .archive import unpack_app
 from .board_exchange import BoardExchange
@@ -80,9 +81,11 @@ class JobManager:
         known_sites: frozenset[str] | None = None,
         site_start_timeout: float = 120.0,
         board: Board | None = None,
+        exporters: Exporters | None = None,
     ) -> None:
         """``board``: where relays sharing one Redis exchange what their jobs need
-        (scale-out); without it this relay answers from its own jobs alone."""
+        (scale-out); without it this relay answers from its own jobs alone.
+        ``exporters``: where the jobs' series go besides the job store (none by default)."""
         self.workspace = workspace
         self._installs = installs
         self.store = JobStore(workspace / "jobs.db")
@@ -113,6 +116,7 @@ class JobManager:
             on_event=lambda job_id, text: self.on_event(job_id, text),
             closing=lambda: self._closing,
             site_start_timeout=site_start_timeout,
+            exporters=exporters if exporters is not None else Exporters(),
         )
         self._exchange = (
             BoardExchange(board, store=self.store, sites=self._sites, changed=self._changed)
@@ -404,7 +408,7 @@ class JobManager:
         return GetMetricsResponse(points=points, job=self.info(job_id))
 
     def download(self, job_id: str) -> bytes:
-        """The job's logs and result as .tar.gz bytes."""
+        """The job's logs, result and TensorBoard files as .tar.gz bytes."""
         record = self._get(job_id)
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
@@ -425,9 +429,9 @@ class JobManager:
             info.size = len(summary)
             info.mtime = int(time.time())
             tar.addfile(info, io.BytesIO(summary))
-            logs = self.job_dir(job_id) / "logs"
-            if logs.is_dir():
-                tar.add(logs, arcname=f"{job_id}/logs")
+            for part in ("logs", TENSORBOARD_DIR):
+                if (self.job_dir(job_id) / part).is_dir():
+                    tar.add(self.job_dir(job_id) / part, arcname=f"{job_id}/{part}")
         return buffer.getvalue()
 
     # --- site agent operations -----------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .series import RESULT_PREFIX, Point, ServerOutput, parse_result_line, result_points
+from ...tracking.series import RESULT_PREFIX, Point, ServerOutput, parse_result_line, result_points
 
 COMPLETED = "finished:completed"
 SOURCE_RESULT = "FLGATE-RESULT"
@@ -63,7 +63,7 @@ def summary_from_log(output: str) -> RunSummary | None:
 
     Message API strategies log ``Aggregated MetricRecord: {...}`` per round at
     full precision; legacy strategies log a ``[SUMMARY]`` with their history
-    (:class:`~gateway.control.jobs.series.ServerOutput` reads both, as the relay
+    (:class:`~gateway.tracking.series.ServerOutput` reads both, as the relay
     does while a job runs). Neither logs a hash of the parameters.
     """
     reader = ServerOutput()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ...core.exceptions import JobError, UnknownJobError
 from ...proto.control_pb2 import JobInfo
-from .series import Point
+from ...tracking.series import Point
 
 SUBMITTED = "submitted"
 DISPATCHED = "dispatched"

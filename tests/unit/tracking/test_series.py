@@ -8,8 +8,8 @@ import pytest
 
 from gateway.control.jobs import store as store_module
 from gateway.control.jobs.results import summary_from_log
-from gateway.control.jobs.series import MAX_HISTORY_LINES, Point, ServerOutput
 from gateway.control.jobs.store import JobStore
+from gateway.tracking.series import MAX_HISTORY_LINES, Point, ServerOutput
 from tests.support.flower_logs import LEGACY_LOG, MESSAGE_API_LOG
 
 
