@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import os
 import resource
 import signal
 import sys
@@ -28,6 +29,7 @@ from ..core.memory import return_large_blocks_at_once
 from ..flower.install import FlowerInstalls
 from ..observability.endpoint import RELAY_DEFAULT, SITE_DEFAULT, MetricsEndpoint, Readiness
 from ..provisioning.kit import Kit
+from ..tracking.mlflow_export import DEFAULT_EXPERIMENT, MLflowSettings, redacted, require_mlflow
 from .common import (
     EXIT_OK,
     add_budget_options,
@@ -43,6 +45,9 @@ from .common import (
     run,
     tls_from,
 )
+
+MLFLOW_TRACKING_URI_ENV = "FLGATE_MLFLOW_TRACKING_URI"
+MLFLOW_EXPERIMENT_ENV = "FLGATE_MLFLOW_EXPERIMENT"
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -81,6 +86,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "(default: any site with a valid certificate that has connected)",
     )
     add_flower_options(start, "SuperLinks")
+    add_mlflow_options(start)
     add_tls_options(start, relay=False)
     add_limit_options(start)
     add_budget_options(start)
@@ -133,6 +139,36 @@ def add_flower_options(parser: argparse.ArgumentParser, runs: str) -> None:
     )
 
 
+def add_mlflow_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mlflow-tracking-uri",
+        metavar="URI",
+        default=os.environ.get(MLFLOW_TRACKING_URI_ENV, ""),
+        help="export every job's per-round series to this MLflow tracking server, one run per "
+        "job (a job's job.yaml may name another with mlflow_tracking_uri); needs "
+        f"flower-gateway[mlflow] (default: none; env {MLFLOW_TRACKING_URI_ENV})",
+    )
+    parser.add_argument(
+        "--mlflow-experiment",
+        metavar="NAME",
+        default=os.environ.get(MLFLOW_EXPERIMENT_ENV) or DEFAULT_EXPERIMENT,
+        help="the MLflow experiment of the jobs' runs, created when missing "
+        f"(default: {DEFAULT_EXPERIMENT}; env {MLFLOW_EXPERIMENT_ENV})",
+    )
+
+
+def mlflow_from(args: argparse.Namespace) -> MLflowSettings:
+    """The relay's MLflow settings; with a tracking URI, MLflow's client must be installed
+    (checked before anything starts, without importing it)."""
+    uri = args.mlflow_tracking_uri.strip()
+    experiment = args.mlflow_experiment.strip()
+    if not experiment:
+        raise ConfigError("--mlflow-experiment must name an experiment, such as 'flgate'")
+    if uri:
+        require_mlflow()
+    return MLflowSettings(tracking_uri=uri, experiment=experiment)
+
+
 async def _flower_installs(args: argparse.Namespace) -> FlowerInstalls:
     """The Flower installations of ``--flower-bin`` and ``--flower-envs``, each refused
     outside the supported releases before anything starts (reading their versions runs
@@ -180,6 +216,7 @@ async def _serve_relay(args: argparse.Namespace) -> None:
     return_large_blocks_at_once()  # a burst of peers must not leave the RSS high for good
     _allow_many_open_files()
     stop = _stop_signals()
+    mlflow = mlflow_from(args)
     tls = tls_from(args, Role.RELAY)
     kit = kit_from(args, Role.RELAY)
     if kit is not None:
@@ -195,7 +232,10 @@ async def _serve_relay(args: argparse.Namespace) -> None:
         crl=args.crl or (kit.crl if kit else None),
         limits=limits_from(args),
         budgets=budgets_from(args, kit),
+        mlflow=mlflow,
     )
+    if mlflow.tracking_uri:
+        print(f"relay exports job series to MLflow at {redacted(mlflow.tracking_uri)}", flush=True)
     endpoint = MetricsEndpoint(metrics_listen, app.not_ready) if metrics_listen else None
     try:
         if endpoint is not None:

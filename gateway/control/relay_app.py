@@ -7,6 +7,7 @@ then the jobs stop and the job store closes, then the listeners and the dedup st
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from ..provisioning.revocation import RevocationList, tls_ca
 from ..relay.server import Relay
 from ..reliable import SqliteDedupStore
 from ..tracking.exporters import Exporters, TensorBoardExporter
+from ..tracking.mlflow_export import MLflowExporters, MLflowSettings
 from ..transport.base import parse_url
 from .board import RedisBoard
 from .jobs.manager import JobManager
@@ -46,8 +48,10 @@ class RelayApp:
         limits: Limits = Limits(),
         budgets: Budgets = Budgets(),
         crl: Path | None = None,
+        mlflow: MLflowSettings = MLflowSettings(),
     ) -> None:
-        """``crl``: the federation's revocation list (re-read when it changes)."""
+        """``crl``: the federation's revocation list (re-read when it changes);
+        ``mlflow``: the MLflow server every job's series go to, unless its job file names one."""
         workspace.mkdir(parents=True, exist_ok=True)
         revocations = RevocationList(crl, tls_ca(tls)) if crl is not None else None
         self.relay = Relay(
@@ -68,13 +72,16 @@ class RelayApp:
             if redis_urls
             else None
         )
+        self._exporters = Exporters(
+            [TensorBoardExporter(), MLflowExporters(mlflow.tracking_uri, mlflow.experiment)]
+        )
         self.manager = JobManager(
             workspace=workspace,
             routes=self.relay,
             installs=installs,
             known_sites=known_sites,
             board=board,
-            exporters=Exporters([TensorBoardExporter()]),
+            exporters=self._exporters,
         )
         answered = self.relay.dispatcher.stats.answered
         self.manager.fleet_calls = lambda job_id: answered[job_id]
@@ -122,4 +129,5 @@ class RelayApp:
         dedup store: before, the job store closed first, under calls still in flight."""
         await self.relay.drain(interrupt=_waits_for_news)
         await self.manager.aclose()
+        await asyncio.to_thread(self._exporters.close)  # the jobs' ends, sent (bounded wait)
         await self.relay.aclose()

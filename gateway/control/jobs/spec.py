@@ -10,6 +10,8 @@
     node_auth: true             # Flower's SuperNode authentication with the sites' node keys
     flower: "1.39"              # the Flower release to run it with (x.y or x.y.z): relay
                                 # and sites pick that installation (default: the relay's)
+    mlflow_tracking_uri: https://mlflow.example.org   # the MLflow server for this job's
+                                # series (default: the relay's --mlflow-tracking-uri)
 
 A directory without a job file is still a job: its defaults apply.
 
@@ -29,6 +31,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -51,7 +54,15 @@ _YAML_LOADER: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = getattr(
 
 JOB_FILE = "job.yaml"
 PYPROJECT = "pyproject.toml"
-_KNOWN_KEYS = {"name", "min_sites", "run_config", "time_limit", "node_auth", "flower"}
+_KNOWN_KEYS = {
+    "name",
+    "min_sites",
+    "run_config",
+    "time_limit",
+    "node_auth",
+    "flower",
+    "mlflow_tracking_uri",
+}
 RunConfigValue = int | float | str
 
 MAX_TIME_LIMIT = 7 * 24 * 3600.0
@@ -68,6 +79,10 @@ JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _RUN_CONFIG_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 FLOWER_RELEASE = re.compile(r"[1-9][0-9]?\.[0-9]{1,3}(\.[0-9]{1,3})?")
 """A Flower release as a job names it: "1.39" (any patch) or "1.39.0"."""
+MAX_TRACKING_URI_LENGTH = 2048
+TRACKING_URI_SCHEMES = ("http", "https")
+"""What a job file may name as its MLflow server: a server over HTTP(S), never a path or
+database of the relay's (``file:``, ``sqlite:``), which a submitter must not reach."""
 _OBJECT_REF = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*")
 """Flower's ``module:attribute`` reference to a ServerApp or ClientApp."""
 
@@ -86,6 +101,8 @@ class JobSpec:
     holding a key that a site of the job reported may join."""
     flower: str = ""
     """The Flower release the job needs ("x.y" or "x.y.z"); "" for the relay's default."""
+    mlflow_tracking_uri: str = ""
+    """The MLflow server the job's series go to; "" for the relay's (if it has one)."""
 
     @classmethod
     def load(cls, directory: Path, *, shown_as: str | None = None) -> JobSpec:
@@ -147,6 +164,9 @@ class JobSpec:
             time_limit=check_time_limit(data.get("time_limit", 900), f"{JOB_FILE}: time_limit"),
             node_auth=node_auth,
             flower=flower,
+            mlflow_tracking_uri=check_tracking_uri(
+                data.get("mlflow_tracking_uri", ""), f"{JOB_FILE}: mlflow_tracking_uri"
+            ),
         )
 
 
@@ -159,6 +179,36 @@ def check_job_name(value: object, what: str) -> str:
         f"{what} must be 1 to 64 letters, digits, '.', '_' or '-' (starting with a letter "
         f"or digit), such as 'quickstart-numpy'; got {shown}"
     )
+
+
+def check_tracking_uri(value: object, what: str) -> str:
+    """An MLflow tracking URI a job names: an http(s) URL with a host, or "" for none."""
+    example = "such as 'https://mlflow.example.org' or 'http://mlflow.internal:5000'"
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"{what} must be a string, the MLflow server's URL {example}; got {_kind(value)}"
+        )
+    shown = repr(value[:80])
+    if len(value) > MAX_TRACKING_URI_LENGTH or any(
+        c.isspace() or not c.isprintable() for c in value
+    ):
+        raise ConfigError(
+            f"{what} must be a URL of at most {MAX_TRACKING_URI_LENGTH} characters without "
+            f"spaces {example}; got {shown}"
+        )
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        raise ConfigError(f"{what} must be a URL {example}; got {shown}") from None
+    if parts.scheme not in TRACKING_URI_SCHEMES or not parts.hostname:
+        raise ConfigError(
+            f"{what} must be an http:// or https:// URL of an MLflow server {example} "
+            f"(a job may not name a file or database of the relay's); got {shown}"
+        )
+    return value
 
 
 def check_min_sites(value: object, what: str) -> int:

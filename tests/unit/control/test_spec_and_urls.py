@@ -35,6 +35,12 @@ def test_directory_without_pyproject_is_refused(tmp_path: Path) -> None:
         ("nmae: x", "unknown keys"),
         ("run_config: {a: [1]}", "numbers or strings"),
         ("min_sites: 0", "min_sites must be >= 1"),
+        ("mlflow_tracking_uri: 5000", "mlflow_tracking_uri must be a string.*got a number"),
+        ("mlflow_tracking_uri: [a]", "mlflow_tracking_uri must be a string.*got a list"),
+        ("mlflow_tracking_uri: file:///var/lib", "http:// or https:// URL of an MLflow server"),
+        ("mlflow_tracking_uri: sqlite:///x.db", "may not name a file or database"),
+        ("mlflow_tracking_uri: http://", "http:// or https:// URL"),
+        ("mlflow_tracking_uri: http://h:port", "must be a URL"),
     ],
 )
 def test_bad_job_files_are_refused(tmp_path: Path, content: str, needle: str) -> None:
@@ -42,6 +48,13 @@ def test_bad_job_files_are_refused(tmp_path: Path, content: str, needle: str) ->
     (tmp_path / "job.yaml").write_text(content)
     with pytest.raises(ConfigError, match=needle):
         JobSpec.load(tmp_path)
+
+
+def test_a_job_file_may_name_its_mlflow_server(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("[project]\nname='x'\n")
+    assert JobSpec.load(tmp_path).mlflow_tracking_uri == ""
+    (tmp_path / "job.yaml").write_text("mlflow_tracking_uri: https://mlflow.test:5000/base\n")
+    assert JobSpec.load(tmp_path).mlflow_tracking_uri == "https://mlflow.test:5000/base"
 
 
 def test_run_config_text() -> None:
