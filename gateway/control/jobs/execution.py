@@ -497,6 +497,7 @@ def _job_run(record: JobRecord, job_dir: Path, spec: JobSpec) -> JobRun:
         run_config={key: str(value) for key, value in config.items()},
         flower=record.runtime.get(FLOWER_KEY, ""),
         submitted_by=record.submitted_by,
+        tracking_uri=spec.mlflow_tracking_uri,
     )
 
 
