@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import re
 import threading
 import time
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 DEFAULT_EXPERIMENT = "flgate"
 INSTALL_HINT = "pip install 'flower-gateway[mlflow]' (or: pip install mlflow-skinny)"
 
+SUPPRESS_URL_PRINTING = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 STATUS_OF_STATE = {"finished": "FINISHED", "failed": "FAILED", "aborted": "KILLED"}
 """A job's final state -> its MLflow run's status. Any other state (a relay that
 stops while the job goes on, to be adopted at its restart) leaves the run RUNNING."""
@@ -180,6 +182,17 @@ class TrackingClient(Protocol):
     def terminate(self, run_id: str, status: str) -> None: ...
 
 
+def _quiet_mlflow_logs() -> None:
+    """MLflow gives its logger a handler of its own on stderr at import, which would
+    bypass the relay's log format (``--log-format json``), and logs a line per run it
+    ends ("View run ..."): its records go through the relay's handlers instead, from
+    warnings up."""
+    mlflow_log = logging.getLogger("mlflow")
+    mlflow_log.handlers.clear()
+    mlflow_log.propagate = True
+    mlflow_log.setLevel(logging.WARNING)
+
+
 class MlflowTrackingClient:
     """:class:`TrackingClient` with ``mlflow.tracking.MlflowClient`` (imported here)."""
 
@@ -188,6 +201,7 @@ class MlflowTrackingClient:
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
+        _quiet_mlflow_logs()
         self._uri = tracking_uri
         self._client = MlflowClient(tracking_uri=tracking_uri)
         self._metric = Metric
@@ -306,6 +320,10 @@ class MLflowExporter:
         :class:`MlflowTrackingClient`, which needs MLflow: refused here without it)."""
         if client is None:
             require_mlflow()
+            # MLflow's documented switch: set_terminated would otherwise print the run's URL
+            # on the relay's stdout (and fetch the run once more to do it). Set here, on the
+            # loop, before the thread exists; the operator's own setting stands.
+            os.environ.setdefault(SUPPRESS_URL_PRINTING, "true")
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self._make_client = client or MlflowTrackingClient
