@@ -1,6 +1,7 @@
 """The relay's control plane: site agents' and admins' calls, authorized by role.
 
-A site certificate may poll for its own tasks and ship its own logs; an admin
+A site certificate may poll for its own tasks, ship its own logs and push the
+client-side tracking records of the jobs it is part of; an admin
 certificate may submit, list, read, abort and download jobs, as its admin role
 allows: a ``project_admin`` any job, a ``member`` may abort and download only
 the jobs it submitted. Requests and responses are the messages of
@@ -17,6 +18,7 @@ from google.protobuf.message import DecodeError, Message
 from ..core.exceptions import AuthError, ConfigError, JobError, ProtocolError, UnknownMethodError
 from ..core.failures import reply_for_error
 from ..core.identity import AdminRole, Peer, Role
+from ..observability import metrics
 from ..proto.control_pb2 import (
     DownloadResponse,
     GetLogsRequest,
@@ -26,6 +28,7 @@ from ..proto.control_pb2 import (
     ListSitesRequest,
     ListSitesResponse,
     PollTasksRequest,
+    PushTrackingRequest,
     ShipLogsRequest,
     SubmitJobRequest,
 )
@@ -60,6 +63,7 @@ class ControlService:
         self._agent: dict[str, Operation] = {
             "PollTasks": self._poll_tasks,
             "ShipLogs": self._ship_logs,
+            "PushTracking": self._push_tracking,
         }
         self._admin: dict[str, Operation] = {
             "SubmitJob": self._submit,
@@ -122,6 +126,16 @@ class ControlService:
 
     async def _ship_logs(self, peer: Peer, body: bytes) -> Message:
         return self._manager.ship_logs(peer.name, ShipLogsRequest.FromString(body))
+
+    async def _push_tracking(self, peer: Peer, body: bytes) -> Message:
+        request = PushTrackingRequest.FromString(body)
+        if peer.name not in self._manager.get(request.job_id).sites:
+            metrics.refusal("not_in_job")
+            raise AuthError(
+                f"site {peer.name} is not part of job {request.job_id}; "
+                "its tracking records are refused"
+            )
+        return self._manager.push_tracking(peer.name, request)
 
     async def _submit(self, peer: Peer, body: bytes) -> Message:
         return job_info(await self._manager.submit(peer, SubmitJobRequest.FromString(body)))

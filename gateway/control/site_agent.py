@@ -5,7 +5,10 @@ of jobs it must run; it reconciles (start what is missing, stop what is no
 longer wanted), so restarts of either side need no special protocol. For each
 job it opens an LGS on loopback and starts ``flower-supernode`` against it with
 ``partition-id``, ``num-partitions`` and ``site-name`` in its node config, and
-ships the SuperNode's log to the relay. The site never accepts a connection.
+ships the SuperNode's log to the relay. The site never accepts a connection
+from outside: its LGSs and its tracking receiver (:mod:`.site_tracking`, which
+gives each SuperNode ``FLGATE_TRACKING_URL`` and a token of the job's own, so its
+ClientApps' ``SummaryWriter`` records reach the relay) listen on loopback only.
 
 Each poll also reports the site's status: its transport, its Flower release, its
 round trip to the relay and its Fleet calls and errors of the last minute. The round
@@ -55,8 +58,10 @@ from ..proto.control_pb2 import (
 )
 from ..proto.envelope_pb2 import KIND_AGENT
 from ..site.gateway import SiteGateway
+from ..tracking.writer import TOKEN_ENV
 from ..transport import parse_url
 from .client import control_call
+from .site_tracking import SiteTracking
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +81,14 @@ class _JobSlot:
     supernode: ManagedProcess | None = None
     shipped: int = 0
     lgs_port: int = 0
+    tracking_token: str = ""
 
     def to_json(self) -> str:
         return json.dumps(
             {
                 "job": MessageToDict(self.job, preserving_proto_field_name=True),
                 "lgs_port": self.lgs_port,
+                "tracking_token": self.tracking_token,
                 "supernode_pid": self.supernode.pid if self.supernode else 0,
             }
         )
@@ -138,6 +145,7 @@ class SiteAgent:
         self._installs = installs
         self._poll_wait = poll_wait
         self._gateway = SiteGateway(name=self.name, relay_url=relay_url, tls=tls, limits=limits)
+        self.tracking = SiteTracking(self._gateway.client, workspace=workspace)
         self._transport = parse_url(relay_url).scheme
         self._rtt_ms: float | None = None
         """The last poll's round trip, reported on the next poll."""
@@ -169,6 +177,9 @@ class SiteAgent:
                 state_file.unlink(missing_ok=True)
                 continue
             slot = _JobSlot(job=job, supernode=supernode, lgs_port=port, state="running")
+            if token := str(saved.get("tracking_token", "")):
+                slot.tracking_token = token
+                self.tracking.add_job(job.job_id, token)
             slot.shipped = supernode.log_path.stat().st_size if supernode.log_path.exists() else 0
             try:
                 await self._gateway.open_job(
@@ -185,6 +196,7 @@ class SiteAgent:
     async def run_forever(self) -> None:
         """Poll, reconcile and ship logs until cancelled; survive relay outages."""
         failures = 0
+        await self.tracking.start()
         await self._recover()
         try:
             while True:
@@ -286,6 +298,8 @@ class SiteAgent:
             tls = self._lgs_tls(job)
             lgs = await self._gateway.open_job(job.job_id, job.dialect, tls=tls)
             slot.lgs_port = lgs.port
+            tracking_env = self.tracking.add_job(job.job_id)
+            slot.tracking_token = tracking_env[TOKEN_ENV]
             slot.supernode = await launch_supernode(
                 install,
                 lgs.address,
@@ -298,6 +312,7 @@ class SiteAgent:
                 },
                 auth_key=self._node_key if job.node_auth else None,
                 root_certificates=tls.ca_cert if tls is not None else None,
+                env=tracking_env,
             )
         except (GatewayError, OSError) as exc:
             slot.state, slot.detail = "failed", f"cannot start the SuperNode: {exc}"
@@ -338,6 +353,7 @@ class SiteAgent:
         if slot.supernode is not None:
             await asyncio.to_thread(slot.supernode.stop)
         await self._gateway.close_job(job_id)
+        await self.tracking.remove_job(job_id)
         with contextlib.suppress(GatewayError):
             await self._ship_log(slot)
         (self._job_dir(job_id) / SLOT_FILE).unlink(missing_ok=True)
@@ -372,4 +388,5 @@ class SiteAgent:
         for job_id in list(self._jobs):
             with contextlib.suppress(GatewayError, OSError):
                 await self._stop_job(job_id)
+        await self.tracking.aclose()
         await self._gateway.aclose()

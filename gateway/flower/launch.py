@@ -178,10 +178,12 @@ async def launch_supernode(
     grpc_mode: str = "rere",
     auth_key: Path | None = None,
     root_certificates: Path | None = None,
+    env: Mapping[str, str] | None = None,
     timeout: float = 60.0,
     attempts: int = 3,
 ) -> ManagedProcess:
-    """Start a SuperNode and wait until its Runtime API serves."""
+    """Start a SuperNode and wait until its Runtime API serves (``env``: more of its
+    environment, which its ClientApps inherit)."""
 
     def start() -> tuple[ManagedProcess, None, list[str]]:
         port = free_port()
@@ -195,6 +197,7 @@ async def launch_supernode(
             auth_key=auth_key,
             root_certificates=root_certificates,
             port=port,
+            env=env,
         )
         return process, None, [f"{LOOPBACK}:{port}"]
 
@@ -221,9 +224,12 @@ def start_supernode(
     auth_key: Path | None = None,
     root_certificates: Path | None = None,
     port: int = 0,
+    env: Mapping[str, str] | None = None,
 ) -> ManagedProcess:
     """A SuperNode dialing ``superlink``; ``grpc_mode`` is 'rere' or 'adapter' (flwr <= 1.39).
 
+    ``env``: variables added to its environment; the ``flwr-clientapp`` processes it
+    starts inherit them (the site's tracking URL and the job's token, say).
     ``port`` is the SuperNode's own Runtime API port on loopback (0: pick one).
     ``auth_key`` is the node's OpenSSH private key for Flower's node authentication:
     the SuperNode signs every Fleet call with it instead of a key of its own, and
@@ -244,7 +250,7 @@ def start_supernode(
             port=port,
         ),
         log_path=workdir / f"{name}.log",
-        env=install.env(workdir / "flwr-home"),
+        env={**install.env(workdir / "flwr-home"), **(env or {})},
         cwd=workdir,
     )
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from gateway.proto import envelope_pb2 as gateway_dot_proto_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgateway/proto/control.proto\x12\tflgate.v1\x1a\x1cgateway/proto/envelope.proto\"\x97\x01\n\x07SiteJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12#\n\x07\x64ialect\x18\x02 \x01(\x0e\x32\x12.flgate.v1.Dialect\x12\x16\n\x0e\x66lower_version\x18\x03 \x01(\t\x12\x14\n\x0cpartition_id\x18\x04 \x01(\x05\x12\x16\n\x0enum_partitions\x18\x05 \x01(\x05\x12\x11\n\tnode_auth\x18\x06 \x01(\x08\"=\n\x0cSiteJobState\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xa7\x01\n\nSiteStatus\x12\x11\n\ttransport\x18\x01 \x01(\t\x12\x16\n\x0e\x66lower_version\x18\x02 \x01(\t\x12\x13\n\x06rtt_ms\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x11\x63\x61lls_last_minute\x18\x04 \x01(\r\x12\x1a\n\x12\x65rrors_last_minute\x18\x05 \x01(\r\x12\x17\n\x0f\x66lower_versions\x18\x06 \x03(\tB\t\n\x07_rtt_ms\"\x91\x01\n\x10PollTasksRequest\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.flgate.v1.SiteJobState\x12\x0f\n\x07wait_ms\x18\x02 \x01(\r\x12\x1e\n\x16\x66lower_node_public_key\x18\x03 \x01(\t\x12%\n\x06status\x18\x04 \x01(\x0b\x32\x15.flgate.v1.SiteStatus\"Z\n\x11PollTasksResponse\x12#\n\x07\x64\x65sired\x18\x01 \x03(\x0b\x32\x12.flgate.v1.SiteJob\x12\x14\n\x07held_ms\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\n\n\x08_held_ms\"?\n\x0fShipLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\'\n\x10ShipLogsResponse\x12\x13\n\x0bnext_offset\x18\x01 \x01(\x04\"\x7f\n\x10SubmitJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x61pp_archive\x18\x02 \x01(\x0c\x12\r\n\x05sites\x18\x03 \x03(\t\x12\x11\n\tmin_sites\x18\x04 \x01(\r\x12\x12\n\nrun_config\x18\x05 \x01(\t\x12\x12\n\ntime_limit\x18\x06 \x01(\x01\"\x8a\x02\n\x07JobInfo\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\r\n\x05sites\x18\x05 \x03(\t\x12\x14\n\x0csubmitted_by\x18\x06 \x01(\t\x12\x0f\n\x07\x63reated\x18\x07 \x01(\x01\x12\x0f\n\x07updated\x18\x08 \x01(\x01\x12\x0e\n\x06run_id\x18\t \x01(\t\x12\r\n\x05round\x18\n \x01(\r\x12\x0e\n\x06rounds\x18\x0b \x01(\r\x12\x13\n\x0bresult_json\x18\x0c \x01(\t\x12\x12\n\nrun_config\x18\r \x01(\t\x12\x13\n\x0b\x66leet_calls\x18\x0e \x01(\x04\x12\x0e\n\x06\x66lower\x18\x0f \x01(\t\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"4\n\x10ListJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.flgate.v1.JobInfo\"Q\n\x0eGetLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0f\n\x07wait_ms\x18\x04 \x01(\r\"T\n\x0fGetLogsResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x13\n\x0bnext_offset\x18\x02 \x01(\x04\x12\r\n\x05\x65nded\x18\x03 \x01(\x08\x12\x0f\n\x07sources\x18\x04 \x03(\t\"7\n\x0bMetricPoint\x12\x0b\n\x03tag\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\r\x12\r\n\x05value\x18\x03 \x01(\x01\"]\n\x12GetMetricsResponse\x12&\n\x06points\x18\x01 \x03(\x0b\x32\x16.flgate.v1.MetricPoint\x12\x1f\n\x03job\x18\x02 \x01(\x0b\x32\x12.flgate.v1.JobInfo\"#\n\x10\x44ownloadResponse\x12\x0f\n\x07\x61rchive\x18\x01 \x01(\x0c\"\x12\n\x10ListSitesRequest\"p\n\x08SiteInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tlast_seen\x18\x02 \x01(\x01\x12\x0e\n\x06online\x18\x03 \x01(\x08\x12\x0c\n\x04jobs\x18\x04 \x03(\t\x12%\n\x06status\x18\x05 \x01(\x0b\x32\x15.flgate.v1.SiteStatus\"7\n\x11ListSitesResponse\x12\"\n\x05sites\x18\x01 \x03(\x0b\x32\x13.flgate.v1.SiteInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgateway/proto/control.proto\x12\tflgate.v1\x1a\x1cgateway/proto/envelope.proto\"\x97\x01\n\x07SiteJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12#\n\x07\x64ialect\x18\x02 \x01(\x0e\x32\x12.flgate.v1.Dialect\x12\x16\n\x0e\x66lower_version\x18\x03 \x01(\t\x12\x14\n\x0cpartition_id\x18\x04 \x01(\x05\x12\x16\n\x0enum_partitions\x18\x05 \x01(\x05\x12\x11\n\tnode_auth\x18\x06 \x01(\x08\"=\n\x0cSiteJobState\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xa7\x01\n\nSiteStatus\x12\x11\n\ttransport\x18\x01 \x01(\t\x12\x16\n\x0e\x66lower_version\x18\x02 \x01(\t\x12\x13\n\x06rtt_ms\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x11\x63\x61lls_last_minute\x18\x04 \x01(\r\x12\x1a\n\x12\x65rrors_last_minute\x18\x05 \x01(\r\x12\x17\n\x0f\x66lower_versions\x18\x06 \x03(\tB\t\n\x07_rtt_ms\"\x91\x01\n\x10PollTasksRequest\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.flgate.v1.SiteJobState\x12\x0f\n\x07wait_ms\x18\x02 \x01(\r\x12\x1e\n\x16\x66lower_node_public_key\x18\x03 \x01(\t\x12%\n\x06status\x18\x04 \x01(\x0b\x32\x15.flgate.v1.SiteStatus\"Z\n\x11PollTasksResponse\x12#\n\x07\x64\x65sired\x18\x01 \x03(\x0b\x32\x12.flgate.v1.SiteJob\x12\x14\n\x07held_ms\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\n\n\x08_held_ms\"?\n\x0fShipLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\'\n\x10ShipLogsResponse\x12\x13\n\x0bnext_offset\x18\x01 \x01(\x04\"^\n\x13PushTrackingRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12&\n\x06points\x18\x02 \x03(\x0b\x32\x16.flgate.v1.MetricPoint\x12\x0f\n\x07\x64ropped\x18\x03 \x01(\x04\"8\n\x14PushTrackingResponse\x12\x0c\n\x04kept\x18\x01 \x01(\r\x12\x12\n\nover_limit\x18\x02 \x01(\r\"\x7f\n\x10SubmitJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x61pp_archive\x18\x02 \x01(\x0c\x12\r\n\x05sites\x18\x03 \x03(\t\x12\x11\n\tmin_sites\x18\x04 \x01(\r\x12\x12\n\nrun_config\x18\x05 \x01(\t\x12\x12\n\ntime_limit\x18\x06 \x01(\x01\"\x8a\x02\n\x07JobInfo\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\r\n\x05sites\x18\x05 \x03(\t\x12\x14\n\x0csubmitted_by\x18\x06 \x01(\t\x12\x0f\n\x07\x63reated\x18\x07 \x01(\x01\x12\x0f\n\x07updated\x18\x08 \x01(\x01\x12\x0e\n\x06run_id\x18\t \x01(\t\x12\r\n\x05round\x18\n \x01(\r\x12\x0e\n\x06rounds\x18\x0b \x01(\r\x12\x13\n\x0bresult_json\x18\x0c \x01(\t\x12\x12\n\nrun_config\x18\r \x01(\t\x12\x13\n\x0b\x66leet_calls\x18\x0e \x01(\x04\x12\x0e\n\x06\x66lower\x18\x0f \x01(\t\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"4\n\x10ListJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.flgate.v1.JobInfo\"Q\n\x0eGetLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0f\n\x07wait_ms\x18\x04 \x01(\r\"T\n\x0fGetLogsResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x13\n\x0bnext_offset\x18\x02 \x01(\x04\x12\r\n\x05\x65nded\x18\x03 \x01(\x08\x12\x0f\n\x07sources\x18\x04 \x03(\t\"7\n\x0bMetricPoint\x12\x0b\n\x03tag\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\r\x12\r\n\x05value\x18\x03 \x01(\x01\"]\n\x12GetMetricsResponse\x12&\n\x06points\x18\x01 \x03(\x0b\x32\x16.flgate.v1.MetricPoint\x12\x1f\n\x03job\x18\x02 \x01(\x0b\x32\x12.flgate.v1.JobInfo\"#\n\x10\x44ownloadResponse\x12\x0f\n\x07\x61rchive\x18\x01 \x01(\x0c\"\x12\n\x10ListSitesRequest\"p\n\x08SiteInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tlast_seen\x18\x02 \x01(\x01\x12\x0e\n\x06online\x18\x03 \x01(\x08\x12\x0c\n\x04jobs\x18\x04 \x03(\t\x12%\n\x06status\x18\x05 \x01(\x0b\x32\x15.flgate.v1.SiteStatus\"7\n\x11ListSitesResponse\x12\"\n\x05sites\x18\x01 \x03(\x0b\x32\x13.flgate.v1.SiteInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,30 +46,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SHIPLOGSREQUEST']._serialized_end=762
   _globals['_SHIPLOGSRESPONSE']._serialized_start=764
   _globals['_SHIPLOGSRESPONSE']._serialized_end=803
-  _globals['_SUBMITJOBREQUEST']._serialized_start=805
-  _globals['_SUBMITJOBREQUEST']._serialized_end=932
-  _globals['_JOBINFO']._serialized_start=935
-  _globals['_JOBINFO']._serialized_end=1201
-  _globals['_JOBREF']._serialized_start=1203
-  _globals['_JOBREF']._serialized_end=1227
-  _globals['_LISTJOBSREQUEST']._serialized_start=1229
-  _globals['_LISTJOBSREQUEST']._serialized_end=1246
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1248
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1300
-  _globals['_GETLOGSREQUEST']._serialized_start=1302
-  _globals['_GETLOGSREQUEST']._serialized_end=1383
-  _globals['_GETLOGSRESPONSE']._serialized_start=1385
-  _globals['_GETLOGSRESPONSE']._serialized_end=1469
-  _globals['_METRICPOINT']._serialized_start=1471
-  _globals['_METRICPOINT']._serialized_end=1526
-  _globals['_GETMETRICSRESPONSE']._serialized_start=1528
-  _globals['_GETMETRICSRESPONSE']._serialized_end=1621
-  _globals['_DOWNLOADRESPONSE']._serialized_start=1623
-  _globals['_DOWNLOADRESPONSE']._serialized_end=1658
-  _globals['_LISTSITESREQUEST']._serialized_start=1660
-  _globals['_LISTSITESREQUEST']._serialized_end=1678
-  _globals['_SITEINFO']._serialized_start=1680
-  _globals['_SITEINFO']._serialized_end=1792
-  _globals['_LISTSITESRESPONSE']._serialized_start=1794
-  _globals['_LISTSITESRESPONSE']._serialized_end=1849
+  _globals['_PUSHTRACKINGREQUEST']._serialized_start=805
+  _globals['_PUSHTRACKINGREQUEST']._serialized_end=899
+  _globals['_PUSHTRACKINGRESPONSE']._serialized_start=901
+  _globals['_PUSHTRACKINGRESPONSE']._serialized_end=957
+  _globals['_SUBMITJOBREQUEST']._serialized_start=959
+  _globals['_SUBMITJOBREQUEST']._serialized_end=1086
+  _globals['_JOBINFO']._serialized_start=1089
+  _globals['_JOBINFO']._serialized_end=1355
+  _globals['_JOBREF']._serialized_start=1357
+  _globals['_JOBREF']._serialized_end=1381
+  _globals['_LISTJOBSREQUEST']._serialized_start=1383
+  _globals['_LISTJOBSREQUEST']._serialized_end=1400
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1402
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1454
+  _globals['_GETLOGSREQUEST']._serialized_start=1456
+  _globals['_GETLOGSREQUEST']._serialized_end=1537
+  _globals['_GETLOGSRESPONSE']._serialized_start=1539
+  _globals['_GETLOGSRESPONSE']._serialized_end=1623
+  _globals['_METRICPOINT']._serialized_start=1625
+  _globals['_METRICPOINT']._serialized_end=1680
+  _globals['_GETMETRICSRESPONSE']._serialized_start=1682
+  _globals['_GETMETRICSRESPONSE']._serialized_end=1775
+  _globals['_DOWNLOADRESPONSE']._serialized_start=1777
+  _globals['_DOWNLOADRESPONSE']._serialized_end=1812
+  _globals['_LISTSITESREQUEST']._serialized_start=1814
+  _globals['_LISTSITESREQUEST']._serialized_end=1832
+  _globals['_SITEINFO']._serialized_start=1834
+  _globals['_SITEINFO']._serialized_end=1946
+  _globals['_LISTSITESRESPONSE']._serialized_start=1948
+  _globals['_LISTSITESRESPONSE']._serialized_end=2003
 # @@protoc_insertion_point(module_scope)

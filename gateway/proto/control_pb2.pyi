@@ -85,6 +85,24 @@ class ShipLogsResponse(_message.Message):
     next_offset: int
     def __init__(self, next_offset: _Optional[int] = ...) -> None: ...
 
+class PushTrackingRequest(_message.Message):
+    __slots__ = ("job_id", "points", "dropped")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    points: _containers.RepeatedCompositeFieldContainer[MetricPoint]
+    dropped: int
+    def __init__(self, job_id: _Optional[str] = ..., points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., dropped: _Optional[int] = ...) -> None: ...
+
+class PushTrackingResponse(_message.Message):
+    __slots__ = ("kept", "over_limit")
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    OVER_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    kept: int
+    over_limit: int
+    def __init__(self, kept: _Optional[int] = ..., over_limit: _Optional[int] = ...) -> None: ...
+
 class SubmitJobRequest(_message.Message):
     __slots__ = ("name", "app_archive", "sites", "min_sites", "run_config", "time_limit")
     NAME_FIELD_NUMBER: _ClassVar[int]

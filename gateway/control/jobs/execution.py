@@ -385,7 +385,8 @@ class JobRunner:
                 self._on_event(job_id, f"round {reader.round}{total}")
         self._keep_points(job_id, points)
 
-    def _keep_points(self, job_id: str, points: list[Point]) -> None:
+    def _keep_points(self, job_id: str, points: list[Point]) -> int:
+        """Store and export ``points``; return how many the full series dropped."""
         self._exporters.add(job_id, points)
         dropped = self._store.add_points(job_id, points)
         if dropped and not self._dropping.get(job_id):
@@ -394,6 +395,16 @@ class JobRunner:
                 "a job's series are full; further points are dropped",
                 extra={"job": job_id, "limit": MAX_POINTS_PER_JOB},
             )
+        return dropped
+
+    def keep_site_points(self, job_id: str, site: str, points: list[Point]) -> int:
+        """A site's client-side points (checked), kept as ``<site>/<tag>`` through the same
+        path as the ServerApp's; return how many the full series dropped. Refused with
+        :class:`JobError` unless the job runs here now (not before, not after)."""
+        if job_id not in self._live:
+            raise JobError(f"job {job_id} is not running on this relay; its records are refused")
+        tagged = [Point(f"{site}/{p.tag}", p.step, p.value) for p in points]
+        return self._keep_points(job_id, tagged)
 
     def _route(self, record: JobRecord, fleet: str) -> None:
         """Send the job's Fleet calls from its sites to its SuperLink's ``fleet`` address."""

@@ -37,12 +37,15 @@ from ...proto.control_pb2 import (
     MetricPoint,
     PollTasksRequest,
     PollTasksResponse,
+    PushTrackingRequest,
+    PushTrackingResponse,
     ShipLogsRequest,
     ShipLogsResponse,
     SiteInfo,
     SubmitJobRequest,
 )
 from ...tracking.exporters import TENSORBOARD_DIR, Exporters
+from ...tracking.records import MAX_POINTS_PER_PUSH, RecordError, check_point
 from ..board import Board
 from .archive import unpack_app
 from .board_exchange import BoardExchange
@@ -98,6 +101,8 @@ class JobManager:
         self._unpacking = asyncio.Semaphore(UNPACKS_AT_ONCE)
         self.on_event: Callable[[str, str], None] = lambda job_id, text: None
         self.fleet_calls: Callable[[str], int] = lambda job_id: 0
+        self._tracking_dropped: dict[str, int] = {}
+        """Per job, client-side records its sites or writers dropped (logged once a job)."""
         """The Fleet calls the relay answered for a job (the relay sets it)."""
         self._sites = SiteTasks(
             store=self.store,
@@ -442,6 +447,41 @@ class JobManager:
 
     def ship_logs(self, site: str, request: ShipLogsRequest) -> ShipLogsResponse:
         return self._sites.ship_logs(site, request)
+
+    def push_tracking(self, site: str, request: PushTrackingRequest) -> PushTrackingResponse:
+        """Keep a batch of ``site``'s client-side records of a running job as
+        ``<site>/<tag>`` points, after checking every record again (a site is not trusted:
+        a bad record refuses the whole batch, and the job goes on). The caller checked
+        that ``site`` is part of the job. A batch sent again replaces the same points."""
+        record = self._get(request.job_id)
+        if record.ended:
+            raise JobError(
+                f"job {record.job_id} has ended ({record.state}); its client-side records "
+                "are refused"
+            )
+        if len(request.points) > MAX_POINTS_PER_PUSH:
+            raise ConfigError(
+                f"a tracking batch of {len(request.points)} points from {site}, more than "
+                f"{MAX_POINTS_PER_PUSH}"
+            )
+        points = []
+        for index, point in enumerate(request.points):
+            try:
+                points.append(
+                    check_point(point.tag, point.step, point.value, where=f"points[{index}]")
+                )
+            except RecordError as exc:
+                raise ConfigError(f"a malformed tracking batch from {site}: {exc}") from exc
+        over = self._runner.keep_site_points(record.job_id, site, points)
+        if request.dropped:
+            total = self._tracking_dropped.get(record.job_id, 0)
+            self._tracking_dropped[record.job_id] = total + request.dropped
+            if not total:
+                log.warning(
+                    "a site dropped client-side records of a job (over its limits)",
+                    extra={"job": record.job_id, "site": site, "dropped": request.dropped},
+                )
+        return PushTrackingResponse(kept=len(points) - over, over_limit=over)
 
     # --- internals that tests reach for ------------------------------------------
 

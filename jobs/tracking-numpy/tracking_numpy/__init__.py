@@ -1,0 +1,1 @@
+"""tracking-numpy: a deterministic Flower app (linear regression, NumPy only)."""
