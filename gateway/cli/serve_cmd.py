@@ -29,7 +29,8 @@ from ..core.memory import return_large_blocks_at_once
 from ..flower.install import FlowerInstalls
 from ..observability.endpoint import RELAY_DEFAULT, SITE_DEFAULT, MetricsEndpoint, Readiness
 from ..provisioning.kit import Kit
-from ..tracking.mlflow_export import DEFAULT_EXPERIMENT, MLflowSettings, redacted, require_mlflow
+from ..tracking.mlflow_client import redacted, require_mlflow
+from ..tracking.mlflow_export import DEFAULT_EXPERIMENT, MLflowSettings
 from .common import (
     EXIT_OK,
     add_budget_options,

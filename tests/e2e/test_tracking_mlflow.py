@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.proto.control_pb2 import JobInfo
-from gateway.tracking.mlflow_export import metric_key
+from gateway.tracking.mlflow_client import metric_key
 from tests.support.federation import RunningFederation, until_state, wait_online
 from tests.support.mlflow import MlflowServer, mlflow_missing, running_mlflow_server
 from tests.support.paths import QUICKSTART

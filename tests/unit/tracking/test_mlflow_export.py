@@ -5,6 +5,7 @@ tests/e2e/test_tracking_mlflow.py)."""
 from __future__ import annotations
 
 import logging
+import subprocess
 import sys
 import threading
 from collections.abc import Sequence
@@ -15,11 +16,9 @@ import pytest
 
 from gateway.core.exceptions import ConfigError
 from gateway.tracking.exporters import Exporters, JobRun
-from gateway.tracking.mlflow_export import (
+from gateway.tracking.mlflow_client import (
     TAG_JOB_ID,
     LoggedMetric,
-    MLflowExporter,
-    MLflowExporters,
     metric_key,
     redacted,
     require_mlflow,
@@ -27,6 +26,7 @@ from gateway.tracking.mlflow_export import (
     run_status,
     run_tags,
 )
+from gateway.tracking.mlflow_export import MLflowExporter, MLflowExporters
 from gateway.tracking.series import Point
 
 UNIT = 5.0
@@ -363,3 +363,13 @@ def test_without_mlflow_a_tracking_uri_is_a_config_error_saying_what_to_install(
         exporters.end("job-1", "finished")
     (record,) = caplog.records
     assert "flower-gateway[mlflow]" in record.__dict__["error"]
+
+
+def test_the_relay_loads_mlflow_only_when_it_exports_to_it() -> None:
+    """Importing the relay (and its exporters) must not import MLflow: it takes seconds
+    and about 200 MB, and a relay without a tracking URI may not have it at all."""
+    probe = "import sys, gateway.control.relay_app; print('mlflow' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "False"
