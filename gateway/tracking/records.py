@@ -16,7 +16,8 @@ Limits (the defaults of :class:`TrackingLimits`, per job):
   records do not all fit is refused whole (429, with the seconds to wait);
 - at most 50,000 records queued for the relay; beyond that records are dropped and
   counted, and the count travels to the relay with the next batch;
-- batches of at most 5,000 records, shipped once a second or as soon as one is full.
+- batches of at most 1,000 records (about 30 ms of the relay's loop to store and export),
+  shipped once a second or as soon as one is full.
 
 A batch handed out stays the job's *pending* batch until :meth:`TrackingProtocol.shipped`
 (the relay has it), so a batch that failed to travel is sent again as it was: the
@@ -59,7 +60,7 @@ class TrackingLimits:
     """Records a job may send at once (the bucket's size)."""
     max_queued: int = 50_000
     """Records of a job waiting for the relay; more are dropped and counted."""
-    batch: int = 5_000
+    batch: int = 1_000
     """Records per batch shipped to the relay."""
     ship_after: float = 1.0
     """Seconds a record may wait before a batch that is not full is shipped."""

@@ -193,10 +193,7 @@ async def test_what_is_left_is_delivered_at_interpreter_exit(receiver: TrackingR
 
 
 def test_importing_the_writer_loads_neither_flower_nor_the_gateways_network_code() -> None:
-    probe = (
-        "import json, sys, gateway.tracking.writer; "
-        "print(json.dumps(sorted(sys.modules)))"
-    )
+    probe = "import json, sys, gateway.tracking.writer; print(json.dumps(sorted(sys.modules)))"
     done = subprocess.run(
         [sys.executable, "-c", probe],
         capture_output=True,
