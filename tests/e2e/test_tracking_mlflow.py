@@ -1,8 +1,9 @@
 """Every job's series in MLflow: a real relay and two sites, the relay given a real local
 ``mlflow server`` (SQLite store), one real job, read back with MLflow's own client.
 
-The same federation then runs a job with the MLflow server stopped: the job finishes
-as before, and the relay logs the failure once.
+The exporter then goes on with a job's run as a restarted relay does, against the same
+server; and the same federation runs a job with the MLflow server stopped: the job
+finishes as before, and the relay logs the failure once.
 """
 
 from __future__ import annotations
@@ -11,11 +12,15 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from gateway.proto.control_pb2 import JobInfo
+from gateway.tracking.exporters import JobRun
 from gateway.tracking.mlflow_client import metric_key
+from gateway.tracking.mlflow_export import MLflowExporter
+from gateway.tracking.series import Point
 from tests.support.federation import RunningFederation, until_state, wait_online
 from tests.support.mlflow import MlflowServer, mlflow_missing, running_mlflow_server
 from tests.support.paths import QUICKSTART
@@ -105,6 +110,48 @@ async def test_a_jobs_series_are_one_mlflow_run_equal_to_flgate_job_metrics(
     assert f"relay exports job series to MLflow at {mlflow_server.uri}" in out
     assert FAILED_EXPORT not in out
     assert "View run" not in out  # MLflow's own print of the run's URL is off
+
+
+def test_a_job_adopted_after_a_relay_restart_goes_on_with_its_run(
+    mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The MLflow side of an adoption, against the real server: the restarted relay's
+    exporter finds the job's run by its tag, skips the points the run has (the adopted
+    run's output is read again from its start) and terminates it at the job's end."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    job = JobRun(
+        job_id="adopted-0001",
+        name="adopted",
+        job_dir=Path("/nonexistent"),
+        sites=tuple(SITES),
+        run_config={"num-server-rounds": "3"},
+        flower="1.42.0",
+        submitted_by="admin@test",
+    )
+    first = MLflowExporter(mlflow_server.uri, "adoption", close_timeout=60)
+    first.start(job)
+    first.add(job.job_id, [Point("train/loss", 1, 0.5), Point("train/acc[0]", 1, 0.25)])
+    first.end(job.job_id, "running")  # the relay stops; the job goes on without it
+    first.close()
+    again = MLflowExporter(mlflow_server.uri, "adoption", close_timeout=60)
+    again.start(job)
+    again.add(job.job_id, [Point("train/loss", 1, 0.5), Point("train/acc[0]", 1, 0.25)])
+    again.add(job.job_id, [Point("train/loss", 2, 0.125)])
+    again.end(job.job_id, "finished")
+    again.close()
+
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    experiment = client.get_experiment_by_name("adoption")
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert (run.info.status, run.data.params) == ("FINISHED", {"num-server-rounds": "3"})
+    histories = {
+        key: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+        for key in run.data.metrics
+    }
+    assert histories == {"train/loss": [(1, 0.5), (2, 0.125)], "train/acc.0": [(1, 0.25)]}
 
 
 async def test_with_the_mlflow_server_down_the_job_finishes_and_the_relay_logs_it_once(
