@@ -93,7 +93,7 @@ def _check_plotting() -> None:
     except ImportError as exc:
         raise ConfigError(
             "flgate compare draws curves.png with matplotlib: "
-            "pip install matplotlib (or the package's [examples] extra)"
+            "pip install matplotlib (or the package's [flower] extra)"
         ) from exc
 
 
