@@ -42,6 +42,7 @@ from ...tracking.series import Point, ServerOutput
 from .layout import SERVER_LOG, SUPERLINK_LOG, JobPaths
 from .node_keys import register_node_keys
 from .results import COMPLETED, parse_result
+from .series_keeper import SeriesKeeper
 from .spec import JobSpec, parse_run_config
 from .store import (
     ABORTED,
@@ -49,7 +50,6 @@ from .store import (
     FAILED,
     FINISHED,
     FLOWER_KEY,
-    MAX_POINTS_PER_JOB,
     RUNNING,
     JobRecord,
     JobStore,
@@ -123,8 +123,7 @@ class JobRunner:
         self._site_start_timeout = site_start_timeout
         self._exporters = exporters
         self._live: dict[str, _LiveJob] = {}
-        self._dropping: dict[str, bool] = {}
-        """Jobs whose series reached :data:`MAX_POINTS_PER_JOB` (logged once)."""
+        self._series = SeriesKeeper(store, exporters)
         self._broken: dict[str, str] = {}
         """Why a running job cannot complete although all its parts run (a lost message)."""
 
@@ -343,7 +342,7 @@ class JobRunner:
                 self._exporters.end(job_id, self._store.require(job_id).state)
             self._live.pop(job_id, None)
             self._broken.pop(job_id, None)
-            self._dropping.pop(job_id, None)
+            self._series.forget(job_id)
             self._changed.set()
             self._on_event(job_id, f"ended: {self._store.require(job_id).state}")
 
@@ -387,24 +386,16 @@ class JobRunner:
 
     def _keep_points(self, job_id: str, points: list[Point]) -> int:
         """Store and export ``points``; return how many the full series dropped."""
-        self._exporters.add(job_id, points)
-        dropped = self._store.add_points(job_id, points)
-        if dropped and not self._dropping.get(job_id):
-            self._dropping[job_id] = True
-            log.warning(
-                "a job's series are full; further points are dropped",
-                extra={"job": job_id, "limit": MAX_POINTS_PER_JOB},
-            )
-        return dropped
+        return self._series.keep(job_id, points)
 
-    def keep_site_points(self, job_id: str, site: str, points: list[Point]) -> int:
-        """A site's client-side points (checked), kept as ``<site>/<tag>`` through the same
-        path as the ServerApp's; return how many the full series dropped. Refused with
+    def keep_site_points(self, job_id: str, points: list[Point]) -> int:
+        """A site's client-side points (checked and named ``<site>/<tag>`` by
+        :func:`~.series_keeper.site_points`), kept through the same path as the
+        ServerApp's; return how many the full series dropped. Refused with
         :class:`JobError` unless the job runs here now (not before, not after)."""
         if job_id not in self._live:
             raise JobError(f"job {job_id} is not running on this relay; its records are refused")
-        tagged = [Point(f"{site}/{p.tag}", p.step, p.value) for p in points]
-        return self._keep_points(job_id, tagged)
+        return self._keep_points(job_id, points)
 
     def _route(self, record: JobRecord, fleet: str) -> None:
         """Send the job's Fleet calls from its sites to its SuperLink's ``fleet`` address."""

@@ -45,12 +45,12 @@ from ...proto.control_pb2 import (
     SubmitJobRequest,
 )
 from ...tracking.exporters import TENSORBOARD_DIR, Exporters
-from ...tracking.records import MAX_POINTS_PER_PUSH, RecordError, check_point
 from ..board import Board
 from .archive import unpack_app
 from .board_exchange import BoardExchange
 from .execution import JobRunner, RouteTable
 from .layout import SERVER_LOG, SUPERLINK_LOG, JobPaths
+from .series_keeper import site_points
 from .site_tasks import SITE_ONLINE_SECONDS, SiteTasks
 from .spec import (
     JobSpec,
@@ -459,20 +459,8 @@ class JobManager:
                 f"job {record.job_id} has ended ({record.state}); its client-side records "
                 "are refused"
             )
-        if len(request.points) > MAX_POINTS_PER_PUSH:
-            raise ConfigError(
-                f"a tracking batch of {len(request.points)} points from {site}, more than "
-                f"{MAX_POINTS_PER_PUSH}"
-            )
-        points = []
-        for index, point in enumerate(request.points):
-            try:
-                points.append(
-                    check_point(point.tag, point.step, point.value, where=f"points[{index}]")
-                )
-            except RecordError as exc:
-                raise ConfigError(f"a malformed tracking batch from {site}: {exc}") from exc
-        over = self._runner.keep_site_points(record.job_id, site, points)
+        points = site_points(site, request)
+        over = self._runner.keep_site_points(record.job_id, points)
         if request.dropped:
             total = self._tracking_dropped.get(record.job_id, 0)
             self._tracking_dropped[record.job_id] = total + request.dropped
