@@ -135,7 +135,7 @@ class ControlService:
                 f"site {peer.name} is not part of job {request.job_id}; "
                 "its tracking records are refused"
             )
-        return self._manager.push_tracking(peer.name, request)
+        return await self._manager.push_tracking(peer.name, request)
 
     async def _submit(self, peer: Peer, body: bytes) -> Message:
         return job_info(await self._manager.submit(peer, SubmitJobRequest.FromString(body)))

@@ -35,7 +35,7 @@ from ...flower.install import FlowerInstall, FlowerInstalls
 from ...flower.launch import SuperLinkAddresses, launch_superlink
 from ...flower.node_auth import write_loopback_tls
 from ...flower.process import ManagedProcess, port_open
-from ...proto.control_pb2 import SiteJobState
+from ...proto.control_pb2 import PushTrackingRequest, SiteJobState
 from ...proto.envelope_pb2 import Dialect
 from ...tracking.exporters import Exporters, JobRun
 from ...tracking.series import Point, ServerOutput
@@ -339,10 +339,9 @@ class JobRunner:
                 await asyncio.to_thread(live.superlink.stop)
                 _copy(live.superlink.log_path, self._paths.log_path(job_id, SUPERLINK_LOG))
             if exporting:
-                self._exporters.end(job_id, self._store.require(job_id).state)
+                self._series.end(job_id, self._store.require(job_id).state)
             self._live.pop(job_id, None)
             self._broken.pop(job_id, None)
-            self._series.forget(job_id)
             self._changed.set()
             self._on_event(job_id, f"ended: {self._store.require(job_id).state}")
 
@@ -388,14 +387,16 @@ class JobRunner:
         """Store and export ``points``; return how many the full series dropped."""
         return self._series.keep(job_id, points)
 
-    def keep_site_points(self, job_id: str, points: list[Point]) -> int:
-        """A site's client-side points (checked and named ``<site>/<tag>`` by
-        :func:`~.series_keeper.site_points`), kept through the same path as the
-        ServerApp's; return how many the full series dropped. Refused with
-        :class:`JobError` unless the job runs here now (not before, not after)."""
+    async def keep_site_points(self, job_id: str, site: str, request: PushTrackingRequest) -> int:
+        """A site's batch of client-side records, checked and kept as ``<site>/<tag>``
+        through the same path as the ServerApp's points, in worker threads (see
+        :mod:`.series_keeper`); return how many the full series dropped. Refused with
+        :class:`ConfigError` for a bad record, and with :class:`JobError` unless the
+        job runs here now (not before, not after)."""
+        points = await self._series.check_site(site, request)
         if job_id not in self._live:
             raise JobError(f"job {job_id} is not running on this relay; its records are refused")
-        return self._keep_points(job_id, points)
+        return await self._series.keep_site(job_id, points)
 
     def _route(self, record: JobRecord, fleet: str) -> None:
         """Send the job's Fleet calls from its sites to its SuperLink's ``fleet`` address."""

@@ -50,7 +50,6 @@ from .archive import unpack_app
 from .board_exchange import BoardExchange
 from .execution import JobRunner, RouteTable
 from .layout import SERVER_LOG, SUPERLINK_LOG, JobPaths
-from .series_keeper import site_points
 from .site_tasks import SITE_ONLINE_SECONDS, SiteTasks
 from .spec import (
     JobSpec,
@@ -448,7 +447,7 @@ class JobManager:
     def ship_logs(self, site: str, request: ShipLogsRequest) -> ShipLogsResponse:
         return self._sites.ship_logs(site, request)
 
-    def push_tracking(self, site: str, request: PushTrackingRequest) -> PushTrackingResponse:
+    async def push_tracking(self, site: str, request: PushTrackingRequest) -> PushTrackingResponse:
         """Keep a batch of ``site``'s client-side records of a running job as
         ``<site>/<tag>`` points, after checking every record again (a site is not trusted:
         a bad record refuses the whole batch, and the job goes on). The caller checked
@@ -459,8 +458,7 @@ class JobManager:
                 f"job {record.job_id} has ended ({record.state}); its client-side records "
                 "are refused"
             )
-        points = site_points(site, request)
-        over = self._runner.keep_site_points(record.job_id, points)
+        over = await self._runner.keep_site_points(record.job_id, site, request)
         if request.dropped:
             total = self._tracking_dropped.get(record.job_id, 0)
             self._tracking_dropped[record.job_id] = total + request.dropped
@@ -469,7 +467,7 @@ class JobManager:
                     "a site dropped client-side records of a job (over its limits)",
                     extra={"job": record.job_id, "site": site, "dropped": request.dropped},
                 )
-        return PushTrackingResponse(kept=len(points) - over, over_limit=over)
+        return PushTrackingResponse(kept=len(request.points) - over, over_limit=over)
 
     # --- internals that tests reach for ------------------------------------------
 

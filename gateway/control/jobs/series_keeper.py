@@ -7,11 +7,21 @@ site's ``PushTracking`` batch again (a site is never trusted) and names its poin
 ``<site>/<tag>``. The job manager uses both; so does the bench's relay worker
 (``gateway/bench/worker.py``), which measures what a flood of client-side records
 costs the relay's Fleet calls on exactly this path.
+
+A site's batch (up to 1,000 records a second per job) is checked
+(:meth:`SeriesKeeper.check_site`), then stored and exported
+(:meth:`SeriesKeeper.keep_site`), each in a worker thread: on the relay's event
+loop the same work held every Fleet call for tens of milliseconds a batch (the
+bench's flood step shows it). One lock keeps the exporters single-threaded, as
+they expect: a batch, a ServerApp's points (:meth:`SeriesKeeper.keep`, on the
+loop: a few a round) and a job's end (:meth:`SeriesKeeper.end`) take turns.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from collections.abc import Sequence
 
 from ...core.exceptions import ConfigError
@@ -50,19 +60,36 @@ class SeriesKeeper:
         self._exporters = exporters
         self._full: set[str] = set()
         """Jobs whose series reached :data:`MAX_POINTS_PER_JOB` (logged once)."""
+        self._lock = threading.Lock()
+        """Held while the exporters run: one thread at a time uses them."""
 
     def keep(self, job_id: str, points: Sequence[Point]) -> int:
         """Store and export ``points``; return how many the full series dropped."""
-        self._exporters.add(job_id, points)
-        dropped = self._store.add_points(job_id, points)
-        if dropped and job_id not in self._full:
-            self._full.add(job_id)
-            log.warning(
-                "a job's series are full; further points are dropped",
-                extra={"job": job_id, "limit": MAX_POINTS_PER_JOB},
-            )
+        if not points:
+            return 0
+        with self._lock:
+            self._exporters.add(job_id, points)
+            dropped = self._store.add_points(job_id, points)
+            if dropped and job_id not in self._full:
+                self._full.add(job_id)
+                log.warning(
+                    "a job's series are full; further points are dropped",
+                    extra={"job": job_id, "limit": MAX_POINTS_PER_JOB},
+                )
         return dropped
 
-    def forget(self, job_id: str) -> None:
-        """The job ended: a later job of the same id is warned about again."""
-        self._full.discard(job_id)
+    @staticmethod
+    async def check_site(site: str, request: PushTrackingRequest) -> list[Point]:
+        """:func:`site_points` in a worker thread."""
+        return await asyncio.to_thread(site_points, site, request)
+
+    async def keep_site(self, job_id: str, points: Sequence[Point]) -> int:
+        """:meth:`keep` in a worker thread (a site's checked batch)."""
+        return await asyncio.to_thread(self.keep, job_id, points)
+
+    def end(self, job_id: str, state: str) -> None:
+        """Tell the exporters the job ended in ``state`` (once a batch in a thread is
+        done); a later job of the same id is warned about again."""
+        with self._lock:
+            self._exporters.end(job_id, state)
+            self._full.discard(job_id)
