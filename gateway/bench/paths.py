@@ -10,7 +10,10 @@ needs a Redis server: a throw-away ``redis-server`` with TLS on a free port.
 Relays and sites record Prometheus metrics, as ``flgate relay start`` and
 ``flgate site start`` do by default. One more pair, for the first transport
 only, runs with metrics off (``--metrics-listen off``): the capacity step
-loads both to measure what recording costs the relay.
+loads both to measure what recording costs the relay. The first transport's
+metrics-on pair also takes client-side tracking records for the bench's job, as a
+real relay and site agent do (see :mod:`.worker`): the flood step measures what a
+ClientApp flooding its tracking writer costs the Fleet calls.
 """
 
 from __future__ import annotations
@@ -44,6 +47,17 @@ _READY_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
+class TrackingPath:
+    """Where a ClientApp of the bench's job sends its tracking records, and where the
+    relay stores them."""
+
+    env: dict[str, str]
+    """``FLGATE_TRACKING_URL`` and ``FLGATE_TRACKING_TOKEN`` of the site's receiver."""
+    store: Path
+    """The relay's job store (SQLite): its ``series`` table holds what it kept."""
+
+
+@dataclass(frozen=True)
 class GatewayPath:
     """One transport's relay and site-gateway processes, and the LGS to dial."""
 
@@ -56,6 +70,8 @@ class GatewayPath:
     site: ManagedProcess
     relay_metrics: str | None = None
     """The relay's ``/metrics`` URL; ``None`` when the pair runs with metrics off."""
+    tracking: TrackingPath | None = None
+    """The bench job's client-side tracking (the first transport's metrics-on pair)."""
 
     @property
     def name(self) -> str:
@@ -210,6 +226,7 @@ async def gateway_paths(
             directory = directory_of(scheme, metrics)
             suffix = directory.name
             on = ["--metrics"] if metrics else []
+            tracking = metrics and scheme == transports[0]
             listen = redis_urls.get(directory, f"{scheme}://127.0.0.1:0")
             relay = _worker(
                 f"relay-{suffix}",
@@ -218,24 +235,28 @@ async def gateway_paths(
                     "--workspace", str(directory / "relay"), "--site", SITE,
                     "--route", f"{JOB_ID}={superlink_fleet}",
                     "--route", f"{STUB_JOB_ID}={stub_address}", *on,
+                    *(["--tracking", JOB_ID] if tracking else []),
                     "--ready", str(directory / "relay.ready"), *profile(f"relay-{suffix}"),
                 ],
                 directory,
             )  # fmt: skip
             started.append(relay)
             ready = await _wait_ready(relay, directory / "relay.ready")
+            relay_store = directory / "relay" / "jobs.db"
             relay_url = redis_urls.get(directory, f"{scheme}://localhost:{ready['port']}")
             site = _worker(
                 f"site-{suffix}",
                 [
                     "site", *_tls_args(pki.site), "--relay", relay_url, "--name", SITE,
                     "--job", JOB_ID, "--job", STUB_JOB_ID, *on,
+                    *(["--tracking"] if tracking else []),
                     "--ready", str(directory / "site.ready"), *profile(f"site-{suffix}"),
                 ],
                 directory,
             )  # fmt: skip
             started.append(site)
-            lgs = (await _wait_ready(site, directory / "site.ready"))["lgs"]
+            site_ready = await _wait_ready(site, directory / "site.ready")
+            lgs, env = site_ready["lgs"], site_ready.get("tracking_env")
             assert isinstance(lgs, dict)
             name = scheme if metrics else variant(scheme)
             notify(f"gateway over {name}: relay pid {relay.pid}, site pid {site.pid}")
@@ -247,6 +268,11 @@ async def gateway_paths(
                 site,
                 relay_metrics=(
                     f"http://127.0.0.1:{ready['metrics_port']}/metrics" if metrics else None
+                ),
+                tracking=(
+                    TrackingPath({str(k): str(v) for k, v in env.items()}, relay_store)
+                    if isinstance(env, dict)
+                    else None
                 ),
             )
 

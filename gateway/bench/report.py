@@ -67,6 +67,12 @@ class Row:
     target: Target | None = None
     note: str = ""
     show_added: bool = False
+    schemes: tuple[str, ...] | None = None
+    """The transports the row is measured over (``None``: every one of the report's)."""
+
+    def measured_over(self, transports: list[str]) -> list[str]:
+        """``transports`` that this row is measured over, in their order."""
+        return [t for t in transports if self.schemes is None or t in self.schemes]
 
 
 @dataclass
@@ -92,7 +98,7 @@ class BenchReport:
         """``row/transport`` for every figure not measured, or not finite and positive."""
         out = []
         for row in self.rows:
-            for scheme in self.transports:
+            for scheme in row.measured_over(self.transports):
                 figure = row.figures.get(scheme)
                 values = [] if figure is None else [figure.gateway, figure.direct]
                 if figure is None or not all(
@@ -139,7 +145,7 @@ def table_rows(report: BenchReport) -> list[tuple[str, ...]]:
     """The printed table's cells, one line per row and transport."""
     lines: list[tuple[str, ...]] = []
     for row in report.rows:
-        for index, scheme in enumerate(report.transports):
+        for index, scheme in enumerate(row.measured_over(report.transports)):
             figure = row.figures.get(scheme)
             target = ""
             if row.target is not None and figure is not None:
@@ -189,6 +195,7 @@ def to_json(report: BenchReport) -> dict[str, Any]:
                 "unit": row.unit,
                 "note": row.note,
                 "target": asdict(row.target) if row.target else None,
+                "transports": row.measured_over(report.transports),
                 "results": results,
             }
         )

@@ -30,6 +30,7 @@ from ..flower.flwr_cli import flwr_run, write_flwr_home
 from ..flower.install import FlowerInstall
 from ..flower.launch import launch_superlink
 from ..proto.envelope_pb2 import DIALECT_HTTP
+from ..tracking.records import DEFAULT_LIMITS
 from . import proc
 from .capacity import (
     RELAY_CALLS,
@@ -41,15 +42,17 @@ from .capacity import (
     measure_capacity,
 )
 from .fleet_client import Endpoint, FleetCallError, FleetClient, SyntheticNode, fleet_client
+from .flood import measure_flood
 from .flower_app import CHUNK_BYTES, Control, write_app
 from .latency import measure_latency
 from .memory import stream_model
 from .objects import Exchange, exchange
 from .paths import STUB_JOB_ID, GatewayPath, Paths, gateway_paths
 from .report import BenchReport
-from .stats import MB, ms
+from .stats import MB, median, ms
 from .targets import (
     capacity_rows,
+    flood_rows,
     in_brief_order,
     latency_rows,
     memory_rows,
@@ -71,6 +74,10 @@ class Plan:
 
     latency_rounds: int
     latency_warmup: int
+    flood_seconds: float
+    """Each of the flood step's windows (without, then with a tracking flood)."""
+    flood_lead: float
+    """Seconds the flood runs before its window: the site's burst is taken, batches flow."""
     capacity_nodes: int
     capacity_seconds: float
     capacity_warmup: float
@@ -90,6 +97,8 @@ class Plan:
 FULL = Plan(
     latency_rounds=100,
     latency_warmup=10,
+    flood_seconds=10.0,
+    flood_lead=2.0,
     capacity_nodes=200,
     capacity_seconds=4.0,
     capacity_warmup=3.0,
@@ -106,6 +115,8 @@ FULL = Plan(
 QUICK = Plan(
     latency_rounds=20,
     latency_warmup=3,
+    flood_seconds=5.0,
+    flood_lead=2.0,
     capacity_nodes=50,
     capacity_seconds=1.0,
     capacity_warmup=0.75,
@@ -301,6 +312,57 @@ class _Bench:
             "rounds": plan.latency_rounds,
             "warmup_rounds": plan.latency_warmup,
             "samples_per_figure": plan.latency_rounds,
+        }
+
+    async def flood(
+        self, client: FleetClient, direct: Endpoint, paths: Sequence[GatewayPath], workdir: Path
+    ) -> None:
+        """The first transport's small-call latency without and with a ClientApp flooding
+        its tracking writer (see :mod:`.flood`)."""
+        plan = self.plan
+        path = paths[0]
+        assert path.tracking is not None, "the first transport's pair takes tracking records"
+        self.notify(
+            f"latency: {plan.flood_seconds:g} s of small calls over {path.scheme}, then "
+            f"{plan.flood_seconds:g} s more while a ClientApp floods its tracking writer"
+        )
+        node = SyntheticNode()
+        await client.join(direct, node)
+        pids = {"relay": path.relay.pid, "site": path.site.pid}
+        try:
+            flood = await measure_flood(
+                client,
+                node,
+                path.endpoint,
+                path.tracking,
+                seconds=plan.flood_seconds,
+                lead=plan.flood_lead,
+                directory=workdir / "flood",
+                cpu=lambda: {role: proc.cpu_seconds(pid) for role, pid in pids.items()},
+            )
+        finally:
+            await client.leave(direct, node)
+        p50 = {
+            window: ms(median(samples["SendNodeHeartbeat"]))
+            for window, samples in (("without", flood.quiet), ("with", flood.flooded))
+        }
+        self.notify(
+            f"latency with a tracking flood over {path.scheme}: heartbeat p50 "
+            f"{p50['without']:.2f} ms without, {p50['with']:.2f} ms with; "
+            f"the relay stored {flood.stored} records in {flood.seconds:g} s"
+        )
+        flood_rows(self.report, flood, scheme=path.scheme, limits=DEFAULT_LIMITS)
+        self.report.details["latency.flood"] = {
+            "scheme": path.scheme,
+            "window_seconds": flood.seconds,
+            "lead_seconds": flood.lead,
+            "calls": {
+                window: {method: len(values) for method, values in samples.items()}
+                for window, samples in (("without", flood.quiet), ("with", flood.flooded))
+            },
+            "records_stored": flood.stored,
+            "flooder": flood.flooder,
+            "cpu_seconds": flood.cpu,
         }
 
     # --- step 4 (run second: it needs no Flower run) ---------------------------
@@ -537,6 +599,7 @@ async def _steps(
             async with _bench_run(install, addresses.control, workdir) as control:
                 bench.rss_snapshot("start", paths.gateways)
                 await bench.latency(client, direct, paths.gateways)
+                await bench.flood(client, direct, paths.gateways, workdir)
                 bench.rss_snapshot("latency", paths.gateways)
                 await bench.capacity(client, direct, paths)
                 bench.rss_snapshot("capacity", paths.gateways)

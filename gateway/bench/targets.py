@@ -13,7 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from statistics import median
 
+from ..tracking.records import TrackingLimits
 from .capacity import Capacity, MetricsCost, cpu_per_call
+from .flood import Flood
 from .latency import LatencySamples
 from .objects import Exchange
 from .report import BenchReport, Figure, Target
@@ -35,6 +37,8 @@ CAPACITY_RATE = Target("gateway_min", 3000, ">= 3000/s")
 METRICS_COST = Target("ratio_max", 1.05, "<= 1.05x off")
 """Recording metrics may cost the relay at most 5 % more CPU per call."""
 RELAY_MEMORY = Target("gateway_max", 250, "<= 250 MB")
+FLOOD_SLOWDOWN = Target("ratio_max", 1.10, "<= 1.10x no flood")
+"""A ClientApp flooding its tracking writer may slow its job's small calls by 10 % at most."""
 
 
 def latency_rows(report: BenchReport, samples: LatencySamples, schemes: Sequence[str]) -> None:
@@ -53,6 +57,49 @@ def latency_rows(report: BenchReport, samples: LatencySamples, schemes: Sequence
             for scheme in schemes:
                 gateway_value = ms(percentile(samples.samples[scheme][method], p))
                 row.figures[scheme] = Figure(direct_value, gateway_value)
+
+
+def stored_bound(limits: TrackingLimits, seconds: float) -> float:
+    """The most records a site lets one job send in ``seconds``: its burst, then its rate."""
+    return limits.burst + limits.rate * seconds
+
+
+def flood_rows(report: BenchReport, flood: Flood, *, scheme: str, limits: TrackingLimits) -> None:
+    """p50 and p99 of a heartbeat and an empty pull over ``scheme`` without a tracking
+    flood (the "direct" column) and with one; the records the relay stored meanwhile,
+    against what the site's limits let through since the flood started."""
+    only = (scheme,)
+    note = f"direct = no flood, {scheme} only"
+    for method, short in (("SendNodeHeartbeat", "heartbeat"), ("PullMessages", "empty-pull")):
+        for p, label in ((50, "p50"), (99, "p99")):
+            row = report.row(
+                f"latency.flood.{short}.{label}",
+                LATENCY,
+                f"{method}{' (empty)' if short == 'empty-pull' else ''} {label}, tracking flood",
+                "ms",
+                show_added=True,
+                target=FLOOD_SLOWDOWN if p == 50 else None,
+                note=note,
+                schemes=only,
+            )
+            row.figures[scheme] = Figure(
+                ms(percentile(flood.quiet[method], p)), ms(percentile(flood.flooded[method], p))
+            )
+    bound = stored_bound(limits, flood.lead + flood.seconds)
+    stored = report.row(
+        "latency.flood.records_stored",
+        LATENCY,
+        f"records the relay stored in the {flood.seconds:g} s flood window",
+        "records",
+        target=Target(
+            "gateway_max",
+            bound,
+            f"<= {bound:,.0f} ({limits.burst:,} burst + {limits.rate:,.0f}/s)",
+        ),
+        note=f"{scheme} only",
+        schemes=only,
+    )
+    stored.figures[scheme] = Figure(None, float(flood.stored))
 
 
 def capacity_rows(

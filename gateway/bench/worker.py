@@ -7,6 +7,14 @@ answers every Fleet call at once with an empty success (the relay-only ceiling
 of the capacity step: the same path, with the SuperLink's own cost taken out).
 Each writes a JSON ready file once it serves and runs until SIGTERM.
 
+With ``--tracking JOB`` the relay keeps the client-side tracking records that its
+site pushes for ``JOB`` (``PushTracking``) as the job manager does: checked again
+and stored in a job store in its workspace and in TensorBoard files, through
+:mod:`gateway.control.jobs.series_keeper`; with ``--tracking`` a site runs the
+agent's tracking receiver and shipping (:class:`~gateway.control.site_tracking.SiteTracking`)
+for its first job and puts the writer's environment in its ready file
+(``tracking_env``). The bench's flood step (:mod:`.flood`) needs both.
+
 With ``--metrics`` a relay or site serves its Prometheus metrics on a free
 loopback port (``metrics_port`` in the ready file) and records them, as
 ``flgate relay start`` and ``flgate site start`` do by default; without it
@@ -23,19 +31,29 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from aiohttp import web
+from google.protobuf.message import DecodeError
 
+from ..control.jobs.series_keeper import SeriesKeeper
+from ..control.jobs.store import JobStore
+from ..control.site_tracking import SiteTracking
 from ..core import fleet, logs
 from ..core.config import TLSConfig
+from ..core.exceptions import AuthError, GatewayError, ProtocolError, UnknownMethodError
+from ..core.failures import reply_for_error
+from ..core.identity import Peer, Role
 from ..observability.endpoint import MetricsEndpoint, MetricsListen
 from ..proto.bench_fleet_pb2 import PullObjectResponse, PushObjectResponse
-from ..proto.envelope_pb2 import DIALECT_HTTP
+from ..proto.control_pb2 import PushTrackingRequest, PushTrackingResponse
+from ..proto.envelope_pb2 import DIALECT_HTTP, KIND_AGENT, Envelope, Reply
+from ..relay.dispatcher import ControlHandler
 from ..relay.server import Relay
 from ..reliable import SqliteDedupStore
 from ..site.gateway import SiteGateway
+from ..tracking.exporters import Exporters, JobRun, TensorBoardExporter
 from .flower_app import CHUNK_BYTES
 
 # SendNodeHeartbeatResponse{success: true}; every other empty Fleet answer is b"".
@@ -76,6 +94,56 @@ async def _until_terminated() -> None:
     await stop.wait()
 
 
+def _push_tracking(keeper: SeriesKeeper, job_id: str, site: str) -> ControlHandler:
+    """The relay's control plane reduced to ``PushTracking`` of one job and site, kept
+    as ``ControlService`` and ``JobManager.push_tracking`` keep it (the same checks and
+    :class:`SeriesKeeper`); anything else is refused."""
+
+    async def handle(peer: Peer, envelope: Envelope) -> Reply:
+        try:
+            if envelope.kind != KIND_AGENT or envelope.method != "PushTracking":
+                raise UnknownMethodError(f"no operation {envelope.method!r} in the bench")
+            if peer.role is not Role.SITE:
+                raise AuthError(f"{peer} may not push tracking records")
+            try:
+                request = PushTrackingRequest.FromString(envelope.body)
+            except DecodeError as exc:
+                raise ProtocolError("malformed PushTracking request") from exc
+            if request.job_id != job_id or peer.name != site:
+                raise AuthError(f"site {peer.name} is not part of job {request.job_id}")
+            points = await keeper.check_site(peer.name, request)
+            over = await keeper.keep_site(request.job_id, points)
+        except GatewayError as exc:
+            return reply_for_error(envelope.message_id, exc)
+        response = PushTrackingResponse(kept=len(points) - over, over_limit=over)
+        return Reply(
+            message_id=envelope.message_id, http_status=200, body=response.SerializeToString()
+        )
+
+    return handle
+
+
+@contextlib.contextmanager
+def _tracking(relay: Relay, args: argparse.Namespace) -> Iterator[None]:
+    """With ``--tracking JOB``, keep ``JOB``'s client-side records as a real relay does."""
+    if args.tracking is None:
+        yield
+        return
+    store = JobStore(args.workspace / "jobs.db")
+    exporters = Exporters([TensorBoardExporter()])
+    job_dir = args.workspace / "jobs" / args.tracking
+    exporters.start(JobRun(args.tracking, args.tracking, job_dir, (args.site,)))
+    relay.dispatcher.control = _push_tracking(
+        SeriesKeeper(store, exporters), args.tracking, args.site
+    )
+    try:
+        yield
+    finally:
+        exporters.end(args.tracking, "finished")
+        exporters.close()
+        store.close()
+
+
 async def _relay(args: argparse.Namespace) -> None:
     args.workspace.mkdir(parents=True, exist_ok=True)
     relay = Relay(
@@ -83,6 +151,11 @@ async def _relay(args: argparse.Namespace) -> None:
         tls=_tls(args),
         dedup_store=SqliteDedupStore(args.workspace / "dedup.db"),
     )
+    with _tracking(relay, args):
+        await _serve_relay(relay, args)
+
+
+async def _serve_relay(relay: Relay, args: argparse.Namespace) -> None:
     async with _metrics(args.metrics) as ready:
         await relay.start()
         try:
@@ -100,14 +173,21 @@ async def _relay(args: argparse.Namespace) -> None:
 async def _site(args: argparse.Namespace) -> None:
     async with _metrics(args.metrics) as ready:
         gateway = SiteGateway(name=args.name, relay_url=args.relay, tls=_tls(args))
+        tracking: SiteTracking | None = None
         try:
             addresses = {}
             for job in args.job:
                 lgs = await gateway.open_job(job, DIALECT_HTTP)
                 addresses[job] = lgs.address
+            if args.tracking:
+                tracking = SiteTracking(gateway.client, workspace=Path("site-workspace").resolve())
+                await tracking.start()
+                ready["tracking_env"] = tracking.add_job(args.job[0])
             _write_ready(args.ready, {"lgs": addresses, **ready})
             await _until_terminated()
         finally:
+            if tracking is not None:
+                await tracking.aclose()
             await gateway.aclose()
 
 
@@ -167,10 +247,16 @@ def _parser() -> argparse.ArgumentParser:
     relay.add_argument("--workspace", type=Path, required=True)
     relay.add_argument("--site", required=True, help="the one site allowed on every route")
     relay.add_argument("--route", action="append", required=True, metavar="JOB=HOST:PORT")
+    relay.add_argument("--tracking", metavar="JOB", help="keep JOB's client-side records")
     site = sub.choices["site"]
     site.add_argument("--relay", required=True)
     site.add_argument("--name", required=True)
     site.add_argument("--job", action="append", required=True)
+    site.add_argument(
+        "--tracking",
+        action="store_true",
+        help="receive the first job's client-side records and ship them to the relay",
+    )
     return parser
 
 

@@ -37,6 +37,11 @@ def test_quick_bench_measures_every_figure_for_every_transport(tmp_path: Path) -
         "latency.heartbeat.p99",
         "latency.empty-pull.p50",
         "latency.empty-pull.p99",
+        "latency.flood.heartbeat.p50",
+        "latency.flood.heartbeat.p99",
+        "latency.flood.empty-pull.p50",
+        "latency.flood.empty-pull.p99",
+        "latency.flood.records_stored",
         "objects.pull.c1",
         "objects.pull.c8",
         "objects.push.c1",
@@ -48,12 +53,16 @@ def test_quick_bench_measures_every_figure_for_every_transport(tmp_path: Path) -
         "memory.site_peak_rss",
     } <= keys
     for row in payload["rows"]:
-        assert set(row["results"]) == set(transports), row["key"]
+        # The tracking flood is measured over the first transport only.
+        measured = transports[:1] if row["key"].startswith("latency.flood.") else transports
+        assert row["transports"] == measured, row["key"]
+        assert set(row["results"]) == set(measured), row["key"]
         for scheme, values in row["results"].items():
             for name in ("direct", "gateway", "ratio"):
                 value = values[name]
                 if value is None:
-                    assert row["step"] == "5 memory" or "cpu" in row["key"], (row["key"], name)
+                    no_direct = row["step"] == "5 memory" or "cpu" in row["key"]
+                    assert no_direct or row["key"].endswith("records_stored"), (row["key"], name)
                     continue
                 assert math.isfinite(value) and value > 0, (row["key"], scheme, name, value)
     # The table: a header, then one line per figure and transport.
@@ -63,8 +72,8 @@ def test_quick_bench_measures_every_figure_for_every_transport(tmp_path: Path) -
         assert column in header
     lines = [line.split() for line in table]
     per_transport = [cells for cells in lines if set(cells) & set(transports)]
-    assert len(per_transport) == len(payload["rows"]) * len(transports)
+    assert len(per_transport) == sum(len(row["transports"]) for row in payload["rows"])
     # Progress: one line per step on stderr.
-    for step in ("latency:", "capacity:", "objects:", "memory:", "whole runs:"):
+    for step in ("latency:", "tracking flood", "capacity:", "objects:", "memory:", "whole runs:"):
         assert step in done.stderr, step
     assert seconds < 840
