@@ -127,6 +127,11 @@ class TrackingReceiver:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return _error(413, f"the body is over {self._limits.max_body_bytes} bytes")
+        except ConnectionResetError:
+            # The writer's process ended in the middle of its POST (a ClientApp that
+            # exits or is killed): nothing was taken and nobody reads the answer; no
+            # traceback in the agent's log for it.
+            return _error(400, "the writer left before its body arrived")
         try:
             body = json.loads(raw)
         except ValueError as exc:
