@@ -75,9 +75,10 @@ class Plan:
     latency_rounds: int
     latency_warmup: int
     flood_seconds: float
-    """Each of the flood step's windows (without, then with a tracking flood)."""
+    """The flood step's time without a tracking flood (half before, half after) and with one."""
     flood_lead: float
-    """Seconds the flood runs before its window: the site's burst is taken, batches flow."""
+    """Seconds the flood runs before its window (the site's burst is taken, batches flow),
+    and the wait after it for the site to ship what it still queues."""
     capacity_nodes: int
     capacity_seconds: float
     capacity_warmup: float
@@ -323,8 +324,8 @@ class _Bench:
         path = paths[0]
         assert path.tracking is not None, "the first transport's pair takes tracking records"
         self.notify(
-            f"latency: {plan.flood_seconds:g} s of small calls over {path.scheme}, then "
-            f"{plan.flood_seconds:g} s more while a ClientApp floods its tracking writer"
+            f"latency: small calls over {path.scheme}, {plan.flood_seconds:g} s without and "
+            f"{plan.flood_seconds:g} s while a ClientApp floods its tracking writer"
         )
         node = SyntheticNode()
         await client.join(direct, node)
