@@ -95,6 +95,27 @@ def _superlink_of(fed: RunningFederation) -> int:
     return found[0]
 
 
+async def _stop_under_a_pull(fed: RunningFederation, superlink: int) -> None:
+    """Leave the SuperLink stopped (SIGSTOP) with a PullMessages waiting at it.
+
+    A SuperNode in the middle of a round (its ClientApp pulling the message's objects,
+    or pushing its reply) makes no pull while the SuperLink is stopped: its call waits
+    there for the gateway's 20 s and is then retried. So a stop that catches no pull
+    within a few seconds is lifted, the round goes on for a moment, and the SuperLink
+    is stopped again; an idle SuperNode pulls every 3 s."""
+    for _ in range(10):
+        os.kill(superlink, signal.SIGSTOP)
+        deadline = time.monotonic() + 6.0
+        while time.monotonic() < deadline:
+            waiting = fed.metric("relay", "flgate_relay_superlink_calls_in_flight")
+            if waiting.get(("PullMessages",), 0) >= 1:
+                return
+            await asyncio.sleep(0.1)
+        os.kill(superlink, signal.SIGCONT)
+        await asyncio.sleep(2.0)
+    raise AssertionError("no PullMessages waited at the stopped SuperLink in 10 tries")
+
+
 def _lgs_idle(fed: RunningFederation, site: str) -> bool:
     return not any(fed.metric(site, "flgate_site_calls_in_flight").values())
 
@@ -169,17 +190,8 @@ async def test_relay_killed_while_a_pull_waits_at_the_superlink_fails_the_job_cl
     await _poll(federation, job_id, "round1")
     superlink = _superlink_of(federation)
     port = federation.relay_port
-    os.kill(superlink, signal.SIGSTOP)
     try:
-        await _until(
-            "a PullMessages waiting at the SuperLink",
-            lambda: (
-                federation.metric("relay", "flgate_relay_superlink_calls_in_flight").get(
-                    ("PullMessages",), 0
-                )
-                >= 1
-            ),
-        )
+        await _stop_under_a_pull(federation, superlink)
         federation.stop(federation.relay, signal.SIGKILL)
     finally:
         os.kill(superlink, signal.SIGCONT)
