@@ -118,19 +118,25 @@ class TensorBoardExporter:
     name = "tensorboard"
 
     def __init__(self) -> None:
-        # The relay's dependencies, imported when used: tests and tools need not load them.
-        from tensorboardX.event_file_writer import EventsWriter
-        from tensorboardX.proto.event_pb2 import Event
-        from tensorboardX.proto.summary_pb2 import Summary
-
-        self._open = EventsWriter
-        self._event = Event
-        self._summary = Summary
+        self._open: Any = None
+        self._event: Any = None
+        self._summary: Any = None
         self._writers: dict[str, Any] = {}
         self._tags: dict[str, str] = {}
         """Each tag as TensorBoard takes it (see :func:`tensorboard_tag`), by tag."""
 
+    def _load(self) -> None:
+        """Import tensorboardX (and NumPy with it, tens of MB) when the first job starts,
+        not when the relay does: a relay with no job stays small."""
+        if self._open is None:
+            from tensorboardX.event_file_writer import EventsWriter
+            from tensorboardX.proto.event_pb2 import Event
+            from tensorboardX.proto.summary_pb2 import Summary
+
+            self._open, self._event, self._summary = EventsWriter, Event, Summary
+
     def start(self, job: JobRun) -> None:
+        self._load()
         logdir = job.job_dir / TENSORBOARD_DIR
         logdir.mkdir(parents=True, exist_ok=True)
         self._writers[job.job_id] = self._open(
