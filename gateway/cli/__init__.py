@@ -16,7 +16,7 @@ from ..core.exceptions import ConfigError, GatewayError
 from ..harness.demo import DemoOptions, default_job_dir, run_demo
 from ..observability.endpoint import RELAY_DEFAULT
 from ..transport import schemes
-from . import bench_cmd, compare_cmd, job_cmd, provision_cmd, serve_cmd
+from . import bench_cmd, compare_cmd, console_cmd, job_cmd, provision_cmd, serve_cmd
 from .common import (
     EXIT_CONFIG,
     EXIT_GATEWAY_ERROR,
@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     job_cmd.add_commands(commands)
     provision_cmd.add_commands(commands)
     bench_cmd.add_commands(commands)
+    console_cmd.add_commands(commands)
     return parser
 
 

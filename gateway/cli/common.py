@@ -52,6 +52,15 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(main())
 
 
+def stop_signals() -> asyncio.Event:
+    """An event that SIGTERM or SIGINT sets, in place of cancelling the command."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 def add_log_options(parser: argparse.ArgumentParser, *, default: str = argparse.SUPPRESS) -> None:
     """--log-format: on the top-level parser, with FLGATE_LOG_FORMAT (else text) as its
     ``default``, and again on each long-running command, where operators put it after

@@ -14,7 +14,6 @@ import contextlib
 import functools
 import os
 import resource
-import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -44,6 +43,7 @@ from .common import (
     metrics_listen_from,
     relay_from,
     run,
+    stop_signals,
     tls_from,
 )
 
@@ -204,19 +204,10 @@ def _allow_many_open_files() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
-def _stop_signals() -> asyncio.Event:
-    """An event that SIGTERM or SIGINT sets, in place of cancelling the command."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
-
-
 async def _serve_relay(args: argparse.Namespace) -> None:
     return_large_blocks_at_once()  # a burst of peers must not leave the RSS high for good
     _allow_many_open_files()
-    stop = _stop_signals()
+    stop = stop_signals()
     mlflow = mlflow_from(args)
     tls = tls_from(args, Role.RELAY)
     kit = kit_from(args, Role.RELAY)
@@ -276,7 +267,7 @@ def _relay_start(args: argparse.Namespace) -> int:
 
 
 async def _serve_site(args: argparse.Namespace) -> None:
-    stop = _stop_signals()
+    stop = stop_signals()
     tls = tls_from(args, Role.SITE)
     kit = kit_from(args, Role.SITE)
     relay_url = relay_from(args, Role.SITE)

@@ -84,10 +84,13 @@ class AdminClient:
         return list(response.jobs)
 
     async def list_sites(self) -> list[SiteInfo]:
-        response = await control_call(
+        return list((await self.federation()).sites)
+
+    async def federation(self) -> ListSitesResponse:
+        """The sites and the relay that answered (its name and listeners)."""
+        return await control_call(
             self._client, KIND_ADMIN, "ListSites", ListSitesRequest(), ListSitesResponse
         )
-        return list(response.sites)
 
     async def get(self, job_id: str) -> JobInfo:
         return await control_call(

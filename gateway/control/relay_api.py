@@ -29,6 +29,7 @@ from ..proto.control_pb2 import (
     ListSitesResponse,
     PollTasksRequest,
     PushTrackingRequest,
+    RelayInfo,
     ShipLogsRequest,
     SubmitJobRequest,
 )
@@ -58,8 +59,10 @@ only); an operation added later is for project admins until listed here."""
 class ControlService:
     """Answers AGENT and ADMIN envelopes from the job manager."""
 
-    def __init__(self, manager: JobManager) -> None:
+    def __init__(self, manager: JobManager, relay: Callable[[], RelayInfo] = RelayInfo) -> None:
+        """``relay``: what ``ListSites`` says of this relay (its name and listeners)."""
         self._manager = manager
+        self._relay = relay
         self._agent: dict[str, Operation] = {
             "PollTasks": self._poll_tasks,
             "ShipLogs": self._ship_logs,
@@ -146,7 +149,7 @@ class ControlService:
 
     async def _sites(self, peer: Peer, body: bytes) -> Message:
         ListSitesRequest.FromString(body)
-        return ListSitesResponse(sites=self._manager.sites())
+        return ListSitesResponse(sites=self._manager.sites(), relay=self._relay())
 
     async def _get(self, peer: Peer, body: bytes) -> Message:
         return self._manager.info(JobRef.FromString(body).job_id)

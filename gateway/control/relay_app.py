@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..core.config import Budgets, Limits, TLSConfig
+from ..core.identity import peer_from_pem
 from ..flower.install import FlowerInstalls
+from ..proto.control_pb2 import RelayInfo
 from ..proto.envelope_pb2 import KIND_FLEET, Envelope
 from ..provisioning.revocation import RevocationList, tls_ca
 from ..relay.server import Relay
@@ -53,6 +56,7 @@ class RelayApp:
         """``crl``: the federation's revocation list (re-read when it changes);
         ``mlflow``: the MLflow server every job's series go to, unless its job file names one."""
         workspace.mkdir(parents=True, exist_ok=True)
+        self._listen_urls = list(listen_urls)
         revocations = RevocationList(crl, tls_ca(tls)) if crl is not None else None
         self.relay = Relay(
             listen_urls=listen_urls,
@@ -87,7 +91,10 @@ class RelayApp:
         self.manager.fleet_calls = lambda job_id: answered[job_id]
         # Relays sharing a Redis: each reads the calls of the jobs it owns.
         self.relay.serve_jobs(self.manager.owns)
-        self.relay.dispatcher.control = ControlService(self.manager).handle
+        self._identity = RelayInfo(
+            name=peer_from_pem(tls.cert.read_bytes()).name, started=time.time()
+        )
+        self.relay.dispatcher.control = ControlService(self.manager, self.describe).handle
         self.relay.dispatcher.on_lost_message = lambda lost: self.manager.message_lost(
             lost.job_id, lost.describe()
         )
@@ -98,6 +105,17 @@ class RelayApp:
     @property
     def ports(self) -> list[int]:
         return self.relay.ports
+
+    def describe(self) -> RelayInfo:
+        """This relay as admins see it: its name and where it listens (ports as bound;
+        a Redis URL without its credentials)."""
+        info = RelayInfo()
+        info.CopyFrom(self._identity)
+        if self._started:
+            for url, port in zip(self._listen_urls, self.ports, strict=True):
+                parsed = parse_url(url)
+                info.listeners.append(f"{parsed.scheme}://{parsed.host}:{port}")
+        return info
 
     @property
     def in_flight(self) -> int:

@@ -235,8 +235,20 @@ class SiteInfo(_message.Message):
     status: SiteStatus
     def __init__(self, name: _Optional[str] = ..., last_seen: _Optional[float] = ..., online: _Optional[bool] = ..., jobs: _Optional[_Iterable[str]] = ..., status: _Optional[_Union[SiteStatus, _Mapping]] = ...) -> None: ...
 
+class RelayInfo(_message.Message):
+    __slots__ = ("name", "listeners", "started")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LISTENERS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    listeners: _containers.RepeatedScalarFieldContainer[str]
+    started: float
+    def __init__(self, name: _Optional[str] = ..., listeners: _Optional[_Iterable[str]] = ..., started: _Optional[float] = ...) -> None: ...
+
 class ListSitesResponse(_message.Message):
-    __slots__ = ("sites",)
+    __slots__ = ("sites", "relay")
     SITES_FIELD_NUMBER: _ClassVar[int]
+    RELAY_FIELD_NUMBER: _ClassVar[int]
     sites: _containers.RepeatedCompositeFieldContainer[SiteInfo]
-    def __init__(self, sites: _Optional[_Iterable[_Union[SiteInfo, _Mapping]]] = ...) -> None: ...
+    relay: RelayInfo
+    def __init__(self, sites: _Optional[_Iterable[_Union[SiteInfo, _Mapping]]] = ..., relay: _Optional[_Union[RelayInfo, _Mapping]] = ...) -> None: ...
