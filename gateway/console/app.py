@@ -119,7 +119,7 @@ class _Console:
             answer.set_cookie(
                 access.TOKEN_COOKIE, s.token, httponly=True, samesite="Strict", path="/"
             )
-            return answer
+            raise answer
         header = request.headers.get(access.TOKEN_HEADER)
         cookie = request.cookies.get(access.TOKEN_COOKIE)
         if request.method != "GET" and not access.token_ok(header, s.token):

@@ -68,7 +68,7 @@ async def serve_console(
     runner = web.AppRunner(create_app(link, settings), handler_cancellation=True, access_log=None)
     try:
         await runner.setup()
-        site = web.SockSite(runner, sock, shutdown_timeout=SHUTDOWN_SECONDS)
+        site = web.SockSite(runner, sock)
         await site.start()
         on_ready(console_url(host, settings.port, settings.token))
         await stop.wait()
