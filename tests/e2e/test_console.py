@@ -208,9 +208,15 @@ def _http(
 def _login(browser: Browser, console: Console, route: str = "#/federation") -> None:
     """Open the console with its token, then ``route``; wait until it knows who we are."""
     browser.get(console.login_url)
-    browser.wait_until(
-        lambda: console.admin in (browser.text("#whoami") or ""), 30, "#whoami names the admin"
-    )
+
+    def named() -> str:
+        text = browser.text("#whoami") or ""
+        return text if console.admin in text else ""
+
+    whoami = browser.wait_until(named, 30, "#whoami names the admin")
+    role = "member" if console.admin == MEMBER else "project[ _]admin"
+    shown_role = whoami.replace(console.admin, "")
+    assert re.search(role, shown_role, re.IGNORECASE), f"#whoami shows no role: {whoami!r}"
     assert "token=" not in browser.driver.current_url, "the token stayed in the address bar"
     browser.get(f"{console.base}/{route}")
 
@@ -480,6 +486,9 @@ def test_the_project_admin_submits_and_follows_a_job(
         assert rounds == sorted(rounds), f"progress went backwards: {progress}"
         assert _in_order(rounds, list(range(1, ROUNDS + 1))), f"rounds seen: {progress}"
         assert browser.text("#job-progress-text") == f"round {ROUNDS} of {ROUNDS}"
+        assert f"num-server-rounds={ROUNDS}" in (browser.text("#run-config") or "")
+        assert browser.text("#job-submitted-by") == PROJECT_ADMIN
+        assert all(site in (browser.text("#job-sites") or "") for site in SITES)
 
         # Charts: one point more per round, and finally what the relay keeps.
         relay = _with_admin(federation, lambda admin: admin.metrics(job_id))
@@ -570,6 +579,10 @@ def test_the_project_admin_submits_and_follows_a_job(
         browser.wait_until(
             lambda: "finished" in (browser.text(f"{row} .state") or ""), 30, "finished row"
         )
+        bar = browser.element(f"{row} .progress progress")
+        assert (bar.get_attribute("value"), bar.get_attribute("max")) == (str(ROUNDS), str(ROUNDS))
+        assert f"round {ROUNDS} of {ROUNDS}" in (browser.text(f"{row} .progress") or "")
+        assert browser.text(f"{row} .submitted-by") == PROJECT_ADMIN
         _select_filter(browser, "finished")
         browser.wait_until(lambda: not _row_hidden(browser, job_id), 10, "filter finished keeps")
         browser.screenshot("jobs.png")
@@ -608,6 +621,14 @@ def test_a_member_may_not_abort_the_project_admins_job(
             )
             assert browser.find("#abort-button") is None
             assert browser.find("#download-button") is None
+            member = consoles[MEMBER]
+            refused = _http(
+                member,
+                f"/api/jobs/{job_id}/download",
+                headers={"Cookie": f"{COOKIE}={member.token}"},
+            )
+            assert refused.status == 403, refused
+            assert "may download only the jobs it submitted" in json.loads(refused.body)["error"]
             with browser.excusing_errors("the forced abort is refused on purpose"):
                 forced = browser.async_js(
                     """
