@@ -11,6 +11,7 @@
 
 (() => {
   const TOKEN = document.querySelector('meta[name="flgate-token"]')?.content || "";
+  const ANSI = /\x1b\[[0-9;?]*[ -\/]*[@-~]/g; // terminal escape sequences (colours)
   const ACTIVE_STATES = new Set(["submitted", "dispatched", "running"]);
   const PALETTE = ["#2563eb", "#d97706", "#059669", "#dc2626", "#7c3aed", "#0891b2",
     "#db2777", "#65a30d", "#475569", "#b45309"];
@@ -78,15 +79,19 @@
       bar.max = job.rounds;
       bar.value = Math.min(job.round, job.rounds);
     } else if (job.ended) {
-      bar.max = 1;
-      bar.value = job.state === "finished" ? 1 : 0;
+      bar.max = Math.max(job.round, 1);
+      bar.value = job.round;
     } else {
       bar.removeAttribute("value");
     }
   }
 
-  function badge(state, extraClass = "") {
-    return el("span", { class: `badge state-${state} ${extraClass}`.trim(), text: state });
+  /** Make `cell` hold exactly one badge span with this class and text. */
+  function badgeIn(cell, cls, text) {
+    let b = cell.firstElementChild;
+    if (!b || cell.childNodes.length !== 1) cell.replaceChildren((b = el("span")));
+    b.className = `badge ${cls}`;
+    setText(b, text);
   }
 
   function setBadge(node, state) {
@@ -203,7 +208,7 @@
       });
       for (const [name, fn] of Object.entries(this.handlers)) {
         es.addEventListener(name, (ev) => {
-          this.up();
+          this.up(name !== "relay" && name !== "refused");
           let data;
           try { data = JSON.parse(ev.data); } catch (_) { return; }
           fn(data, ev);
@@ -211,10 +216,16 @@
       }
     }
 
-    up() {
+    /** The console answered; `data` when it carried relay data, which proves the relay up. */
+    up(data = false) {
       clearTimeout(this.downTimer);
       this.downTimer = null;
-      setConsoleDown(false);
+      const relayBack = data && health.relayError !== null;
+      if (relayBack) health.relayError = null;
+      if (health.consoleDown || relayBack) {
+        health.consoleDown = false;
+        renderBanner();
+      }
     }
 
     close() {
@@ -295,7 +306,7 @@
     const info = el("dl", { class: "facts" });
     const listeners = el("ul", { id: "relay-listeners", class: "plain" });
     const table = makeTable("sites", SITE_COLUMNS);
-    const empty = el("p", { class: "muted", text: "No sites known yet.", hidden: true });
+    const empty = el("p", { class: "muted", text: "Waiting for the relay\u2026" });
     main.append(el("h1", { text: "Federation" }),
       el("section", { class: "card" }, el("h2", { text: "Relay" }), info,
         el("h3", { text: "Listeners" }), listeners),
@@ -313,30 +324,20 @@
       }
       const sites = fed.sites || [];
       empty.hidden = sites.length > 0;
+      setText(empty, "No sites known yet.");
       syncRows(table.tBodies[0], sites, (s) => s.name, "site", SITE_COLUMNS, fillSiteRow);
     });
 
-    getJSON("/api/federation").then((d) => latest || render(d))
-      .catch(guard((e) => showPageError(main, e)));
     stream("/api/events", { federation: render });
-    // "12 s ago" must keep counting between updates.
-    every(1000, () => {
-      if (!latest) return;
-      for (const s of latest.sites || []) {
-        const row = table.querySelector(`tr[data-site="${CSS.escape(s.name)}"]`);
-        if (row) setText(row.querySelector(".last-seen"), fmtAgo(s.last_seen));
-      }
-    });
+    // Redraw every second from the latest data: "12 s ago" keeps counting between updates.
+    every(1000, () => latest && render(latest));
   }
 
   function fillSiteRow(row, s) {
     const cell = (c) => row.querySelector(`.${c}`);
     setText(cell("name"), s.name);
-    const online = cell("online");
-    if (!online.firstChild) online.append(el("span", { class: "badge" }));
-    const b = online.firstChild;
-    b.className = `badge ${s.online ? "state-online" : "state-offline"}`;
-    setText(b, s.online ? "online" : "offline");
+    const status = s.online ? "online" : "offline";
+    badgeIn(cell("online"), `state-${status}`, status);
     setText(cell("last-seen"), fmtAgo(s.last_seen));
     setText(cell("transport"), s.transport);
     setText(cell("flower"), (s.flower_versions || []).join(", "));
@@ -377,7 +378,7 @@
       ...Object.keys(FILTERS).map((f) => el("option", { value: f, text: f })));
     select.value = jobFilter;
     const table = makeTable("jobs", JOB_COLUMNS);
-    const empty = el("p", { class: "muted", hidden: true });
+    const empty = el("p", { class: "muted", text: "Waiting for the relay\u2026" });
     main.append(
       el("div", { class: "page-head" }, el("h1", { text: "Jobs" }),
         el("label", { class: "filter" }, "Show ", select)),
@@ -396,27 +397,24 @@
       if (latest) render(latest);
     });
 
-    getJSON("/api/jobs").then((d) => latest || render(d))
-      .catch(guard((e) => showPageError(main, e)));
     stream("/api/events", { jobs: render });
   }
 
   function fillJobRow(row, j) {
     const cell = (c) => row.querySelector(`.${c}`);
     const name = cell("name");
-    if (!name.firstChild) {
-      name.append(el("a", { href: `#/job/${encodeURIComponent(j.job_id)}` }));
+    if (!name.querySelector("a")) {
+      name.replaceChildren(el("a", { href: `#/job/${encodeURIComponent(j.job_id)}`, title: j.job_id }));
     }
-    name.firstChild.title = j.job_id;
     setText(name.firstChild, j.name || j.job_id);
-    const state = cell("state");
-    if (!state.firstChild) state.append(badge(j.state));
-    setBadge(state.firstChild, j.state);
-    state.title = j.reason || "";
+    badgeIn(cell("state"), `state-${j.state}`, j.state);
+    cell("state").title = j.reason || "";
     const prog = cell("progress");
-    if (!prog.firstChild) prog.append(el("progress"), el("span", { class: "progress-text" }));
-    fillProgress(prog.firstChild, j);
-    setText(prog.lastChild, progressText(j));
+    if (!prog.querySelector("progress")) {
+      prog.replaceChildren(el("progress"), el("span", { class: "progress-text" }));
+    }
+    fillProgress(prog.querySelector("progress"), j);
+    setText(prog.querySelector(".progress-text"), progressText(j));
     setText(cell("sites"), (j.sites || []).join(", "));
     setText(cell("submitted-by"), j.submitted_by);
     setText(cell("submitted"), fmtTime(j.created));
@@ -432,7 +430,8 @@
     return siteColours.get(name);
   }
 
-  /** A Chart.js line chart, x = round (the labels), for one metric tag. */
+  /** A Chart.js line chart for one metric tag: x = round on a linear axis, points {x, y}, so
+   *  each dataset (site) keeps exactly its own rounds. */
   function newChart(container, key, title, legend) {
     const canvas = el("canvas", { dataset: { chart: key } });
     container.append(el("figure", { class: "chart" }, el("figcaption", { text: title }),
@@ -444,9 +443,11 @@
         animation: false,
         responsive: true,
         maintainAspectRatio: false,
-        spanGaps: true,
-        interaction: { mode: "index", intersect: false },
-        scales: { x: { title: { display: true, text: "round" } } },
+        interaction: { mode: "nearest", axis: "x", intersect: false },
+        scales: {
+          x: { type: "linear", bounds: "data", title: { display: true, text: "round" },
+            ticks: { precision: 0 } },
+        },
         plugins: { legend: { display: legend, position: "bottom", labels: { boxWidth: 12 } } },
       },
     });
@@ -454,14 +455,9 @@
     return chart;
   }
 
-  /** Put series {label: [[step, value], ...]} into a chart in place: labels are the union of the
-   *  steps, one dataset per label (nulls where a series has no point at a step). */
+  /** Put series {label: [[step, value], ...]} into a chart in place: one dataset per label,
+   *  created when the label first appears, its points replaced (in round order). */
   function setSeries(chart, series, colour) {
-    const steps = new Set();
-    Object.values(series).forEach((pts) => pts.forEach(([s]) => steps.add(s)));
-    const labels = [...steps].sort((a, b) => a - b);
-    const at = new Map(labels.map((s, i) => [s, i]));
-    chart.data.labels = labels;
     for (const [name, pts] of Object.entries(series)) {
       let ds = chart.data.datasets.find((d) => d.label === name);
       if (!ds) {
@@ -470,9 +466,7 @@
           pointRadius: 2, tension: 0 };
         chart.data.datasets.push(ds);
       }
-      const data = new Array(labels.length).fill(null);
-      pts.forEach(([s, v]) => { data[at.get(s)] = v; });
-      ds.data = data;
+      ds.data = pts.map(([x, y]) => ({ x, y })).sort((a, b) => a.x - b.x);
     }
     chart.update("none");
   }
@@ -640,8 +634,11 @@
           if (log.text.length > 2e6) log.text = log.text.slice(log.text.indexOf("\n", 5e5) + 1);
           renderLog(false);
         },
+        // The relay refused the log: the server then keeps the stream idle, so ask again later.
         refused: (d) => {
-          if (log.stream === s) setText(logStatus, `log unavailable: ${d.error || "refused"}`);
+          if (log.stream !== s) return;
+          setText(logStatus, `log unavailable: ${d.error || "refused"}`);
+          setTimeout(guard(() => { if (log.stream === s && !s.closed) selectSource(source); }), 5000);
         },
         end: () => {
           if (log.stream !== s) return;
@@ -656,8 +653,8 @@
     function renderLog(forceBottom) {
       const atBottom = forceBottom || pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 8;
       const q = search.value.trim().toLowerCase();
-      const text = q ? log.text.split("\n").filter((l) => l.toLowerCase().includes(q)).join("\n")
-        : log.text;
+      const all = log.text.replace(ANSI, ""); // colour codes, as Flower writes its levels
+      const text = q ? all.split("\n").filter((l) => l.toLowerCase().includes(q)).join("\n") : all;
       setText(pre, text);
       if (atBottom) pre.scrollTop = pre.scrollHeight;
     }
@@ -672,7 +669,6 @@
         leavePage();
       } else setText($("#action-error"), `Could not load the job: ${e.message}`);
     }));
-    getJSON(`${apiBase}/metrics`).then(renderMetrics).catch(() => {});
     stream(`${apiBase}/events`, { job: renderJob, metrics: renderMetrics });
   }
 
