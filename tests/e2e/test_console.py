@@ -150,7 +150,11 @@ def consoles(federation: RunningFederation) -> Iterator[dict[str, Console]]:
 
 @pytest.fixture(scope="module")
 def artifacts() -> Path:
-    return artifacts_dir("console")
+    """The screenshots' directory, emptied of an earlier run's."""
+    path = artifacts_dir("console")
+    for old in path.glob("*.png"):
+        old.unlink()
+    return path
 
 
 # -- helpers --------------------------------------------------------------------------------
