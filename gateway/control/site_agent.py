@@ -29,7 +29,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
@@ -71,6 +71,8 @@ CONTACT_SECONDS = 60.0
 site online the same way: ``site_tasks.SITE_ONLINE_SECONDS``)."""
 SLOT_FILE = "slot.json"
 RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)
+LOG_CHUNK_BYTES = 1024 * 1024
+"""The most of a SuperNode's log one ``ShipLogs`` carries."""
 
 
 @dataclass
@@ -80,6 +82,9 @@ class _JobSlot:
     detail: str = ""
     supernode: ManagedProcess | None = None
     shipped: int = 0
+    shipping: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """One shipment of the log at a time: two sent from the same offset would leave
+    the second one's tail unshipped (the relay keeps the first, ignores the second)."""
     lgs_port: int = 0
     tracking_token: str = ""
 
@@ -355,7 +360,7 @@ class SiteAgent:
         await self._gateway.close_job(job_id)
         await self.tracking.remove_job(job_id)
         with contextlib.suppress(GatewayError):
-            await self._ship_log(slot)
+            await self._ship_log(slot, to_end=True)
         (self._job_dir(job_id) / SLOT_FILE).unlink(missing_ok=True)
         del self._jobs[job_id]
         log.info("job stopped", extra={"job": job_id, "site": self.name})
@@ -365,24 +370,31 @@ class SiteAgent:
             with contextlib.suppress(GatewayError):
                 await self._ship_log(slot)
 
-    async def _ship_log(self, slot: _JobSlot) -> None:
+    async def _ship_log(self, slot: _JobSlot, *, to_end: bool = False) -> None:
+        """Ship the next chunk (at most 1 MiB) of the SuperNode's log; ``to_end``: every
+        chunk up to the end of the file, as a stopped job's last shipment must."""
         if slot.supernode is None:
             return
         path = slot.supernode.log_path
-        size = path.stat().st_size if path.exists() else 0
-        if size <= slot.shipped:
-            return
-        with path.open("rb") as handle:
-            handle.seek(slot.shipped)
-            data = handle.read(min(size - slot.shipped, 1024 * 1024))
-        response = await control_call(
-            self._gateway.client,
-            KIND_AGENT,
-            "ShipLogs",
-            ShipLogsRequest(job_id=slot.job.job_id, offset=slot.shipped, data=data),
-            ShipLogsResponse,
-        )
-        slot.shipped = response.next_offset
+        async with slot.shipping:
+            while True:
+                size = path.stat().st_size if path.exists() else 0
+                if size <= slot.shipped:
+                    return
+                with path.open("rb") as handle:
+                    handle.seek(slot.shipped)
+                    data = handle.read(min(size - slot.shipped, LOG_CHUNK_BYTES))
+                response = await control_call(
+                    self._gateway.client,
+                    KIND_AGENT,
+                    "ShipLogs",
+                    ShipLogsRequest(job_id=slot.job.job_id, offset=slot.shipped, data=data),
+                    ShipLogsResponse,
+                )
+                progressed = response.next_offset > slot.shipped
+                slot.shipped = response.next_offset
+                if not (to_end and progressed):
+                    return
 
     async def aclose(self) -> None:
         for job_id in list(self._jobs):

@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 
 from gateway.control.jobs.manager import JobManager
+from gateway.control.jobs.store import RUNNING, JobRecord
 from gateway.control.relay_api import ControlService
-from gateway.control.site_agent import SiteAgent, round_trip_ms
+from gateway.control.site_agent import LOG_CHUNK_BYTES, SiteAgent, _JobSlot, round_trip_ms
 from gateway.flower.install import FlowerInstalls
-from gateway.proto.control_pb2 import PollTasksResponse, SiteInfo
+from gateway.flower.process import ManagedProcess
+from gateway.proto.control_pb2 import PollTasksResponse, SiteInfo, SiteJob
 from gateway.relay.server import Relay
 from tests.support.pki import FederationKits
 from tests.support.relay import flower_not_installed, offline_job_manager
@@ -87,3 +89,41 @@ async def test_the_agent_reports_its_transport_releases_and_round_trip(
     # Each poll took a whole POLL_WAIT; the relay's hold is taken off, leaving the network.
     assert 0.0 <= info.status.rtt_ms < POLL_WAIT * 1000
     assert (info.status.calls_last_minute, info.status.errors_last_minute) == (0, 0)
+
+
+async def test_a_stopped_jobs_log_is_shipped_to_its_end_even_beside_a_periodic_shipment(
+    relay: tuple[str, JobManager],
+    federation: FederationKits,
+    tmp_path: Path,
+) -> None:
+    """Two shipments from the same offset (the periodic one and the job's last) used to
+    leave the second one's tail on the site: the relay keeps the first and ignores the
+    second, and the job's slot was gone. And the last shipment sent 1 MiB at most."""
+    url, manager = relay
+    manager.store.add(
+        JobRecord(job_id="j1", name="n", state=RUNNING, sites=("site-1",), submitted_by="a")
+    )
+    agent = SiteAgent(
+        relay_url=url,
+        tls=federation.sites["site-1"],
+        workspace=tmp_path / "site",
+        installs=FlowerInstalls(()),
+        poll_wait=POLL_WAIT,
+    )
+    log_path = tmp_path / "site" / "supernode.log"
+    supernode = ManagedProcess("supernode", ["sleep", "60"], log_path=log_path, env={})
+    slot = _JobSlot(job=SiteJob(job_id="j1"), supernode=supernode)
+    try:
+        lines = b"".join(b"line %08d of the SuperNode's log\n" % i for i in range(80_000))
+        assert len(lines) > 2 * LOG_CHUNK_BYTES
+        with log_path.open("ab") as log:
+            log.write(lines[:1000])
+        await agent._ship_log(slot)
+        with log_path.open("ab") as log:
+            log.write(lines[1000:])  # then the job ends with more than 2 MiB unshipped
+        await asyncio.gather(agent._ship_log(slot), agent._ship_log(slot, to_end=True))
+        shipped = manager._sites._paths.log_path("j1", "site-1").read_bytes()
+        assert shipped == lines
+    finally:
+        supernode.stop()
+        await agent._gateway.aclose()
