@@ -174,7 +174,7 @@
   class LiveStream {
     constructor(url, handlers, onRestart = null) {
       this.url = url;
-      this.handlers = { relay: onRelay, ...handlers };
+      this.handlers = { relay: onRelay, refused: (d) => setNotice(d.error), ...handlers };
       this.onRestart = onRestart;
       this.closed = false;
       this.downTimer = null;
@@ -222,6 +222,7 @@
       this.downTimer = null;
       const relayBack = data && health.relayError !== null;
       if (relayBack) health.relayError = null;
+      if (data) setNotice("");
       if (health.consoleDown || relayBack) {
         health.consoleDown = false;
         renderBanner();
@@ -265,8 +266,10 @@
     return (...args) => (gen === page.gen ? fn(...args) : undefined);
   }
 
-  function showPageError(main, err) {
-    main.append(el("p", { class: "error", text: `Could not load: ${err.message || err}` }));
+  /** A page-level line for what the relay refused to a stream (e.g. "no such job"). */
+  function setNotice(text) {
+    const n = $("#page-notice");
+    if (n) setText(n, text || "");
   }
 
   // ---------------------------------------------------------------- tables
@@ -467,6 +470,7 @@
         chart.data.datasets.push(ds);
       }
       ds.data = pts.map(([x, y]) => ({ x, y })).sort((a, b) => a.x - b.x);
+      ds.pointRadius = ds.data.length > 60 ? 0 : 2; // dots only while they are not a blur
     }
     chart.update("none");
   }
@@ -528,9 +532,12 @@
       setText($("#job-duration"), fmtDuration(j.duration_s));
       setText($("#job-flower"), j.flower);
       setText($("#job-fleet-calls"), j.fleet_calls);
-      setText($("#run-config"), j.run_config);
+      const rc = j.run_config;
+      setText($("#run-config"), rc && typeof rc === "object" ?
+        Object.entries(rc).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join("\n") : rc);
+      // A result that is not JSON comes as a string: show it as it is.
       setText($("#job-result"), j.result === null || j.result === undefined ? "" :
-        JSON.stringify(j.result, null, 2));
+        typeof j.result === "string" ? j.result : JSON.stringify(j.result, null, 2));
       syncActions(j);
       const sites = (j.sites || []).join(",");
       if (sites !== knownSites) { knownSites = sites; loadSources(); }
@@ -550,6 +557,11 @@
         actions.append(el("a", { id: "download-button", class: "button", href: `${apiBase}/download`,
           download: `job-${jobId}.tar.gz`, text: "Download" }));
       } else if (!j.may_manage && dl) dl.remove();
+      const note = actions.querySelector(".view-only");
+      if (!j.may_manage && !note) {
+        actions.append(el("span", { class: "muted view-only",
+          text: "View only: another admin submitted this job." }));
+      } else if (j.may_manage && note) note.remove();
     }
 
     async function doAbort() {
@@ -660,16 +672,18 @@
     }
     search.addEventListener("input", () => renderLog(true));
 
-    // --- initial load, then live
-    getJSON(apiBase).then(renderJob).catch(guard((e) => {
+    // --- load the job once (a job that does not exist gets no stream), then live
+    const live = guard(() => stream(`${apiBase}/events`, { job: renderJob, metrics: renderMetrics }));
+    getJSON(apiBase).then((j) => { renderJob(j); live(); }, guard((e) => {
       if (e.status === 404) {
         main.replaceChildren(el("h1", { text: "Job not found" }),
           el("p", { class: "error", text: e.message }),
           el("p", {}, el("a", { href: "#/jobs", text: "Back to the jobs" })));
-        leavePage();
-      } else setText($("#action-error"), `Could not load the job: ${e.message}`);
+        return;
+      }
+      setNotice(`Could not load the job: ${e.message}`);
+      live(); // e.g. the relay is down: the stream says so and brings the job when it is back
     }));
-    stream(`${apiBase}/events`, { job: renderJob, metrics: renderMetrics });
   }
 
   // ---------------------------------------------------------------- submit page
@@ -731,7 +745,7 @@
   function route() {
     leavePage();
     const main = $("#main");
-    main.replaceChildren();
+    main.replaceChildren(el("p", { id: "page-notice", class: "error", role: "status" }));
     const hash = location.hash || "#/federation";
     let m;
     let nav = "federation";
