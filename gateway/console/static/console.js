@@ -70,7 +70,8 @@
 
   function progressText(job) {
     if (job.rounds > 0) return `round ${job.round} of ${job.rounds}`;
-    return job.round > 0 ? `round ${job.round}` : "";
+    if (job.round > 0) return `round ${job.round}`;
+    return job.ended ? "" : "starting";
   }
 
   /** A <progress> shows value=round, max=rounds; indeterminate while the rounds are unknown. */
@@ -143,6 +144,8 @@
 
   function renderBanner() {
     const b = $("#relay-banner");
+    // What the page shows is stale while either is down: the stylesheet dims it.
+    document.body.classList.toggle("stale", health.consoleDown || health.relayError !== null);
     if (health.consoleDown) {
       setText(b, "console unreachable: the flgate console server does not answer; retrying\u2026");
       b.hidden = false;
