@@ -671,6 +671,7 @@
       const all = log.text.replace(ANSI, ""); // colour codes, as Flower writes its levels
       const text = q ? all.split("\n").filter((l) => l.toLowerCase().includes(q)).join("\n") : all;
       setText(pre, text);
+      pre.dataset.empty = q ? "no line matches the search" : "no log lines yet";
       if (atBottom) pre.scrollTop = pre.scrollHeight;
     }
     search.addEventListener("input", () => renderLog(true));
@@ -702,9 +703,9 @@
       field("submit-path", "App directory", { type: "text", required: true,
         placeholder: "/home/me/my-flower-app" }, "A path on this machine (the Flower app's directory)."),
       field("submit-sites", "Sites", { type: "text", placeholder: "site-a,site-b" },
-        "Comma-separated; empty = any online sites."),
+        "Comma-separated; empty = min-sites sites among those online."),
       field("submit-min-sites", "Min sites", { type: "number", min: "0", step: "1", value: "0" },
-        "0 = all the listed sites."),
+        "0 = the job file's min_sites."),
       field("submit-run-config", "Run-config", { type: "text", placeholder: "num-server-rounds=5 lr=0.01" },
         "Overrides as k=v pairs separated by spaces."),
       field("submit-name", "Name", { type: "text", placeholder: "(the job file's name)" }),
