@@ -309,7 +309,10 @@
     ["errors", "Errors / min"], ["jobs", "Jobs"]];
 
   function federationPage(main) {
-    const info = el("dl", { class: "facts" });
+    const relayName = el("dd", { id: "relay-name" });
+    const relayUrl = el("dd", { id: "relay-url" });
+    const info = el("dl", { class: "facts" }, el("dt", { text: "Name" }), relayName,
+      el("dt", { text: "URL" }), relayUrl);
     const listeners = el("ul", { id: "relay-listeners", class: "plain" });
     const table = makeTable("sites", SITE_COLUMNS);
     const empty = el("p", { class: "muted", text: "Waiting for the relay\u2026" });
@@ -322,8 +325,8 @@
     const render = guard((fed) => {
       latest = fed;
       const relay = fed.relay || {};
-      info.replaceChildren(el("dt", { text: "Name" }), el("dd", { text: relay.name || "" }),
-        el("dt", { text: "URL" }), el("dd", { text: relay.url || "" }));
+      setText(relayName, relay.name);
+      setText(relayUrl, relay.url);
       const urls = relay.listeners || [];
       if ([...listeners.children].map((li) => li.textContent).join("\n") !== urls.join("\n")) {
         listeners.replaceChildren(...urls.map((u) => el("li", { text: u })));
@@ -412,7 +415,7 @@
     if (!name.querySelector("a")) {
       name.replaceChildren(el("a", { href: `#/job/${encodeURIComponent(j.job_id)}`, title: j.job_id }));
     }
-    setText(name.firstChild, j.name || j.job_id);
+    setText(name.querySelector("a"), j.name || j.job_id);
     badgeIn(cell("state"), `state-${j.state}`, j.state);
     cell("state").title = j.reason || "";
     const prog = cell("progress");
