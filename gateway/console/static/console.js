@@ -527,6 +527,7 @@
     let knownSites = null;
     const renderJob = guard((j) => {
       job = j;
+      (j.sites || []).forEach(colourFor); // a site's colour by its place in the job, every run
       setText($("#job-name"), j.name || j.job_id);
       setBadge($("#job-state"), j.state);
       fillProgress(progress, j);
