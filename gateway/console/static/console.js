@@ -714,7 +714,7 @@
         "Overrides as k=v pairs separated by spaces."),
       field("submit-name", "Name", { type: "text", placeholder: "(the job file's name)" }),
       field("submit-time-limit", "Time limit (s)", { type: "number", min: "0", step: "any", value: "0" },
-        "0 = no limit."),
+        "0 = the job file's time limit, else the relay's default."),
       el("div", { class: "form-actions" }, button), error);
     main.append(el("h1", { text: "Submit a job" }), form);
 
