@@ -24,6 +24,7 @@ from aiohttp import web
 
 from ..core.exceptions import ConfigError
 from ..core.identity import Peer
+from ..proto.control_pb2 import JobInfo
 from . import access, views
 from .events import KEEPALIVE, EventStream
 from .relay_link import Refused, RelayLink
@@ -154,7 +155,7 @@ class _Console:
     async def job(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
         info = await self._link.call(lambda c: c.get(job_id))
-        return web.json_response(views.job_view(info, self._settings.viewer, time.time()))
+        return web.json_response(self._view(info))
 
     async def metrics(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
@@ -199,13 +200,13 @@ class _Console:
             )
         )
         log.info("job submitted from the console", extra={"job": info.job_id, "path": str(path)})
-        view = views.job_view(info, self._settings.viewer, time.time())
+        view = self._view(info)
         return web.json_response({**view, "left_out": left_out}, status=201)
 
     async def abort(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
         info = await self._link.call(lambda c: c.abort(job_id))
-        return web.json_response(views.job_view(info, self._settings.viewer, time.time()))
+        return web.json_response(self._view(info))
 
     async def download(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
@@ -216,6 +217,9 @@ class _Console:
             content_type="application/gzip",
             headers={"Content-Disposition": f'attachment; filename="{filename}"'},
         )
+
+    def _view(self, info: JobInfo) -> dict[str, Any]:
+        return views.job_view(info, self._settings.viewer, time.time())
 
     async def _federation(self) -> dict[str, Any]:
         answer = await self._link.call(lambda c: c.federation())
