@@ -69,10 +69,18 @@ class Row:
     show_added: bool = False
     schemes: tuple[str, ...] | None = None
     """The transports the row is measured over (``None``: every one of the report's)."""
+    targets: dict[str, Target] = field(default_factory=dict)
+    """Goals of single transports, in place of ``target`` (e.g. CPU per call)."""
+    not_measured: dict[str, str] = field(default_factory=dict)
+    """Transports of the report that this row leaves out, and why (printed as such)."""
 
     def measured_over(self, transports: list[str]) -> list[str]:
         """``transports`` that this row is measured over, in their order."""
         return [t for t in transports if self.schemes is None or t in self.schemes]
+
+    def target_for(self, scheme: str) -> Target | None:
+        """The goal of ``scheme``'s figure: its own, else the row's."""
+        return self.targets.get(scheme, self.target)
 
 
 @dataclass
@@ -145,19 +153,17 @@ def table_rows(report: BenchReport) -> list[tuple[str, ...]]:
     """The printed table's cells, one line per row and transport."""
     lines: list[tuple[str, ...]] = []
     for row in report.rows:
-        for index, scheme in enumerate(row.measured_over(report.transports)):
+        tails: list[tuple[str, ...]] = []
+        for scheme in row.measured_over(report.transports):
             figure = row.figures.get(scheme)
+            goal = row.target_for(scheme)
             target = ""
-            if row.target is not None and figure is not None:
-                met = row.target.met(figure)
+            if goal is not None and figure is not None:
+                met = goal.met(figure)
                 verdict = {True: "met", False: "MISSED", None: "?"}[met]
-                target = f"{row.target.text}: {verdict}"
-            label = row.label + (f" ({row.note})" if row.note else "")
-            lines.append(
+                target = f"{goal.text}: {verdict}"
+            tails.append(
                 (
-                    row.step if index == 0 else "",
-                    label if index == 0 else "",
-                    row.unit if index == 0 else "",
                     scheme,
                     _number(figure.direct) if figure else "n/a",
                     _number(figure.gateway) if figure else "n/a",
@@ -166,6 +172,15 @@ def table_rows(report: BenchReport) -> list[tuple[str, ...]]:
                     target,
                 )
             )
+        for scheme in report.transports:
+            if scheme in row.not_measured:
+                goal = row.target_for(scheme)
+                why = row.not_measured[scheme]
+                tails.append((scheme, "-", why, "-", "", goal.text if goal else ""))
+        label = row.label + (f" ({row.note})" if row.note else "")
+        for index, tail in enumerate(tails):
+            head = (row.step, label, row.unit) if index == 0 else ("", "", "")
+            lines.append((*head, *tail))
     return lines
 
 
@@ -179,7 +194,8 @@ def to_json(report: BenchReport) -> dict[str, Any]:
     for row in report.rows:
         results = {}
         for scheme, figure in row.figures.items():
-            met = row.target.met(figure) if row.target else None
+            goal = row.target_for(scheme)
+            met = goal.met(figure) if goal else None
             results[scheme] = {
                 "direct": _finite(figure.direct),
                 "gateway": _finite(figure.gateway),
@@ -195,7 +211,9 @@ def to_json(report: BenchReport) -> dict[str, Any]:
                 "unit": row.unit,
                 "note": row.note,
                 "target": asdict(row.target) if row.target else None,
+                "targets": {scheme: asdict(goal) for scheme, goal in row.targets.items()},
                 "transports": row.measured_over(report.transports),
+                "not_measured": dict(row.not_measured),
                 "results": results,
             }
         )

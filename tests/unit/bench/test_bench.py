@@ -33,13 +33,18 @@ from gateway.bench.report import (
 )
 from gateway.bench.stats import percentile, ratio
 from gateway.bench.targets import (
+    CAPACITY_RATE,
     LATENCY_P50,
     METRICS_COST,
+    RELAY_CPU,
+    SITE_CPU,
     capacity_rows,
     in_brief_order,
     latency_rows,
     memory_rows,
+    run_rows,
 )
+from gateway.bench.wholerun import RunKnobs, WholeRun
 from gateway.bench.wire import (
     NodeKey,
     ObjectFormatError,
@@ -423,6 +428,42 @@ def test_metrics_cost_over_the_target_is_missed_in_the_table_and_json() -> None:
     # What the end-to-end test asks of every row: every transport, None only for CPU rows.
     assert set(row["results"]) == {"grpcs", "tcps"}
     assert "cpu" in row["key"]
+
+
+def test_each_transport_has_the_goal_of_the_issue_for_cpu_per_call_and_calls_per_second() -> None:
+    report = _capacity_report([_window("grpcs", 1000, 0.3)], [_window("grpcs", 1000, 0.3)])
+    relay = next(r for r in report.rows if r.key == "capacity.relay_cpu_per_call")
+    site = next(r for r in report.rows if r.key == "capacity.site_cpu_per_call")
+    assert (relay.target_for("grpcs"), relay.target_for("tcps")) == (
+        RELAY_CPU["grpcs"],
+        RELAY_CPU["tcps"],
+    )
+    assert RELAY_CPU["tcps"].text == "<= 250 us"
+    assert site.target_for("tcps") == SITE_CPU["tcps"]
+    assert SITE_CPU["tcps"].text == "<= 121 us (half of 242)"
+    rates = {r.key: r for r in report.rows if r.key.endswith("calls_per_second")}
+    assert rates["capacity.relay_only.calls_per_second"].target_for("tcps") == CAPACITY_RATE
+    assert rates["capacity.relay_only.calls_per_second"].target_for("grpcs") is None
+    assert rates["capacity.calls_per_second"].target_for("tcps") is None  # the SuperLink paces it
+    lines = [line for line in table_rows(report) if line[3] == "tcps"]
+    shown = [(line[5], line[8]) for line in lines]
+    assert {("100", "<= 250 us: met"), ("250", "<= 121 us (half of 242): MISSED")} <= set(shown)
+
+
+def test_quick_whole_runs_over_the_first_transport_mark_the_others_full_bench_only() -> None:
+    report = BenchReport(quick=True, flower_version="1.41.0", transports=["grpcs", "tcps"])
+    runs = [WholeRun("direct", 30.0, 1, 1), WholeRun("grpcs", 31.0, 1, 1)]
+    run_rows(report, runs, RunKnobs(1, 1, 0.0), together=True)
+    [row] = report.rows
+    assert (row.schemes, row.not_measured) == (("grpcs",), {"tcps": "full bench only"})
+    assert report.missing() == []
+    assert [line[3:] for line in table_rows(report)] == [
+        ("grpcs", "30.0", "31.0", "1.03x", "+1.00", "<= 1.05x direct: met"),
+        ("tcps", "-", "full bench only", "-", "", "<= 1.05x direct"),
+    ]
+    payload = json.loads(json.dumps(to_json(report)))
+    assert payload["rows"][0]["transports"] == ["grpcs"]
+    assert payload["rows"][0]["not_measured"] == {"tcps": "full bench only"}
 
 
 def test_the_relay_count_of_calls_is_read_from_its_metrics_text() -> None:
