@@ -83,10 +83,25 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
             help="the provisioning workspace (made by `flgate provision PROJECT_YML -o ...`)",
         )
 
-    add_site = sub.add_parser("add-site", help="issue a kit for a new site from the same CA")
+    add_site = sub.add_parser(
+        "add-site",
+        help="issue a kit for a new site from the same CA",
+        description="Issue a kit for a new site from the same CA; other kits stay valid. A "
+        "site --via an edge relay dials that edge: the relay's and the edge's config.yaml then "
+        "list it, so their kits are signed again (same certificates and keys) and must be "
+        "copied to where they run. New edge relays: add them to the project file and run "
+        "`flgate provision PROJECT_YML -o WORKSPACE` again.",
+    )
     add_site.add_argument("name", metavar="NAME")
     add_site.add_argument(
-        "--transport", metavar="SCHEME", help="the transport it dials (default: the relay's first)"
+        "--via",
+        metavar="EDGE",
+        help="the edge relay it dials instead of the relay (one of the project's edges)",
+    )
+    add_site.add_argument(
+        "--transport",
+        metavar="SCHEME",
+        help="the transport it dials (default: the first of the relay, or of its --via edge)",
     )
     add_site.add_argument(
         "--metrics-listen",
@@ -169,7 +184,7 @@ def _add_site(args: argparse.Namespace) -> int:
     workspace = ProvisioningWorkspace.open(args.workspace)
     with workspace.locked():
         outcome = workspace.add_site(
-            args.name, transport=args.transport, metrics_listen=args.metrics_listen
+            args.name, transport=args.transport, metrics_listen=args.metrics_listen, via=args.via
         )
         _print([outcome])
     return EXIT_OK
@@ -197,6 +212,7 @@ def _list(args: argparse.Namespace) -> int:
     rows: list[tuple[str, str, str, str, str]] = []
     for record in workspace.issued():
         role = record.role + (f" ({record.admin_role})" if record.admin_role else "")
+        role += f" via {record.via}" if record.via else ""
         state = (
             "active"
             if record.active

@@ -25,6 +25,10 @@ class Role(str, enum.Enum):
     RELAY = "relay"
     SITE = "site"
     ADMIN = "admin"
+    EDGE = "edge"
+    """An edge relay: carries the envelopes of the sites provisioned behind it to the
+    central relay. It is no site and no admin: every check that asks for one of those
+    roles refuses it, so it can neither call the Fleet API nor the control plane itself."""
 
 
 class AdminRole(str, enum.Enum):

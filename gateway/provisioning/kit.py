@@ -7,6 +7,13 @@ also holds a Flower node key pair (``flower-node.key``, OpenSSH format, as
 ``flower-supernode --auth-supernode-private-key`` reads it, and
 ``flower-node.pub``); the relay's holds ``crl.pem``, the revocation list.
 
+An edge relay's kit (role ``edge``) is a relay's in small: its certificate names
+its hosts, ``config.yaml`` its listen addresses, the central relay's address it
+dials and the sites behind it. The central relay's ``config.yaml`` maps each edge
+relay to its sites; a site behind an edge dials the edge (``relay.via``). Adding a
+site behind an edge rewrites those two ``config.yaml`` files and re-signs their
+manifests (:func:`refresh_config`); certificates and keys stay as they are.
+
 :func:`load_kit` is the one gate every command passes before using a kit: it
 refuses a kit that was edited, that comes from another federation, whose
 certificate expired, or whose key is readable by others, saying which.
@@ -18,7 +25,7 @@ import datetime as dt
 import hashlib
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +57,10 @@ NODE_PUBLIC_KEY_FILE = "flower-node.pub"
 _START = {
     Role.RELAY: 'exec ${FLGATE:-flgate} relay start --kit "$KIT" "$@"\n',
     Role.SITE: 'exec ${FLGATE:-flgate} site start --kit "$KIT" "$@"\n',
+    Role.EDGE: (
+        "# `flgate edge start` arrives with issue 20's edge relay; this flgate may not have it.\n"
+        'exec ${FLGATE:-flgate} edge start --kit "$KIT" "$@"\n'
+    ),
     Role.ADMIN: (
         "if [ $# -eq 0 ]; then exec ${FLGATE:-flgate} job --help; fi\n"
         'action="$1"; shift\n'
@@ -59,11 +70,22 @@ _START = {
 _USAGE = {
     Role.RELAY: "./start.sh [--workspace DIR] [--listen URL ...]",
     Role.SITE: "./start.sh [--workspace DIR]",
+    Role.EDGE: "./start.sh [--workspace DIR]",
     Role.ADMIN: "./start.sh submit APP_DIR --sites A,B --follow | list | status ID | abort ID",
 }
 
 
-_A_KIT = {Role.RELAY: "the relay's kit", Role.SITE: "a site's kit", Role.ADMIN: "an admin's kit"}
+_A_KIT = {
+    Role.RELAY: "the relay's kit",
+    Role.SITE: "a site's kit",
+    Role.ADMIN: "an admin's kit",
+    Role.EDGE: "an edge relay's kit",
+}
+_EDGE_NOTE = (
+    "# An edge relay's kit: sites behind it dial its listen addresses, it dials the\n"
+    "# relay's url. The process (`flgate edge start --kit DIR`) arrives with issue 20's\n"
+    "# edge relay; today this kit is provisioned but nothing runs it yet.\n"
+)
 
 
 class KitError(ConfigError):
@@ -101,6 +123,7 @@ def _config(
     admin_role: AdminRole | None,
     transport: str | None,
     metrics_listen: str | None,
+    via: str | None,
 ) -> dict[str, Any]:
     relay = project.relay
     config: dict[str, Any] = {
@@ -110,16 +133,35 @@ def _config(
     }
     if admin_role is not None:
         config["admin_role"] = admin_role.value
-    config["relay"] = {
-        "name": relay.name,
-        "url": relay.transport(transport).url,
-        "urls": {t.scheme: t.url for t in relay.transports},
-    }
+    if via is not None:  # a site behind an edge relay dials the edge
+        edge = project.edge(via)
+        config["relay"] = {
+            "name": relay.name,
+            "via": edge.name,
+            "url": edge.transport(transport).url,
+            "urls": {t.scheme: t.url for t in edge.transports},
+        }
+    else:
+        if role is Role.EDGE:
+            transport = project.edge(name).upstream
+        config["relay"] = {
+            "name": relay.name,
+            "url": relay.transport(transport).url,
+            "urls": {t.scheme: t.url for t in relay.transports},
+        }
     if role is Role.RELAY:
         config["listen"] = [t.listen_url(relay.listen_host) for t in relay.transports]
         config["crl"] = CRL_FILE
         if relay.budgets:
             config["budgets"] = dict(relay.budgets)
+        if project.edges:
+            config["edges"] = {
+                e.name: {"sites": list(project.sites_behind(e.name))} for e in project.edges
+            }
+    if role is Role.EDGE:
+        edge = project.edge(name)
+        config["listen"] = [t.listen_url(edge.listen_host) for t in edge.transports]
+        config["sites"] = list(project.sites_behind(name))
     config["tls"] = {"ca": CA_FILE, "cert": CERT_FILE, "key": KEY_FILE}
     if role is Role.SITE:
         config["flower_node_key"] = NODE_KEY_FILE
@@ -128,6 +170,7 @@ def _config(
         Role.RELAY: relay.metrics_listen,
         Role.SITE: project.site_metrics_listen(metrics_listen),
         Role.ADMIN: None,
+        Role.EDGE: None,
     }[role]
     if served is not None:
         config["metrics_listen"] = served
@@ -144,11 +187,14 @@ def write_kit(
     transport: str | None = None,
     metrics_listen: str | None = None,
     crl: bytes | None = None,
+    via: str | None = None,
 ) -> None:
     """Write the kit of the participant that ``cert`` names into ``directory`` (new).
 
-    ``transport``, ``metrics_listen``: a site's own entry (``None``: the relay's first
-    transport, the project's ``sites_metrics_listen``); the relay's come from its spec.
+    ``transport``, ``metrics_listen``, ``via``: a site's own entry (``None``: the first
+    transport of the relay, or of the edge relay ``via``; the project's
+    ``sites_metrics_listen``; the relay itself); the relay's and an edge's come from
+    their specs.
     """
     peer = peer_from_certificate(cert)
     directory.mkdir(parents=True, mode=0o700)
@@ -168,12 +214,9 @@ def write_kit(
         admin_role=peer.admin_role,
         transport=transport,
         metrics_listen=metrics_listen,
+        via=via,
     )
-    header = (
-        f"# flgate kit of {peer} in project {project.name}, written by `flgate provision`.\n"
-        "# Signed with the rest of the kit (manifest.sig): an edited kit is refused.\n"
-    )
-    (directory / CONFIG_FILE).write_text(header + yaml.safe_dump(config, sort_keys=False))
+    (directory / CONFIG_FILE).write_text(_config_text(project, peer.role, str(peer), config))
     start = directory / START_FILE
     start.write_text(
         "#!/bin/sh\n"
@@ -188,6 +231,54 @@ def write_kit(
         directory, files, project=project.name, participant=peer.name, role=peer.role.value
     )
     manifest.write(directory, signed, ca.key)
+
+
+def _config_text(project: Project, role: Role, who: str, config: dict[str, Any]) -> str:
+    header = (
+        f"# flgate kit of {who} in project {project.name}, written by `flgate provision`.\n"
+        "# Signed with the rest of the kit (manifest.sig): an edited kit is refused.\n"
+    )
+    if role is Role.EDGE:
+        header += _EDGE_NOTE
+    return header + yaml.safe_dump(config, sort_keys=False)
+
+
+def refresh_config(directory: Path, *, project: Project, ca: CertificateAuthority) -> bool:
+    """Rewrite the relay's or an edge relay's ``config.yaml`` from ``project``, if it changed.
+
+    What changes is which sites sit behind which edge relay (``add-site --via``). The
+    kit is verified first, so a kit edited since is never re-signed; its certificate
+    and key are kept, its manifest is signed again. Returns whether anything changed.
+    """
+    signed = manifest.verify(directory, ca.cert)
+    peer = peer_from_certificate(_load_cert(directory / CERT_FILE, "the participant's"))
+    if peer.role not in (Role.RELAY, Role.EDGE):
+        raise ValueError(f"only the relay's and edge relays' kits are refreshed, not {peer}")
+    config = _config(
+        project,
+        peer.name,
+        peer.role,
+        admin_role=None,
+        transport=None,
+        metrics_listen=None,
+        via=None,
+    )
+    text = _config_text(project, peer.role, str(peer), config)
+    path = directory / CONFIG_FILE
+    if path.read_text() == text:
+        return False
+    partial = path.with_name(f".{CONFIG_FILE}.partial")
+    partial.write_text(text)
+    partial.replace(path)
+    rebuilt = manifest.build(
+        directory,
+        signed.files,
+        project=signed.project,
+        participant=signed.participant,
+        role=signed.role,
+    )
+    manifest.write(directory, rebuilt, ca.key)
+    return True
 
 
 def write_crl(path: Path, crl: bytes) -> None:
@@ -228,6 +319,13 @@ class Kit:
     """Where the relay or site serves metrics (``HOST:PORT`` or ``off``, as
     :func:`~gateway.observability.endpoint.parse_listen` reads it), from ``project.yml``;
     ``None``: the kit names none. ``--metrics-listen`` and FLGATE_METRICS_LISTEN override it."""
+    via: str | None = None
+    """The edge relay a site dials (``relay_url`` is the edge's address); ``None``: the relay."""
+    sites: tuple[str, ...] = ()
+    """The sites behind this edge relay (edge kits only)."""
+    edges: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Each edge relay and the sites behind it (relay kits only): an edge may carry
+    the envelopes of its own sites and nothing else."""
 
     def describe(self) -> str:
         role = f"{self.role.value}" + (f", {self.admin_role.value}" if self.admin_role else "")
@@ -333,6 +431,7 @@ def _load(path: Path, *, role: Role | None, ca: x509.Certificate | None, now: dt
         tls_files = config["tls"]
         relay_urls = {str(k): str(v) for k, v in relay["urls"].items()}
         relay_url = str(relay["url"])
+        via = None if relay.get("via") is None else str(relay["via"])
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise KitError(f"{CONFIG_FILE} is incomplete or malformed ({exc!r})") from None
     metrics_listen = _metrics_listen(config.get("metrics_listen"))
@@ -394,6 +493,12 @@ def _load(path: Path, *, role: Role | None, ca: x509.Certificate | None, now: dt
     crl: Path | None = None
     listen: tuple[str, ...] = ()
     budgets: dict[str, float] = {}
+    edges: dict[str, tuple[str, ...]] = {}
+    sites: tuple[str, ...] = ()
+    if kit_role in (Role.RELAY, Role.EDGE):
+        listen = _listen(config.get("listen"))
+    if kit_role is Role.EDGE:
+        sites = _names(config.get("sites"), "sites")
     if kit_role is Role.RELAY:
         # The CRL is signed by the CA itself, so it lives outside the manifest and
         # can be replaced by a newer one; a relay kit without one would forget
@@ -408,10 +513,7 @@ def _load(path: Path, *, role: Role | None, ca: x509.Certificate | None, now: dt
             ) from None
         except (OSError, ConfigError) as exc:
             raise KitError(f"{crl.name}: {exc}") from None
-        listen_value = config.get("listen") or []
-        if not isinstance(listen_value, list):
-            raise KitError(f"{CONFIG_FILE}: listen must be a list of URLs")
-        listen = tuple(str(u) for u in listen_value)
+        edges = _edges(config.get("edges"))
         budgets_value = config.get("budgets") or {}
         if not isinstance(budgets_value, dict):
             raise KitError(f"{CONFIG_FILE}: budgets must map a budget to a number")
@@ -433,4 +535,37 @@ def _load(path: Path, *, role: Role | None, ca: x509.Certificate | None, now: dt
         certificate=cert,
         ca_certificate=ca_cert,
         metrics_listen=metrics_listen,
+        via=via,
+        sites=sites,
+        edges=edges,
     )
+
+
+def _listen(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise KitError(f"{CONFIG_FILE}: listen must be a list of URLs")
+    return tuple(str(u) for u in value)
+
+
+def _names(value: object, key: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+        raise KitError(f"{CONFIG_FILE}: {key} must be a list of site names, not {value!r}")
+    return tuple(str(n) for n in value)
+
+
+def _edges(value: object) -> dict[str, tuple[str, ...]]:
+    """The relay kit's ``edges``: edge relay name -> ``{sites: [names]}``."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise KitError(f"{CONFIG_FILE}: edges must map an edge relay to {{sites: [...]}}")
+    edges: dict[str, tuple[str, ...]] = {}
+    for name, entry in value.items():
+        if not isinstance(entry, dict):
+            raise KitError(f"{CONFIG_FILE}: edges.{name} must be a mapping with sites")
+        edges[str(name)] = _names(entry.get("sites"), f"edges.{name}.sites")
+    return edges

@@ -80,20 +80,51 @@ class RelaySpec:
 
     def transport(self, scheme: str | None) -> Transport:
         """The transport ``scheme``, or the relay's first (preferred) one."""
-        if scheme is None:
-            return self.transports[0]
-        for transport in self.transports:
-            if transport.scheme == scheme:
-                return transport
-        offered = ", ".join(t.scheme for t in self.transports)
-        raise ConfigError(f"the relay offers no {scheme} transport (it offers: {offered})")
+        return _transport_by_scheme(self.transports, scheme, "the relay")
+
+
+def _transport_by_scheme(
+    transports: tuple[Transport, ...], scheme: str | None, owner: str
+) -> Transport:
+    """The transport ``scheme`` of ``transports``, or the first (preferred) one."""
+    if scheme is None:
+        return transports[0]
+    for transport in transports:
+        if transport.scheme == scheme:
+            return transport
+    offered = ", ".join(t.scheme for t in transports)
+    raise ConfigError(f"{owner} offers no {scheme} transport (it offers: {offered})")
+
+
+@dataclass(frozen=True)
+class EdgeSpec:
+    """An edge relay: sites in a closed network dial it; it dials the central relay.
+
+    Its certificate (OU ``edge``) names ``hosts`` as a server certificate does; the
+    process that serves it arrives with issue 20's edge relay.
+    """
+
+    name: str
+    hosts: tuple[str, ...]
+    listen_host: str
+    transports: tuple[Transport, ...]
+    """What the sites behind it dial, scheme -> port (as the relay's transports)."""
+    upstream: str | None = None
+    """The relay's transport this edge dials; ``None``: the relay's first."""
+
+    def transport(self, scheme: str | None) -> Transport:
+        """The transport ``scheme``, or the edge's first (preferred) one."""
+        return _transport_by_scheme(self.transports, scheme, f"edge relay {self.name!r}")
 
 
 @dataclass(frozen=True)
 class SiteSpec:
     name: str
     transport: str | None = None
-    """The scheme this site dials; ``None``: the relay's first transport."""
+    """The scheme this site dials; ``None``: the first transport of what it dials (the
+    relay, or its edge relay)."""
+    via: str | None = None
+    """The edge relay this site dials instead of the relay; ``None``: the relay."""
     metrics_listen: str | None = None
     """Where this site's agent serves metrics (``HOST:PORT`` or ``off``); ``None``: the
     project's ``sites_metrics_listen``."""
@@ -118,6 +149,8 @@ class Project:
     sites_metrics_listen: str | None = None
     """The metrics address of every site that names none (``HOST:PORT`` or ``off``);
     ``None``: such kits name none and ``site start`` takes its default."""
+    edges: tuple[EdgeSpec, ...] = ()
+    """Edge relays, each carrying the sites whose ``via`` names it."""
 
     @classmethod
     def load(cls, path: Path) -> Project:
@@ -141,12 +174,43 @@ class Project:
         return own or self.sites_metrics_listen
 
     def participants(self) -> list[str]:
-        return [self.relay.name, *(s.name for s in self.sites), *(a.name for a in self.admins)]
+        return [
+            self.relay.name,
+            *(s.name for s in self.sites),
+            *(a.name for a in self.admins),
+            *(e.name for e in self.edges),
+        ]
+
+    def edge(self, name: str) -> EdgeSpec:
+        """The edge relay ``name``; ``ConfigError`` lists the known ones."""
+        for edge in self.edges:
+            if edge.name == name:
+                return edge
+        known = ", ".join(e.name for e in self.edges)
+        raise ConfigError(
+            f"project {self.name!r} has no edge relay {name!r} "
+            + (f"(its edge relays: {known})" if known else "(it has none: add one under edges:)")
+        )
+
+    def sites_behind(self, edge: str) -> tuple[str, ...]:
+        """The sites that dial the edge relay ``edge``, in the project's order."""
+        return tuple(s.name for s in self.sites if s.via == edge)
+
+    def site_transport(self, site: SiteSpec) -> Transport:
+        """What ``site`` dials: its transport of its edge relay, or of the relay."""
+        if site.via is not None:
+            return self.edge(site.via).transport(site.transport)
+        return self.relay.transport(site.transport)
 
     def with_site(self, site: SiteSpec) -> Project:
         self._check_new(site.name)
-        self.relay.transport(site.transport)
+        self.site_transport(site)
         return replace(self, sites=(*self.sites, site))
+
+    def with_edge(self, edge: EdgeSpec) -> Project:
+        self._check_new(edge.name)
+        self.relay.transport(edge.upstream)
+        return replace(self, edges=(*self.edges, edge))
 
     def with_admin(self, admin: AdminSpec) -> Project:
         self._check_new(admin.name)
@@ -159,14 +223,7 @@ class Project:
 
     def to_dict(self) -> dict[str, Any]:
         """The project as ``project.yml`` data (what :meth:`parse` reads back)."""
-        transports: dict[str, Any] = {}
-        for t in self.relay.transports:
-            entry: dict[str, Any] = {"port": t.port}
-            if t.host != self.relay.hosts[0]:
-                entry["host"] = t.host
-            if t.listen:
-                entry["listen"] = t.listen
-            transports[t.scheme] = entry if len(entry) > 1 else t.port
+        transports = _transports_dict(self.relay.transports, self.relay.hosts[0])
         relay = self.relay
         return {
             "name": self.name,
@@ -188,13 +245,43 @@ class Project:
             "sites": [
                 {
                     "name": s.name,
+                    **({"via": s.via} if s.via else {}),
                     **({"transport": s.transport} if s.transport else {}),
                     **({"metrics_listen": s.metrics_listen} if s.metrics_listen else {}),
                 }
                 for s in self.sites
             ],
             "admins": [{"name": a.name, "role": a.role.value} for a in self.admins],
+            **(
+                {
+                    "edges": [
+                        {
+                            "name": e.name,
+                            "hosts": list(e.hosts),
+                            "listen_host": e.listen_host,
+                            "transports": _transports_dict(e.transports, e.hosts[0]),
+                            **({"upstream": e.upstream} if e.upstream else {}),
+                        }
+                        for e in self.edges
+                    ]
+                }
+                if self.edges
+                else {}
+            ),
         }
+
+
+def _transports_dict(transports: tuple[Transport, ...], first_host: str) -> dict[str, Any]:
+    """``transports`` as ``project.yml`` writes them: a port, or ``{port, host, listen}``."""
+    result: dict[str, Any] = {}
+    for t in transports:
+        entry: dict[str, Any] = {"port": t.port}
+        if t.host != first_host:
+            entry["host"] = t.host
+        if t.listen:
+            entry["listen"] = t.listen
+        result[t.scheme] = entry if len(entry) > 1 else t.port
+    return result
 
 
 def _check_name(value: object, where: str) -> str:
@@ -271,6 +358,7 @@ class _Parser:
                 "sites_metrics_listen",
                 "sites",
                 "admins",
+                "edges",
             ),
         )
         name = self.name(top["name"], "name")
@@ -293,8 +381,12 @@ class _Parser:
         sites_metrics_listen = self.metrics_listen(
             top.get("sites_metrics_listen"), "sites_metrics_listen"
         )
+        edges = tuple(
+            self.edge(item, f"edges[{i}]", relay)
+            for i, item in enumerate(self.items(top.get("edges"), "edges"))
+        )
         sites = tuple(
-            self.site(item, f"sites[{i}]", relay)
+            self.site(item, f"sites[{i}]", relay, edges)
             for i, item in enumerate(self.items(top.get("sites"), "sites"))
         )
         admins = tuple(
@@ -305,6 +397,7 @@ class _Parser:
         for where, participant in [
             *((f"sites[{i}].name", s.name) for i, s in enumerate(sites)),
             *((f"admins[{i}].name", a.name) for i, a in enumerate(admins)),
+            *((f"edges[{i}].name", e.name) for i, e in enumerate(edges)),
         ]:
             if participant in seen:
                 raise self.error(
@@ -320,6 +413,27 @@ class _Parser:
             validity_days=validity,
             ca_validity_days=ca_validity,
             sites_metrics_listen=sites_metrics_listen,
+            edges=edges,
+        )
+
+    def hosts(self, value: object, where: str) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [value]
+        hosts = tuple(
+            self.string(h, f"{where}[{i}]") for i, h in enumerate(self.items(value, where))
+        )
+        if not hosts:
+            raise self.error(where, "name at least one host that sites dial")
+        return hosts
+
+    def transports(self, value: object, where: str, default_host: str) -> tuple[Transport, ...]:
+        if not isinstance(value, dict) or not value:
+            raise self.error(
+                where,
+                f"must map a scheme ({', '.join(SCHEMES)}) to a port, e.g. {{grpcs: 8443}}",
+            )
+        return tuple(
+            self.transport(scheme, spec, default_host, where) for scheme, spec in value.items()
         )
 
     def relay(self, value: object) -> RelaySpec:
@@ -330,23 +444,9 @@ class _Parser:
             optional=("name", "listen_host", "budgets", "metrics_listen"),
         )
         name = self.name(relay.get("name", "relay"), "relay.name")
-        hosts_value = relay["hosts"]
-        if isinstance(hosts_value, str):
-            hosts_value = [hosts_value]
-        hosts = tuple(
-            self.string(h, f"relay.hosts[{i}]")
-            for i, h in enumerate(self.items(hosts_value, "relay.hosts"))
-        )
-        if not hosts:
-            raise self.error("relay.hosts", "name at least one host that sites dial")
+        hosts = self.hosts(relay["hosts"], "relay.hosts")
         listen_host = self.string(relay.get("listen_host", "0.0.0.0"), "relay.listen_host")
-        raw = relay["transports"]
-        if not isinstance(raw, dict) or not raw:
-            raise self.error(
-                "relay.transports",
-                f"must map a scheme ({', '.join(SCHEMES)}) to a port, e.g. {{grpcs: 8443}}",
-            )
-        transports = tuple(self.transport(scheme, spec, hosts[0]) for scheme, spec in raw.items())
+        transports = self.transports(relay["transports"], "relay.transports", hosts[0])
         raw_budgets = relay.get("budgets") or {}
         if not isinstance(raw_budgets, dict):
             raise self.error("relay.budgets", "must map a budget to a number, e.g. {calls: 4096}")
@@ -360,8 +460,8 @@ class _Parser:
             metrics_listen=self.metrics_listen(relay.get("metrics_listen"), "relay.metrics_listen"),
         )
 
-    def transport(self, scheme: object, spec: object, default_host: str) -> Transport:
-        where = f"relay.transports.{scheme}"
+    def transport(self, scheme: object, spec: object, default_host: str, section: str) -> Transport:
+        where = f"{section}.{scheme}"
         if scheme not in SCHEMES:
             raise self.error(
                 where,
@@ -384,22 +484,69 @@ class _Parser:
         port = self.integer(spec, where, low=1, high=65535)
         return Transport(scheme=str(scheme), port=port, host=default_host)
 
-    def site(self, value: object, where: str, relay: RelaySpec) -> SiteSpec:
+    def edge(self, value: object, where: str, relay: RelaySpec) -> EdgeSpec:
+        edge = self.mapping(
+            value,
+            where,
+            required=("name", "hosts", "transports"),
+            optional=("listen_host", "upstream"),
+        )
+        name = self.name(edge["name"], f"{where}.name")
+        hosts = self.hosts(edge["hosts"], f"{where}.hosts")
+        listen_host = self.string(edge.get("listen_host", "0.0.0.0"), f"{where}.listen_host")
+        raw = edge["transports"]
+        if not raw:
+            raise self.error(
+                f"{where}.transports",
+                "an edge relay needs at least one transport for its sites to dial, "
+                "e.g. {grpcs: 9443}",
+            )
+        transports = self.transports(raw, f"{where}.transports", hosts[0])
+        upstream = edge.get("upstream")
+        if upstream is not None:
+            try:
+                relay.transport(str(upstream))
+            except ConfigError as exc:
+                raise self.error(f"{where}.upstream", str(exc)) from None
+        return EdgeSpec(
+            name=name,
+            hosts=hosts,
+            listen_host=listen_host,
+            transports=transports,
+            upstream=None if upstream is None else str(upstream),
+        )
+
+    def site(
+        self, value: object, where: str, relay: RelaySpec, edges: tuple[EdgeSpec, ...]
+    ) -> SiteSpec:
         if isinstance(value, str):
             value = {"name": value}
         site = self.mapping(
-            value, where, required=("name",), optional=("transport", "metrics_listen")
+            value, where, required=("name",), optional=("via", "transport", "metrics_listen")
         )
         name = self.name(site["name"], f"{where}.name")
+        via = site.get("via")
+        dialed: RelaySpec | EdgeSpec = relay
+        if via is not None:
+            found = next((e for e in edges if e.name == via), None)
+            if found is None:
+                known = ", ".join(e.name for e in edges)
+                raise self.error(
+                    f"{where}.via",
+                    f"no edge relay {via!r} "
+                    + (f"(edges: {known})" if known else "(the project has no edges: section)"),
+                )
+            dialed = found
         scheme = site.get("transport")
         if scheme is not None:
             try:
-                relay.transport(str(scheme))
+                dialed.transport(str(scheme))
             except ConfigError as exc:
                 raise self.error(f"{where}.transport", str(exc)) from None
         return SiteSpec(
             name=name,
             transport=None if scheme is None else str(scheme),
+            via=None if via is None else str(via),
             metrics_listen=self.metrics_listen(
                 site.get("metrics_listen"), f"{where}.metrics_listen"
             ),

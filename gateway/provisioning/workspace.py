@@ -14,6 +14,9 @@
 The CA is created once. Running ``provision`` again reuses it and only adds
 kits for participants that have none, so kits already handed out stay valid; a
 participant is issued a new kit only after its old certificate was revoked.
+A new site behind an edge relay is the one change that touches kits already
+issued: the relay's and that edge's ``config.yaml`` list it, so they are
+rewritten and signed again (same certificates and keys; see :func:`.kit.refresh_config`).
 """
 
 from __future__ import annotations
@@ -33,12 +36,17 @@ import yaml
 from ..core.exceptions import ConfigError
 from ..core.identity import AdminRole, Role
 from .certs import CertificateAuthority, cert_pem, key_pem, write_private
-from .kit import CRL_FILE, write_crl, write_kit
+from .kit import CRL_FILE, refresh_config, write_crl, write_kit
 from .project import SCHEMES, AdminSpec, Project, SiteSpec, metrics_listen_value
 from .revocation import REASONS, Revocation, build_crl, crl_pem
 
 STATE = "state"
 KITS = "kits"
+UPDATED_HINT = (
+    "its config.yaml lists the sites behind each edge relay again and its manifest is "
+    "signed again; certificate and key unchanged: copy config.yaml, manifest.json and "
+    "manifest.sig to where it runs"
+)
 
 
 @dataclass
@@ -57,6 +65,8 @@ class Issued:
     """The metrics address written into the kit (``None``: it names none)."""
     revoked_at: str | None = None
     reason: str | None = None
+    via: str | None = None
+    """The edge relay a site's kit dials (``None``: the relay)."""
 
     @property
     def active(self) -> bool:
@@ -68,7 +78,7 @@ class Outcome:
     """What provisioning did for one participant, for the operator to read."""
 
     name: str
-    action: str  # "issued", "kept", "revoked"
+    action: str  # "issued", "kept", "revoked", "updated"
     detail: str
 
     def __str__(self) -> str:
@@ -134,7 +144,7 @@ class ProvisioningWorkspace:
         (state / "rootCA.pem").write_bytes(cert_pem(ca.cert))
         write_private(state / "rootCA.key", key_pem(ca.key))
         (root / KITS).mkdir(mode=0o755)
-        workspace = cls(root, ca, replace(project, sites=(), admins=()))
+        workspace = cls(root, ca, replace(project, sites=(), admins=(), edges=()))
         workspace._save_project()
         workspace._save_issued([])
         workspace._publish_crl([])
@@ -152,6 +162,15 @@ class ProvisioningWorkspace:
                 f"{self.state / 'project.yml'}: kits already handed out dial the old "
                 "addresses. Restore it, or provision a new federation into a new directory"
             )
+        provisioned = {e.name: e for e in self.project.edges}
+        for edge in project.edges:
+            if edge.name in provisioned and edge != provisioned[edge.name]:
+                raise ConfigError(
+                    f"edge relay {edge.name!r} in the project file differs from the one "
+                    f"provisioned in {self.state / 'project.yml'}: its kit and the kits of "
+                    "the sites behind it have the old addresses. Restore it, or revoke the "
+                    "edge relay and give the new one another name"
+                )
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -203,15 +222,12 @@ class ProvisioningWorkspace:
             validity_days=project.validity_days,
             sites_metrics_listen=project.sites_metrics_listen,
         )
-        self.project = merged
-        relay = project.relay
-        outcomes = [self._ensure(relay.name, Role.RELAY, None, None, relay.metrics_listen)]
-        outcomes += [
-            self._ensure(s.name, Role.SITE, None, s.transport, s.metrics_listen)
-            for s in project.sites
-        ]
-        outcomes += [self._ensure(a.name, Role.ADMIN, a.role, None, None) for a in project.admins]
+        # Every new participant is known before any kit is written: the relay's kit
+        # and an edge's list the sites behind each edge.
         known = set(merged.participants())
+        for edge in project.edges:
+            if edge.name not in known:
+                merged = merged.with_edge(edge)
         for site in project.sites:
             if site.name not in known:
                 merged = merged.with_site(site)
@@ -219,32 +235,67 @@ class ProvisioningWorkspace:
             if admin.name not in known:
                 merged = merged.with_admin(admin)
         self.project = merged
+        relay = project.relay
+        outcomes = [self._ensure(relay.name, Role.RELAY, None, None, relay.metrics_listen)]
+        outcomes += [self._ensure(e.name, Role.EDGE, None, None, None) for e in project.edges]
+        outcomes += [
+            self._ensure(s.name, Role.SITE, None, s.transport, s.metrics_listen, s.via)
+            for s in project.sites
+        ]
+        outcomes += [self._ensure(a.name, Role.ADMIN, a.role, None, None) for a in project.admins]
+        outcomes += self._refresh_routes()
         self._save_project()
         return outcomes
 
     def add_site(
-        self, name: str, *, transport: str | None = None, metrics_listen: str | None = None
+        self,
+        name: str,
+        *,
+        transport: str | None = None,
+        metrics_listen: str | None = None,
+        via: str | None = None,
     ) -> Outcome:
-        """A kit for a new site (or a revoked one), from the same CA; no other kit changes.
+        """A kit for a new site (or a revoked one), from the same CA.
 
         ``metrics_listen``: where its agent serves metrics (``HOST:PORT`` or ``off``);
-        ``None``: the project's ``sites_metrics_listen``, if any.
+        ``None``: the project's ``sites_metrics_listen``, if any. ``via``: the edge relay
+        it dials; then the relay's and that edge's ``config.yaml`` are rewritten to list
+        it (the outcome says so). Otherwise no other kit changes.
         """
         if metrics_listen is not None:
             metrics_listen = metrics_listen_value(metrics_listen)
-        site = SiteSpec(name=name, transport=transport, metrics_listen=metrics_listen)
+        site = SiteSpec(name=name, transport=transport, metrics_listen=metrics_listen, via=via)
         known = next((s for s in self.project.sites if s.name == name), None)
         if known is None:
             self.project = self.project.with_site(site)
         else:
             self._reissuable(name)
-            self.project.relay.transport(transport)
+            self.project.site_transport(site)
             self.project = replace(
                 self.project, sites=tuple(site if s is known else s for s in self.project.sites)
             )
-        outcome = self._issue(name, Role.SITE, None, transport, metrics_listen)
+        outcome = self._issue(name, Role.SITE, None, transport, metrics_listen, via)
+        updated = self._refresh_routes()
         self._save_project()
+        if updated:
+            outcome = replace(
+                outcome,
+                detail=f"{outcome.detail}; also updated the kits of "
+                f"{', '.join(u.name for u in updated)} ({UPDATED_HINT})",
+            )
         return outcome
+
+    def _refresh_routes(self) -> list[Outcome]:
+        """Rewrite the relay's and edge relays' kits whose list of edge sites changed."""
+        if not self.project.edges:
+            return []
+        outcomes = []
+        for name in [self.project.relay.name, *(e.name for e in self.project.edges)]:
+            if self.active(name) is None or not self.kit(name).is_dir():
+                continue
+            if refresh_config(self.kit(name), project=self.project, ca=self.ca):
+                outcomes.append(Outcome(name, "updated", f"kit {self.kit(name)}: {UPDATED_HINT}"))
+        return outcomes
 
     def add_admin(self, name: str, *, role: AdminRole) -> Outcome:
         """A kit for a new admin (or a revoked one), from the same CA; no other kit changes."""
@@ -278,18 +329,26 @@ class ProvisioningWorkspace:
         admin_role: AdminRole | None,
         transport: str | None,
         metrics_listen: str | None,
+        via: str | None = None,
     ) -> Outcome:
         """``metrics_listen``: the participant's own entry (a site's, or the relay's)."""
         current = self.active(name)
         if current is None:
-            return self._issue(name, role, admin_role, transport, metrics_listen)
+            return self._issue(name, role, admin_role, transport, metrics_listen, via)
         wanted = (
             role.value,
             admin_role.value if admin_role else None,
             transport,
             self._served(role, metrics_listen),
+            via,
         )
-        had = (current.role, current.admin_role, current.transport, current.metrics_listen)
+        had = (
+            current.role,
+            current.admin_role,
+            current.transport,
+            current.metrics_listen,
+            current.via,
+        )
         detail = f"kit exists (certificate {current.serial}, issued {current.not_before[:10]})"
         if wanted != had:
             detail += (
@@ -312,6 +371,7 @@ class ProvisioningWorkspace:
         admin_role: AdminRole | None,
         transport: str | None,
         metrics_listen: str | None,
+        via: str | None = None,
     ) -> Outcome:
         current = self.active(name)
         if current is not None:
@@ -319,7 +379,11 @@ class ProvisioningWorkspace:
                 f"{name} already has a kit (certificate {current.serial}); revoke it first "
                 f"(flgate provision revoke {name} -w {self.root}) to issue a new one"
             )
-        hosts = self.project.relay.hosts if role is Role.RELAY else ()
+        hosts: tuple[str, ...] = ()
+        if role is Role.RELAY:
+            hosts = self.project.relay.hosts
+        elif role is Role.EDGE:
+            hosts = self.project.edge(name).hosts
         now = dt.datetime.now(dt.timezone.utc)
         # No certificate outlives the CA that vouches for it.
         validity = min(
@@ -345,6 +409,7 @@ class ProvisioningWorkspace:
             transport=transport,
             metrics_listen=metrics_listen if role is Role.SITE else None,
             crl=crl,
+            via=via,
         )
         record = Issued(
             name=name,
@@ -355,6 +420,7 @@ class ProvisioningWorkspace:
             admin_role=admin_role.value if admin_role else None,
             transport=transport,
             metrics_listen=self._served(role, metrics_listen),
+            via=via,
         )
         self._save_issued([*self.issued(), record])
         return Outcome(
@@ -415,9 +481,11 @@ class ProvisioningWorkspace:
             write_crl(relay_kit / CRL_FILE, data)
 
 
-def _describe(entry: tuple[str, str | None, str | None, str | None]) -> str:
-    role, admin_role, transport, metrics_listen = entry
+def _describe(entry: tuple[str, str | None, str | None, str | None, str | None]) -> str:
+    role, admin_role, transport, metrics_listen, via = entry
     parts = [role]
+    if via:
+        parts.append(f"via {via}")
     if admin_role:
         parts.append(admin_role)
     if transport:
