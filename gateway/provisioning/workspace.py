@@ -35,6 +35,7 @@ import yaml
 
 from ..core.exceptions import ConfigError
 from ..core.identity import AdminRole, Role
+from . import manifest
 from .certs import CertificateAuthority, cert_pem, key_pem, write_private
 from .kit import CRL_FILE, refresh_config, write_crl, write_kit
 from .project import SCHEMES, AdminSpec, Project, SiteSpec, metrics_listen_value
@@ -234,6 +235,7 @@ class ProvisioningWorkspace:
         for admin in project.admins:
             if admin.name not in known:
                 merged = merged.with_admin(admin)
+        self._check_route_kits(merged)
         self.project = merged
         relay = project.relay
         outcomes = [self._ensure(relay.name, Role.RELAY, None, None, relay.metrics_listen)]
@@ -267,13 +269,15 @@ class ProvisioningWorkspace:
         site = SiteSpec(name=name, transport=transport, metrics_listen=metrics_listen, via=via)
         known = next((s for s in self.project.sites if s.name == name), None)
         if known is None:
-            self.project = self.project.with_site(site)
+            changed = self.project.with_site(site)
         else:
             self._reissuable(name)
             self.project.site_transport(site)
-            self.project = replace(
+            changed = replace(
                 self.project, sites=tuple(site if s is known else s for s in self.project.sites)
             )
+        self._check_route_kits(changed)
+        self.project = changed
         outcome = self._issue(name, Role.SITE, None, transport, metrics_listen, via)
         updated = self._refresh_routes()
         self._save_project()
@@ -285,14 +289,29 @@ class ProvisioningWorkspace:
             )
         return outcome
 
+    def _route_kits(self, project: Project) -> list[str]:
+        """The issued kits that list sites behind edge relays: the relay's and the edges'."""
+        if not project.edges:
+            return []
+        names = [project.relay.name, *(e.name for e in project.edges)]
+        return [n for n in names if self.active(n) is not None and self.kit(n).is_dir()]
+
+    def _check_route_kits(self, project: Project) -> None:
+        """Refuse before issuing anything if a kit to be re-signed was edited since."""
+        for name in self._route_kits(project):
+            try:
+                manifest.verify(self.kit(name), self.ca.cert)
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"the kit {self.kit(name)} lists the sites behind the edge relays and "
+                    f"would be signed again, but it was changed since it was provisioned: "
+                    f"{exc}. Restore it (or revoke {name} and provision it again) first"
+                ) from None
+
     def _refresh_routes(self) -> list[Outcome]:
         """Rewrite the relay's and edge relays' kits whose list of edge sites changed."""
-        if not self.project.edges:
-            return []
         outcomes = []
-        for name in [self.project.relay.name, *(e.name for e in self.project.edges)]:
-            if self.active(name) is None or not self.kit(name).is_dir():
-                continue
+        for name in self._route_kits(self.project):
             if refresh_config(self.kit(name), project=self.project, ca=self.ca):
                 outcomes.append(Outcome(name, "updated", f"kit {self.kit(name)}: {UPDATED_HINT}"))
         return outcomes

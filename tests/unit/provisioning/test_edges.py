@@ -344,9 +344,16 @@ def test_a_relay_kit_edited_since_is_not_signed_again(
     config.write_text(config.read_text() + "# edited\n")
     ws = str(workspace.root)
     assert main(["provision", "add-site", "site-5", "--via", "edge-1", "-w", ws]) == 3
-    assert "config.yaml was changed after provisioning" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"the kit {workspace.kits / 'relay'} lists the sites behind the edge relays" in err
+    assert "config.yaml was changed after provisioning" in err
     with pytest.raises(KitError):
         load_kit(workspace.kits / "relay")
+    # Refused before anything was issued: no kit, no record, the project unchanged.
+    assert not (workspace.kits / "site-5").exists()
+    reopened = ProvisioningWorkspace.open(workspace.root)
+    assert "site-5" not in reopened.project.participants()
+    assert "site-5" not in [i.name for i in reopened.issued()]
 
 
 def test_provisioning_again_adds_edges_and_sites_and_keeps_the_rest(
