@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.exceptions as redis_errors
+from redis.asyncio.client import Pipeline
 
 from ...core.config import Limits, TLSConfig
 from ...core.exceptions import (
@@ -32,6 +33,7 @@ from ...core.signing import CertificateChecker, Signer
 from ...proto.envelope_pb2 import Envelope, Reply
 from ..common import frame_limit
 from ..interface import TransportClient, TransportURL
+from .batching import PipelineBatcher
 from .connection import (
     DEFAULT_MAX_CONNECTIONS,
     Fields,
@@ -110,6 +112,8 @@ class RedisTransportClient(TransportClient):
             password=password,
             max_connections=max_connections,
         )
+        self._batcher = PipelineBatcher(self._redis)
+        """The appends of concurrent calls go in one pipeline (see :mod:`.batching`)."""
         self._max = frame_limit(limits)
         self._stream_maxlen = stream_maxlen
         self._key_ttl = key_ttl
@@ -160,13 +164,15 @@ class RedisTransportClient(TransportClient):
         stream = self._layout.request_stream(key)
         now = self._clock()
         announce = key != CTL_KEY and now - self._announced.get(key, -1e18) > self._key_ttl / 60
+
+        def stage(pipe: Pipeline) -> None:
+            pipe.xadd(stream, fields, maxlen=self._stream_maxlen, approximate=True)  # type: ignore[arg-type]
+            if announce:
+                pipe.zadd(self._layout.registry, {key: int(now * 1000)})
+                pipe.pexpire(stream, int(self._key_ttl * 1000))
+
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(stream, fields, maxlen=self._stream_maxlen, approximate=True)  # type: ignore[arg-type]
-                if announce:
-                    pipe.zadd(self._layout.registry, {key: int(now * 1000)})
-                    pipe.pexpire(stream, int(self._key_ttl * 1000))
-                await pipe.execute()
+            await self._batcher.execute(stage)
         except redis_errors.RedisError as exc:
             raise translate(exc, self._where) from exc
         if announce:
@@ -238,6 +244,7 @@ class RedisTransportClient(TransportClient):
         self._closed = True
         if self._reader is not None:
             await halt([self._reader], self._redis)
+        await self._batcher.aclose()
         self._fail_pending(ConnectError("the Redis transport client was closed"))
         with contextlib.suppress(redis_errors.RedisError):
             await self._redis.delete(self._reply_stream)

@@ -49,6 +49,7 @@ import uuid
 from collections.abc import Callable
 
 import redis.exceptions as redis_errors
+from redis.asyncio.client import Pipeline
 from redis.typing import StreamIdT
 
 from ...core.config import Limits, TLSConfig
@@ -59,6 +60,7 @@ from ...proto.envelope_pb2 import Reply
 from ..admission import Admission
 from ..common import call_handler, frame_limit
 from ..interface import Handler, TransportServer, TransportURL
+from .batching import PipelineBatcher
 from .connection import (
     DEFAULT_MAX_CONNECTIONS,
     Fields,
@@ -163,6 +165,9 @@ class RedisTransportServer(TransportServer):
             password=password,
             max_connections=max_connections,
         )
+        self._batcher = PipelineBatcher(self._redis)
+        """Nonce checks and replies of concurrent entries go in one pipeline (see
+        :mod:`.batching`)."""
         self._max = frame_limit(limits)
         self._consumer = consumer or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._serve_ctl = serve_ctl
@@ -249,6 +254,7 @@ class RedisTransportServer(TransportServer):
                 task.cancel()
             if late:
                 await asyncio.wait(late, timeout=grace)
+        await self._batcher.aclose()
         await self._redis.aclose()
 
     # -- discovery ----------------------------------------------------------
@@ -441,9 +447,12 @@ class RedisTransportServer(TransportServer):
         A replay gets no refusal: its reply stream belongs to the genuine
         sender, who gets (or got) the answer to the original.
         """
-        seen = await self._redis.set(
-            self._layout.nonce_key(nonce), ref, nx=True, get=True, px=self._nonce_ttl_ms
-        )
+        key = self._layout.nonce_key(nonce)
+
+        def stage(pipe: Pipeline) -> None:
+            pipe.set(key, ref, nx=True, get=True, px=self._nonce_ttl_ms)
+
+        [seen] = await self._batcher.execute(stage)
         if seen is not None and seen != ref.encode():
             raise EntryError(
                 f"replayed nonce (first seen on {seen!r})", refusal=Refusal.AUTH, address=None
@@ -458,22 +467,29 @@ class RedisTransportServer(TransportServer):
         refusal: Refusal | None,
     ) -> None:
         """Reply (when there is somewhere to), then acknowledge and delete the entry."""
+        signed = (
+            None
+            if address is None
+            else sign_reply(
+                self._signer, reply.SerializeToString(), address=address, refusal=refusal
+            )
+        )
+
+        def stage(pipe: Pipeline) -> None:
+            if address is not None and signed is not None:
+                pipe.xadd(
+                    address.stream,
+                    signed.fields(),  # type: ignore[arg-type]
+                    maxlen=_REPLY_MAXLEN,
+                    approximate=True,
+                )
+                pipe.pexpire(address.stream, self._reply_ttl_ms)
+            pipe.xack(stream, GROUP, entry_id)
+            pipe.xdel(stream, entry_id)
+
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                if address is not None:
-                    signed = sign_reply(
-                        self._signer, reply.SerializeToString(), address=address, refusal=refusal
-                    )
-                    pipe.xadd(
-                        address.stream,
-                        signed.fields(),  # type: ignore[arg-type]
-                        maxlen=_REPLY_MAXLEN,
-                        approximate=True,
-                    )
-                    pipe.pexpire(address.stream, self._reply_ttl_ms)
-                pipe.xack(stream, GROUP, entry_id)
-                pipe.xdel(stream, entry_id)
-                await pipe.execute()
+            # With the replies of the other calls of this turn (see :mod:`.batching`).
+            await self._batcher.execute(stage)
         except redis_errors.RedisError as exc:
             log.warning(
                 "cannot reply through Redis; the entry stays pending",
