@@ -8,7 +8,6 @@ itself arrives with issue 20 and is not exercised here.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 import stat
@@ -26,6 +25,7 @@ from gateway.provisioning import manifest
 from gateway.provisioning.kit import KitError, load_kit
 from gateway.provisioning.project import EdgeSpec, Project
 from gateway.provisioning.workspace import ProvisioningWorkspace
+from tests.support.files import hashes
 from tests.support.paths import REPO
 
 EXAMPLE = REPO / "provisioning" / "project.yml"
@@ -74,14 +74,6 @@ def workspace(tmp_path: Path) -> ProvisioningWorkspace:
     assert created
     ws.provision(project)
     return ws
-
-
-def hashes(directory: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
 
 
 def config_of(kit: Path) -> dict[str, Any]:

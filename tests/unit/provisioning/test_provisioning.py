@@ -7,7 +7,6 @@ end-to-end checks against a running relay are in ``test_e2e_security.py``.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import shutil
 import stat
 from pathlib import Path
@@ -38,6 +37,7 @@ from gateway.provisioning.revocation import (
 )
 from gateway.provisioning.workspace import ProvisioningWorkspace, provision_local
 from gateway.relay.dispatcher import Dispatcher
+from tests.support.files import hashes
 from tests.support.paths import REPO
 
 EXAMPLE = REPO / "provisioning" / "project.yml"
@@ -68,14 +68,6 @@ def workspace(tmp_path: Path) -> ProvisioningWorkspace:
     assert created
     ws.provision(project)
     return ws
-
-
-def hashes(directory: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
 
 
 # --- project.yml ---------------------------------------------------------------
