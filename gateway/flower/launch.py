@@ -118,13 +118,22 @@ def _superlink_tls_args(tls: LoopbackTLS | None) -> list[str]:
     ]  # fmt: skip
 
 
-_PORT_TAKEN = "address already in use"
+_PORT_TAKEN = ("address already in use", "is already in use")
+"""How Flower says a port it was given is taken: the OS's error through uvicorn's HTTP
+servers ("[Errno 98] address already in use"), and Flower's own gRPC servers' exit
+("Port in server address 127.0.0.1:PORT is already in use.", e.g. 1.36's Fleet API)."""
 T = TypeVar("T")
+
+
+def port_taken(log_text: str) -> bool:
+    """Whether a Flower process's last log lines say a port it was given was taken."""
+    text = log_text.lower()
+    return any(phrase in text for phrase in _PORT_TAKEN)
 
 
 def _lost_port_race(process: ManagedProcess) -> bool:
     """True when the process died because another one took the port we picked for it."""
-    return not process.alive() and _PORT_TAKEN in process.log_tail(60).lower()
+    return not process.alive() and port_taken(process.log_tail(60))
 
 
 async def _start_serving(

@@ -11,6 +11,7 @@ finished in 15 minutes. One run per core keeps every start well inside the 30 s.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 from collections.abc import Awaitable, Iterable
 from typing import TypeVar
@@ -29,7 +30,16 @@ async def gather_bounded(awaitables: Iterable[Awaitable[T]], *, runs_each: int =
     slots = asyncio.Semaphore(max(1, RUNS_AT_ONCE // runs_each))
 
     async def one(awaitable: Awaitable[T]) -> T:
-        async with slots:
-            return await awaitable
+        try:
+            async with slots:
+                return await awaitable
+        finally:
+            # Cancelled before its turn (another run failed): it never ran, so close it
+            # rather than leave a "never awaited" warning to the garbage collector.
+            if (
+                inspect.iscoroutine(awaitable)
+                and inspect.getcoroutinestate(awaitable) == inspect.CORO_CREATED
+            ):
+                awaitable.close()
 
     return await asyncio.gather(*(one(a) for a in awaitables))
