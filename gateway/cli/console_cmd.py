@@ -77,7 +77,7 @@ def _console(args: argparse.Namespace) -> int:
     def ready(url: str) -> None:
         print(f"console on {url}", flush=True)
         print(
-            f"acting as {viewer.name} ({viewer.admin_role.value if viewer.admin_role else ''}) "
+            f"acting as {viewer.name} ({viewer.admin_role_name}) "
             f"on the relay {relay_url}; Ctrl-C stops it",
             flush=True,
         )

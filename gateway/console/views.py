@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from ..control.jobs.store import ACTIVE_STATES
-from ..core.identity import AdminRole, Peer
+from ..core.identity import Peer
 from ..proto.control_pb2 import GetMetricsResponse, JobInfo, ListSitesResponse, SiteInfo
 
 JSON = dict[str, Any]
@@ -22,7 +22,7 @@ JSON = dict[str, Any]
 def whoami(peer: Peer, relay_url: str) -> JSON:
     return {
         "name": peer.name,
-        "admin_role": (peer.admin_role or AdminRole.MEMBER).value,
+        "admin_role": peer.admin_role_name,
         "relay": relay_url,
     }
 

@@ -106,7 +106,7 @@ class ControlService:
             return reply_for_error(
                 envelope.message_id,
                 AuthError(
-                    f"{peer} is a {_admin_role(peer)} and may not call {envelope.method!r}: "
+                    f"{peer} is a {peer.admin_role_name} and may not call {envelope.method!r}: "
                     "it needs a project_admin certificate"
                 ),
             )
@@ -171,7 +171,7 @@ class ControlService:
         submitted_by = self._manager.get(job_id).submitted_by
         if not peer.may_manage(submitted_by):
             raise AuthError(
-                f"{peer} is a {_admin_role(peer)} and may {action} only the jobs it submitted; "
+                f"{peer} is a {peer.admin_role_name} and may {action} only the jobs it submitted; "
                 f"job {job_id} was submitted by {submitted_by} (ask them or a project_admin)"
             )
 
@@ -185,7 +185,3 @@ class ControlService:
         job_id = JobRef.FromString(body).job_id
         self._check_owner(peer, job_id, "download")
         return DownloadResponse(archive=self._manager.download(job_id))
-
-
-def _admin_role(peer: Peer) -> str:
-    return (peer.admin_role or AdminRole.MEMBER).value

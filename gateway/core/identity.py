@@ -55,6 +55,11 @@ class Peer:
     admin_role: AdminRole | None = field(default=None, compare=False)
     """An admin's permissions; ``None`` for relays and sites."""
 
+    @property
+    def admin_role_name(self) -> str:
+        """An admin's role as its refusals and pages name it (``member`` when unset)."""
+        return (self.admin_role or AdminRole.MEMBER).value
+
     def may_manage(self, submitted_by: str) -> bool:
         """Whether this admin may abort or download a job that ``submitted_by`` submitted."""
         if self.role is not Role.ADMIN:
