@@ -22,7 +22,6 @@ from typing import Any
 
 from aiohttp import web
 
-from ..core.exceptions import ConfigError
 from ..core.identity import Peer
 from ..proto.control_pb2 import JobInfo
 from . import access, views
@@ -178,14 +177,15 @@ class _Console:
 
     async def submit(self, request: web.Request) -> web.Response:
         form = await _json_body(request)
+        given = str(form.get("path") or "")
+        if not given.strip():
+            raise Refused("give the path of a Flower app directory on this machine", 400)
+        path = Path(given).expanduser()
         try:
-            path = Path(str(form.get("path") or "")).expanduser()
-            if not str(form.get("path") or "").strip():
-                raise ConfigError("give the path of a Flower app directory on this machine")
             sites = [s.strip() for s in str(form.get("sites") or "").split(",") if s.strip()]
             min_sites = _int(form.get("min_sites") or 0, "min sites")
             time_limit = float(form.get("time_limit") or 0)
-        except (ConfigError, ValueError, TypeError) as exc:
+        except (ValueError, TypeError) as exc:
             return _error(400, str(exc))
         left_out: list[str] = []
         info = await self._link.call(
