@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from gateway.control.jobs.manager import JobManager
-from gateway.core.envelope import make_envelope, now_ms
+from gateway.core import fleet
+from gateway.core.envelope import make_envelope, now_ms, upstream_reply
 from gateway.flower.install import FlowerInstall, FlowerInstalls
-from gateway.proto.envelope_pb2 import DIALECT_HTTP, Dialect, Envelope
+from gateway.proto.envelope_pb2 import DIALECT_HTTP, Dialect, Envelope, Reply
+from gateway.relay.lgc import Upstream
 
 
 def flower_not_installed(
@@ -56,6 +58,21 @@ def offline_job_manager(
         installs=installs,
         known_sites=known_sites,
     )
+
+
+class CountingUpstream(Upstream):
+    """A job's SuperLink that answers every call 200 at once and counts the calls that
+    reached it (a refused call must leave the count unchanged)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def call(self, envelope: Envelope, *, timeout: float) -> Reply:
+        self.calls += 1
+        return upstream_reply(envelope.message_id, http_status=200, grpc_code=fleet.OK)
+
+    async def aclose(self) -> None:
+        pass
 
 
 def fleet_call(method: str, message_id: str, *, job: str = "job", site: str = "site-1") -> Envelope:

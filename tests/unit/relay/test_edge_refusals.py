@@ -14,7 +14,7 @@ import pytest
 
 from gateway.control.relay_api import ControlService
 from gateway.core import fleet
-from gateway.core.envelope import make_envelope, now_ms, upstream_reply
+from gateway.core.envelope import make_envelope, now_ms
 from gateway.core.identity import Peer, Role
 from gateway.proto.control_pb2 import JobRef, PollTasksRequest
 from gateway.proto.envelope_pb2 import (
@@ -25,23 +25,9 @@ from gateway.proto.envelope_pb2 import (
     ORIGIN_GATEWAY,
     Envelope,
     Kind,
-    Reply,
 )
 from gateway.relay.dispatcher import Dispatcher
-from gateway.relay.lgc import Upstream
-from tests.support.relay import offline_job_manager
-
-
-class _CountingUpstream(Upstream):
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def call(self, envelope: Envelope, *, timeout: float) -> Reply:
-        self.calls += 1
-        return upstream_reply(envelope.message_id, http_status=200, grpc_code=fleet.OK)
-
-    async def aclose(self) -> None:
-        pass
+from tests.support.relay import CountingUpstream, offline_job_manager
 
 
 def _envelope(kind: Kind, method: str, body: bytes, *, job: str, site: str) -> Envelope:
@@ -59,11 +45,11 @@ def _envelope(kind: Kind, method: str, body: bytes, *, job: str, site: str) -> E
 
 
 @pytest.fixture
-async def dispatcher(tmp_path: Path) -> AsyncIterator[tuple[Dispatcher, _CountingUpstream]]:
+async def dispatcher(tmp_path: Path) -> AsyncIterator[tuple[Dispatcher, CountingUpstream]]:
     manager = offline_job_manager(tmp_path, known_sites=frozenset({"site-1"}))
     dispatcher = Dispatcher()
     dispatcher.control = ControlService(manager).handle
-    upstream = _CountingUpstream()
+    upstream = CountingUpstream()
     dispatcher.add_job("job-1", frozenset({"site-1"}), upstream)
     yield dispatcher, upstream
     await manager.aclose()
@@ -106,7 +92,7 @@ async def dispatcher(tmp_path: Path) -> AsyncIterator[tuple[Dispatcher, _Countin
     ids=["fleet", "agent", "admin-read", "admin-abort"],
 )
 async def test_an_edge_certificate_is_refused_for_fleet_agent_and_admin_calls(
-    dispatcher: tuple[Dispatcher, _CountingUpstream], peer: Peer, envelope: Envelope, needle: str
+    dispatcher: tuple[Dispatcher, CountingUpstream], peer: Peer, envelope: Envelope, needle: str
 ) -> None:
     relay, upstream = dispatcher
     reply = await relay.handle(peer, envelope)
@@ -120,7 +106,7 @@ async def test_an_edge_certificate_is_refused_for_fleet_agent_and_admin_calls(
 
 
 async def test_the_same_calls_from_a_site_certificate_pass_the_role_check(
-    dispatcher: tuple[Dispatcher, _CountingUpstream],
+    dispatcher: tuple[Dispatcher, CountingUpstream],
 ) -> None:
     """The refusals above are the role's: the same envelopes from a site get through."""
     relay, upstream = dispatcher

@@ -45,12 +45,12 @@ from gateway.proto.envelope_pb2 import (
     Reply,
 )
 from gateway.relay.dispatcher import Dispatcher
-from gateway.relay.lgc import Upstream, upstream_for
+from gateway.relay.lgc import upstream_for
 from gateway.reliable import MemoryDedupStore, ReliableReceiver, RetryPolicy
 from gateway.site.call_window import CallWindow
 from gateway.site.forwarder import JobForwarder
 from gateway.transport import TransportClient
-from tests.support.relay import offline_job_manager
+from tests.support.relay import CountingUpstream, offline_job_manager
 
 SITE = Peer("site-1", Role.SITE)
 ADMIN = Peer("admin", Role.ADMIN, admin_role=AdminRole.PROJECT_ADMIN)
@@ -174,18 +174,6 @@ async def test_the_forwarder_answers_a_passed_deadline_with_504() -> None:
 # --- the dispatcher ------------------------------------------------------------------
 
 
-class _CountingUpstream(Upstream):
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def call(self, envelope: Envelope, *, timeout: float) -> Reply:
-        self.calls += 1
-        return upstream_reply(envelope.message_id, http_status=200, grpc_code=fleet.OK)
-
-    async def aclose(self) -> None:
-        pass
-
-
 @pytest.mark.parametrize(
     ("peer", "envelope", "status", "grpc_code", "needle"),
     [
@@ -202,7 +190,7 @@ async def test_the_dispatcher_refuses_with_the_kinds_status(
     peer: Peer, envelope: Envelope, status: int, grpc_code: int, needle: str
 ) -> None:
     dispatcher = Dispatcher()
-    upstream = _CountingUpstream()
+    upstream = CountingUpstream()
     dispatcher.add_job("job-1", frozenset({"site-1", "site-2"}), upstream)
     reply = await dispatcher.handle(peer, envelope)
     assert (reply.origin, reply.http_status, reply.grpc_code) == (ORIGIN_GATEWAY, status, grpc_code)
