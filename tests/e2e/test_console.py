@@ -40,6 +40,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.select import Select
 
 from gateway.control.admin import AdminClient
+from gateway.control.site_agent import SLOT_FILE
 from gateway.core.identity import AdminRole
 from tests.support.browser import Browser, artifacts_dir, chromium
 from tests.support.federation import RunningFederation, run_flgate, until_state, wait_online
@@ -537,6 +538,12 @@ def test_the_project_admin_submits_and_follows_a_job(
 
         # A site's log: the page shows what the relay keeps of it; the search filters lines.
         # (Flower colours its levels; the page shows the text without the escape codes.)
+        # The relay marks the job finished before site-1 has stopped its SuperNode and shipped
+        # the log's last lines ("SuperExec terminated gracefully."); the agent removes the job's
+        # slot file only after that last shipment, so the relay's copy is complete once it is gone.
+        slot = federation.root / "site-1" / "jobs" / job_id / SLOT_FILE
+        assert slot.parent.is_dir(), f"site-1 has no directory for the job: {slot.parent}"
+        browser.wait_until(lambda: not slot.exists(), 60, "site-1 stopped the job, its log shipped")
         raw = _with_admin(federation, lambda admin: _full_log(admin, job_id, "site-1"))
         real = ANSI.sub("", raw)
         real_lines = [line for line in real.splitlines() if line.strip()]
