@@ -225,6 +225,7 @@ async def _serve_relay(args: argparse.Namespace) -> None:
         limits=limits_from(args),
         budgets=budgets_from(args, kit),
         mlflow=mlflow,
+        edges=kit.edges if kit else None,
     )
     if mlflow.tracking_uri:
         print(f"relay exports job series to MLflow at {redacted(mlflow.tracking_uri)}", flush=True)
@@ -282,6 +283,7 @@ async def _serve_site(args: argparse.Namespace) -> None:
         installs=installs,
         flower_node_key=args.flower_node_key or (kit.flower_node_key if kit else None),
         limits=limits_from(args),
+        sign=kit is not None and kit.via is not None,
     )
     ready: Readiness = functools.partial(telemetry.site_not_ready, agent)
     endpoint = MetricsEndpoint(metrics_listen, ready) if metrics_listen else None

@@ -11,11 +11,13 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..core.config import Budgets, Limits, TLSConfig
 from ..core.identity import peer_from_pem
+from ..core.signing import CertificateChecker
+from ..core.site_signing import CarriedEnvelopes
 from ..flower.install import FlowerInstalls
 from ..proto.control_pb2 import RelayInfo
 from ..proto.envelope_pb2 import KIND_FLEET, Envelope
@@ -52,9 +54,12 @@ class RelayApp:
         budgets: Budgets = Budgets(),
         crl: Path | None = None,
         mlflow: MLflowSettings = MLflowSettings(),
+        edges: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         """``crl``: the federation's revocation list (re-read when it changes);
-        ``mlflow``: the MLflow server every job's series go to, unless its job file names one."""
+        ``mlflow``: the MLflow server every job's series go to, unless its job file names one;
+        ``edges``: each edge relay and the sites behind it, whose signed envelopes it may
+        carry (the relay kit's ``edges``)."""
         workspace.mkdir(parents=True, exist_ok=True)
         self._listen_urls = list(listen_urls)
         revocations = RevocationList(crl, tls_ca(tls)) if crl is not None else None
@@ -100,6 +105,13 @@ class RelayApp:
         )
         if revocations is not None:
             self.relay.refuse_revoked(revocations.refusal)
+        self.relay.dispatcher.carried = CarriedEnvelopes(
+            CertificateChecker(
+                tls.ca_cert.read_bytes(),
+                revoked=revocations.refusal if revocations is not None else None,
+            ),
+            edges=edges or {},
+        )
         self._started = False
 
     @property

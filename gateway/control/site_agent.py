@@ -126,8 +126,10 @@ class SiteAgent:
         limits: Limits = Limits(),
         poll_wait: float = POLL_WAIT_SECONDS,
         flower_node_key: Path | None = None,
+        sign: bool = False,
     ) -> None:
         """``flower_node_key``: the site's Flower node key (OpenSSH private key, 0600).
+        ``sign``: sign every envelope (a site behind an edge relay: its kit's ``via``).
 
         Its public half is reported to the relay on every poll, which registers it
         with the SuperLink of each job that asks for Flower's node authentication;
@@ -149,7 +151,9 @@ class SiteAgent:
         self.workspace = workspace
         self._installs = installs
         self._poll_wait = poll_wait
-        self._gateway = SiteGateway(name=self.name, relay_url=relay_url, tls=tls, limits=limits)
+        self._gateway = SiteGateway(
+            name=self.name, relay_url=relay_url, tls=tls, limits=limits, sign=sign
+        )
         self.tracking = SiteTracking(self._gateway.client, workspace=workspace)
         self._transport = parse_url(relay_url).scheme
         self._rtt_ms: float | None = None

@@ -7,6 +7,7 @@
     ├── ConfigError            400  INVALID_ARGUMENT   bad configuration or operator input
     ├── ProtocolError          400  INVALID_ARGUMENT   bytes that do not follow the protocol
     ├── AuthError              403  PERMISSION_DENIED  identity missing, invalid or not allowed
+    │   └── ReplayError        403  PERMISSION_DENIED  a signed envelope's nonce was seen before
     ├── UnknownMethodError     404  NOT_FOUND          not a Fleet method / no such operation
     ├── JobError               409  ALREADY_EXISTS     a job cannot do that in its state
     │   ├── UnknownJobError    404  NOT_FOUND          no such job here
@@ -68,6 +69,11 @@ class AuthError(GatewayError):
 
     http_status = 403
     grpc_code = fleet.PERMISSION_DENIED
+
+
+class ReplayError(AuthError):
+    """A site-signed envelope whose nonce the relay accepted before: a replay, or an
+    edge relay resending the very bytes it sent already (which may have run)."""
 
 
 class UnknownMethodError(GatewayError):

@@ -24,25 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cgateway/proto/envelope.proto\x12\tflgate.v1\"%\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\xed\x01\n\x08\x45nvelope\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04site\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12#\n\x07\x64ialect\x18\x05 \x01(\x0e\x32\x12.flgate.v1.Dialect\x12\"\n\x07headers\x18\x06 \x03(\x0b\x32\x11.flgate.v1.Header\x12\x0c\n\x04\x62ody\x18\x07 \x01(\x0c\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x08 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\t \x01(\r\x12\x1d\n\x04kind\x18\n \x01(\x0e\x32\x0f.flgate.v1.Kind\"\xa8\x01\n\x05Reply\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12!\n\x06origin\x18\x02 \x01(\x0e\x32\x11.flgate.v1.Origin\x12\x13\n\x0bhttp_status\x18\x03 \x01(\r\x12\x11\n\tgrpc_code\x18\x04 \x01(\x05\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\"\n\x07headers\x18\x06 \x03(\x0b\x32\x11.flgate.v1.Header\x12\x0c\n\x04\x62ody\x18\x07 \x01(\x0c*F\n\x07\x44ialect\x12\x17\n\x13\x44IALECT_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x44IALECT_HTTP\x10\x01\x12\x10\n\x0c\x44IALECT_GRPC\x10\x02*6\n\x04Kind\x12\x0e\n\nKIND_FLEET\x10\x00\x12\x0e\n\nKIND_AGENT\x10\x01\x12\x0e\n\nKIND_ADMIN\x10\x02*I\n\x06Origin\x12\x16\n\x12ORIGIN_UNSPECIFIED\x10\x00\x12\x13\n\x0fORIGIN_UPSTREAM\x10\x01\x12\x12\n\x0eORIGIN_GATEWAY\x10\x02\x32\x36\n\x05Relay\x12-\n\x04\x43\x61ll\x12\x13.flgate.v1.Envelope\x1a\x10.flgate.v1.Replyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cgateway/proto/envelope.proto\x12\tflgate.v1\"%\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x97\x02\n\x08\x45nvelope\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04site\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12#\n\x07\x64ialect\x18\x05 \x01(\x0e\x32\x12.flgate.v1.Dialect\x12\"\n\x07headers\x18\x06 \x03(\x0b\x32\x11.flgate.v1.Header\x12\x0c\n\x04\x62ody\x18\x07 \x01(\x0c\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x08 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\t \x01(\r\x12\x1d\n\x04kind\x18\n \x01(\x0e\x32\x0f.flgate.v1.Kind\x12(\n\x06signed\x18\x0b \x01(\x0b\x32\x18.flgate.v1.SiteSignature\"`\n\rSiteSignature\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\x12\x0c\n\x04\x63\x65rt\x18\x02 \x01(\x0c\x12\r\n\x05ts_ms\x18\x03 \x01(\x03\x12\r\n\x05nonce\x18\x04 \x01(\t\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"\xa8\x01\n\x05Reply\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12!\n\x06origin\x18\x02 \x01(\x0e\x32\x11.flgate.v1.Origin\x12\x13\n\x0bhttp_status\x18\x03 \x01(\r\x12\x11\n\tgrpc_code\x18\x04 \x01(\x05\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\"\n\x07headers\x18\x06 \x03(\x0b\x32\x11.flgate.v1.Header\x12\x0c\n\x04\x62ody\x18\x07 \x01(\x0c*F\n\x07\x44ialect\x12\x17\n\x13\x44IALECT_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x44IALECT_HTTP\x10\x01\x12\x10\n\x0c\x44IALECT_GRPC\x10\x02*6\n\x04Kind\x12\x0e\n\nKIND_FLEET\x10\x00\x12\x0e\n\nKIND_AGENT\x10\x01\x12\x0e\n\nKIND_ADMIN\x10\x02*I\n\x06Origin\x12\x16\n\x12ORIGIN_UNSPECIFIED\x10\x00\x12\x13\n\x0fORIGIN_UPSTREAM\x10\x01\x12\x12\n\x0eORIGIN_GATEWAY\x10\x02\x32\x36\n\x05Relay\x12-\n\x04\x43\x61ll\x12\x13.flgate.v1.Envelope\x1a\x10.flgate.v1.Replyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gateway.proto.envelope_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DIALECT']._serialized_start=493
-  _globals['_DIALECT']._serialized_end=563
-  _globals['_KIND']._serialized_start=565
-  _globals['_KIND']._serialized_end=619
-  _globals['_ORIGIN']._serialized_start=621
-  _globals['_ORIGIN']._serialized_end=694
+  _globals['_DIALECT']._serialized_start=633
+  _globals['_DIALECT']._serialized_end=703
+  _globals['_KIND']._serialized_start=705
+  _globals['_KIND']._serialized_end=759
+  _globals['_ORIGIN']._serialized_start=761
+  _globals['_ORIGIN']._serialized_end=834
   _globals['_HEADER']._serialized_start=43
   _globals['_HEADER']._serialized_end=80
   _globals['_ENVELOPE']._serialized_start=83
-  _globals['_ENVELOPE']._serialized_end=320
-  _globals['_REPLY']._serialized_start=323
-  _globals['_REPLY']._serialized_end=491
-  _globals['_RELAY']._serialized_start=696
-  _globals['_RELAY']._serialized_end=750
+  _globals['_ENVELOPE']._serialized_end=362
+  _globals['_SITESIGNATURE']._serialized_start=364
+  _globals['_SITESIGNATURE']._serialized_end=460
+  _globals['_REPLY']._serialized_start=463
+  _globals['_REPLY']._serialized_end=631
+  _globals['_RELAY']._serialized_start=836
+  _globals['_RELAY']._serialized_end=890
 # @@protoc_insertion_point(module_scope)

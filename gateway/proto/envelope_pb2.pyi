@@ -43,7 +43,7 @@ class Header(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("job_id", "site", "message_id", "method", "dialect", "headers", "body", "deadline_unix_ms", "attempt", "kind")
+    __slots__ = ("job_id", "site", "message_id", "method", "dialect", "headers", "body", "deadline_unix_ms", "attempt", "kind", "signed")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SITE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,7 @@ class Envelope(_message.Message):
     DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     site: str
     message_id: str
@@ -64,7 +65,22 @@ class Envelope(_message.Message):
     deadline_unix_ms: int
     attempt: int
     kind: Kind
-    def __init__(self, job_id: _Optional[str] = ..., site: _Optional[str] = ..., message_id: _Optional[str] = ..., method: _Optional[str] = ..., dialect: _Optional[_Union[Dialect, str]] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., body: _Optional[bytes] = ..., deadline_unix_ms: _Optional[int] = ..., attempt: _Optional[int] = ..., kind: _Optional[_Union[Kind, str]] = ...) -> None: ...
+    signed: SiteSignature
+    def __init__(self, job_id: _Optional[str] = ..., site: _Optional[str] = ..., message_id: _Optional[str] = ..., method: _Optional[str] = ..., dialect: _Optional[_Union[Dialect, str]] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., body: _Optional[bytes] = ..., deadline_unix_ms: _Optional[int] = ..., attempt: _Optional[int] = ..., kind: _Optional[_Union[Kind, str]] = ..., signed: _Optional[_Union[SiteSignature, _Mapping]] = ...) -> None: ...
+
+class SiteSignature(_message.Message):
+    __slots__ = ("envelope", "cert", "ts_ms", "nonce", "signature")
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    CERT_FIELD_NUMBER: _ClassVar[int]
+    TS_MS_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    envelope: bytes
+    cert: bytes
+    ts_ms: int
+    nonce: str
+    signature: bytes
+    def __init__(self, envelope: _Optional[bytes] = ..., cert: _Optional[bytes] = ..., ts_ms: _Optional[int] = ..., nonce: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class Reply(_message.Message):
     __slots__ = ("message_id", "origin", "http_status", "grpc_code", "detail", "headers", "body")

@@ -7,6 +7,13 @@ job runs on this relay, the site takes part in the job, the method is a Fleet
 method and the deadline has not passed. Anything else is refused here, with a
 reason, and reaches no SuperLink.
 
+An envelope carried by an edge relay is authorized by the site that signed it
+(:mod:`gateway.core.site_signing`): once :attr:`Dispatcher.carried` finds the
+signature valid and the site provisioned behind that edge, the site becomes the
+peer and the inner envelope the envelope, so every check below, and the dedup
+scope, are the same as if the site had connected itself. An edge relay's own
+envelopes (unsigned) are refused; so is any signed envelope this relay cannot check.
+
 A PullMessages whose outcome is lost (the relay died while the SuperLink
 answered it) is reported to :attr:`Dispatcher.on_lost_message`: Flower hands a
 message out once, so the job may otherwise wait for it until its time limit.
@@ -31,13 +38,15 @@ from ..core.exceptions import (
     DeadlineError,
     GatewayError,
     RelayBusyError,
+    ReplayError,
     UnknownJobError,
     UnknownMethodError,
 )
 from ..core.failures import reply_for_error
 from ..core.identity import Peer, Role
+from ..core.site_signing import CarriedEnvelopes
 from ..observability import metrics
-from ..proto.envelope_pb2 import KIND_FLEET, Envelope, Reply
+from ..proto.envelope_pb2 import KIND_FLEET, Envelope, Header, Reply
 from ..reliable import LostOutcome, MemoryDedupStore, ReliableReceiver, dedup_key
 from ..transport.admission import Admission
 from .lgc import Upstream
@@ -47,6 +56,10 @@ log = logging.getLogger(__name__)
 ControlHandler = Callable[[Peer, Envelope], Awaitable[Reply]]
 RevocationCheck = Callable[[Peer], str | None]
 """Why a peer's certificate is revoked, or ``None`` when it is not."""
+
+REFUSAL_HEADER = "flgate-refusal"
+"""A reply header that names a refusal an edge relay acts on: ``replay`` (the relay
+accepted this signed envelope before, so the edge's resent copy may have run)."""
 
 
 LOST_IF_UNANSWERED = frozenset({"PullMessages"})
@@ -135,6 +148,9 @@ class Dispatcher:
         """Handles AGENT and ADMIN envelopes (the job manager's service), if any."""
         self.revoked: RevocationCheck | None = None
         """The federation's revocation list, if the relay has one."""
+        self.carried: CarriedEnvelopes | None = None
+        """Checks site-signed envelopes that edge relays carry; ``None``: refuse them."""
+        self._wall_clock: Callable[[], float] = time.time
         self.on_lost_message: Callable[[LostMessage], None] = lambda lost: None
         """Told of each call in :data:`LOST_IF_UNANSWERED` whose reply was lost."""
         self.receiver.on_lost = self._lost
@@ -190,6 +206,11 @@ class Dispatcher:
         revocation = self.revoked(peer) if self.revoked is not None else None
         if revocation is not None:
             return self._refuse(envelope, peer, AuthError(revocation), "revoked")
+        if peer.role is Role.EDGE or envelope.HasField("signed"):
+            opened = self._open_carried(peer, envelope)
+            if isinstance(opened, Reply):
+                return opened
+            peer, envelope = opened
         if envelope.kind != KIND_FLEET:
             if self.control is None:
                 return reply_for_error(
@@ -258,6 +279,26 @@ class Dispatcher:
             len(reply.body),
         )
         return reply
+
+    def _open_carried(self, carrier: Peer, envelope: Envelope) -> tuple[Peer, Envelope] | Reply:
+        """The signing site and its envelope, or the refusal of a carried envelope."""
+        if self.carried is None:
+            if not envelope.HasField("signed"):
+                return carrier, envelope  # an edge's own call: the role checks refuse it
+            return self._refuse(
+                envelope,
+                carrier,
+                AuthError("this relay checks no site signatures; it serves no edge relays"),
+                "signature",
+            )
+        try:
+            return self.carried.open(carrier, envelope, now=self._wall_clock())
+        except ReplayError as exc:
+            reply = self._refuse(envelope, carrier, exc, "replay")
+            reply.headers.append(Header(name=REFUSAL_HEADER, value=b"replay"))
+            return reply
+        except AuthError as exc:
+            return self._refuse(envelope, carrier, exc, "signature")
 
     async def _answer(self, peer: Peer, envelope: Envelope, route: JobRoute) -> Reply:
         """Run an authorized Fleet call (at most once, unless Flower replays it anyway)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ..core.config import Limits, LoopbackTLS, TLSConfig
+from ..core.signing import Signer
 from ..observability import metrics
 from ..proto.envelope_pb2 import DIALECT_GRPC, Dialect
 from ..transport import TransportClient, connect
@@ -13,6 +14,7 @@ from .forwarder import JobForwarder
 from .lgs import Forward, LocalGatewayServer, metered
 from .lgs_grpc import GrpcLGS
 from .lgs_http import HttpLGS
+from .signing_client import SigningClient
 
 
 class SiteGateway:
@@ -25,10 +27,16 @@ class SiteGateway:
         relay_url: str,
         tls: TLSConfig,
         limits: Limits = Limits(),
+        sign: bool = False,
     ) -> None:
+        """``sign``: sign every envelope with the site's key (a site behind an edge
+        relay, whose central relay authorizes each envelope by its signature)."""
         self.name = name
         self._limits = limits
         self._client: TransportClient = connect(relay_url, tls=tls, limits=limits)
+        if sign:
+            signer = Signer(cert_pem=tls.cert.read_bytes(), key_pem=tls.key.read_bytes())
+            self._client = SigningClient(self._client, signer)
         self._jobs: dict[str, tuple[LocalGatewayServer, JobForwarder]] = {}
         self.call_window = CallWindow()
         """The Fleet calls of all this site's jobs over the last minute (for the agent's poll)."""
