@@ -16,7 +16,7 @@ from ..core.exceptions import ConfigError, GatewayError
 from ..harness.demo import DemoOptions, default_job_dir, run_demo
 from ..observability.endpoint import RELAY_DEFAULT
 from ..transport import schemes
-from . import bench_cmd, compare_cmd, console_cmd, job_cmd, provision_cmd, serve_cmd
+from . import bench_cmd, compare_cmd, console_cmd, edge_cmd, job_cmd, provision_cmd, serve_cmd
 from .common import (
     EXIT_CONFIG,
     EXIT_GATEWAY_ERROR,
@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_metrics_options(demo, RELAY_DEFAULT)
     demo.set_defaults(func=_cmd_demo)
     serve_cmd.add_commands(commands)
+    edge_cmd.add_commands(commands)
     compare_cmd.add_commands(commands)
     job_cmd.add_commands(commands)
     provision_cmd.add_commands(commands)

@@ -35,10 +35,19 @@ import struct
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
-from ..proto.envelope_pb2 import Envelope, SiteSignature
+from ..proto.envelope_pb2 import Envelope, Header, Reply, SiteSignature
 from .exceptions import AuthError, ReplayError
 from .identity import Peer, Role
 from .signing import CertificateChecker, Signer, signature_matches
+
+REFUSAL_HEADER = "flgate-refusal"
+"""A reply header naming a refusal that the edge relay or the site acts on."""
+REPLAY = b"replay"
+"""The relay's: it accepted this signed envelope before (so a copy the edge resent
+may have run already)."""
+RESEND = b"resend"
+"""The edge's: the relay's answer did not come; the site should send again under the
+same message id, signed afresh (the relay's dedup answers it if it ran)."""
 
 _TAG = b"flgate-site-envelope-v1"
 DEFAULT_MAX_SKEW = 60.0
@@ -77,6 +86,17 @@ def sign_envelope(signer: Signer, envelope: Envelope, *, now: float) -> Envelope
         kind=envelope.kind,
         signed=signature,
     )
+
+
+def marked(reply: Reply, mark: bytes) -> bool:
+    """Whether ``reply`` carries the refusal mark ``mark`` (:data:`REPLAY`, :data:`RESEND`)."""
+    return any(h.name == REFUSAL_HEADER and h.value == mark for h in reply.headers)
+
+
+def mark(reply: Reply, value: bytes) -> Reply:
+    """``reply`` with the refusal mark ``value`` added."""
+    reply.headers.append(Header(name=REFUSAL_HEADER, value=value))
+    return reply
 
 
 class NonceWindow:

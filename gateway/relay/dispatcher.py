@@ -44,9 +44,9 @@ from ..core.exceptions import (
 )
 from ..core.failures import reply_for_error
 from ..core.identity import Peer, Role
-from ..core.site_signing import CarriedEnvelopes
+from ..core.site_signing import REPLAY, CarriedEnvelopes, mark
 from ..observability import metrics
-from ..proto.envelope_pb2 import KIND_FLEET, Envelope, Header, Reply
+from ..proto.envelope_pb2 import KIND_FLEET, Envelope, Reply
 from ..reliable import LostOutcome, MemoryDedupStore, ReliableReceiver, dedup_key
 from ..transport.admission import Admission
 from .lgc import Upstream
@@ -56,10 +56,6 @@ log = logging.getLogger(__name__)
 ControlHandler = Callable[[Peer, Envelope], Awaitable[Reply]]
 RevocationCheck = Callable[[Peer], str | None]
 """Why a peer's certificate is revoked, or ``None`` when it is not."""
-
-REFUSAL_HEADER = "flgate-refusal"
-"""A reply header that names a refusal an edge relay acts on: ``replay`` (the relay
-accepted this signed envelope before, so the edge's resent copy may have run)."""
 
 
 LOST_IF_UNANSWERED = frozenset({"PullMessages"})
@@ -294,9 +290,7 @@ class Dispatcher:
         try:
             return self.carried.open(carrier, envelope, now=self._wall_clock())
         except ReplayError as exc:
-            reply = self._refuse(envelope, carrier, exc, "replay")
-            reply.headers.append(Header(name=REFUSAL_HEADER, value=b"replay"))
-            return reply
+            return mark(self._refuse(envelope, carrier, exc, "replay"), REPLAY)
         except AuthError as exc:
             return self._refuse(envelope, carrier, exc, "signature")
 

@@ -17,7 +17,7 @@ import pytest
 from gateway.control.relay_api import ControlService
 from gateway.core import fleet
 from gateway.core.envelope import make_envelope, now_ms
-from gateway.core.site_signing import sign_envelope
+from gateway.core.site_signing import REFUSAL_HEADER, sign_envelope
 from gateway.proto.control_pb2 import PollTasksRequest
 from gateway.proto.envelope_pb2 import (
     DIALECT_HTTP,
@@ -29,7 +29,7 @@ from gateway.proto.envelope_pb2 import (
     Kind,
     Reply,
 )
-from gateway.relay.dispatcher import REFUSAL_HEADER, Dispatcher
+from gateway.relay.dispatcher import Dispatcher
 from tests.support.edge_pki import EdgePKI
 from tests.support.relay import CountingUpstream, offline_job_manager
 
