@@ -137,6 +137,7 @@ SITE_COLUMNS = (
     "ONLINE",
     "LAST SEEN",
     "TRANSPORT",
+    "PATH",
     "FLOWER",
     "RTT MS",
     "CALLS/MIN",
@@ -251,7 +252,8 @@ def _list(args: argparse.Namespace) -> int:
 
 def _site_row(site: SiteInfo) -> tuple[str, ...]:
     """One line of ``job sites``; "-" for what the site never reported (agents of older
-    releases send no status, and the first poll of an agent has no round trip yet)."""
+    releases send no status, and the first poll of an agent has no round trip yet). Its
+    path is ``direct`` or ``via:EDGE``, the edge relay it is provisioned behind."""
     reported: tuple[str, ...] = ("-",) * 5
     if site.HasField("status"):
         status = site.status
@@ -263,7 +265,16 @@ def _site_row(site: SiteInfo) -> tuple[str, ...]:
             str(status.errors_last_minute),
         )
     online = "yes" if site.online else "no"
-    return (site.name, online, _when(site.last_seen), *reported, ",".join(site.jobs) or "-")
+    path = f"via:{site.via}" if site.via else "direct"
+    return (
+        site.name,
+        online,
+        _when(site.last_seen),
+        reported[0],
+        path,
+        *reported[1:],
+        ",".join(site.jobs) or "-",
+    )
 
 
 def _sites(args: argparse.Namespace) -> int:

@@ -105,6 +105,9 @@ class RelayApp:
         )
         if revocations is not None:
             self.relay.refuse_revoked(revocations.refusal)
+        self.manager.edge_of = {
+            site: edge for edge, sites in (edges or {}).items() for site in sites
+        }
         self.relay.dispatcher.carried = CarriedEnvelopes(
             CertificateChecker(
                 tls.ca_cert.read_bytes(),

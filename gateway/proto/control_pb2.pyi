@@ -222,18 +222,20 @@ class ListSitesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SiteInfo(_message.Message):
-    __slots__ = ("name", "last_seen", "online", "jobs", "status")
+    __slots__ = ("name", "last_seen", "online", "jobs", "status", "via")
     NAME_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     ONLINE_FIELD_NUMBER: _ClassVar[int]
     JOBS_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    VIA_FIELD_NUMBER: _ClassVar[int]
     name: str
     last_seen: float
     online: bool
     jobs: _containers.RepeatedScalarFieldContainer[str]
     status: SiteStatus
-    def __init__(self, name: _Optional[str] = ..., last_seen: _Optional[float] = ..., online: _Optional[bool] = ..., jobs: _Optional[_Iterable[str]] = ..., status: _Optional[_Union[SiteStatus, _Mapping]] = ...) -> None: ...
+    via: str
+    def __init__(self, name: _Optional[str] = ..., last_seen: _Optional[float] = ..., online: _Optional[bool] = ..., jobs: _Optional[_Iterable[str]] = ..., status: _Optional[_Union[SiteStatus, _Mapping]] = ..., via: _Optional[str] = ...) -> None: ...
 
 class RelayInfo(_message.Message):
     __slots__ = ("name", "listeners", "started")

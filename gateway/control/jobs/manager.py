@@ -103,6 +103,8 @@ class JobManager:
         self._tracking_dropped: dict[str, int] = {}
         """Per job, client-side records its sites or writers dropped (logged once a job)."""
         """The Fleet calls the relay answered for a job (the relay sets it)."""
+        self.edge_of: dict[str, str] = {}
+        """The edge relay each site behind one is provisioned behind (the relay sets it)."""
         self._sites = SiteTasks(
             store=self.store,
             installs=installs,
@@ -216,6 +218,7 @@ class JobManager:
                 online=now - seen.get(name, 0.0) < SITE_ONLINE_SECONDS,
                 jobs=[j.job_id for j in active if name in j.sites],
                 status=self._sites.status(name),
+                via=self.edge_of.get(name, ""),
             )
             for name in sorted(names)
         ]

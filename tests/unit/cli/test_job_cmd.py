@@ -29,7 +29,7 @@ SITES = [
         ),
     ),
     # Polled before it measured a round trip, with no Flower release it could tell.
-    SiteInfo(name="site-2", online=True, status=SiteStatus(transport="https")),
+    SiteInfo(name="site-2", online=True, status=SiteStatus(transport="https"), via="edge-a"),
     SiteInfo(name="site-3"),  # never polled, or its agent predates the status
 ]
 
@@ -52,6 +52,7 @@ def test_the_table_shows_each_sites_link_and_calls_and_dashes_for_what_it_never_
         "ONLINE",
         "LAST SEEN",
         "TRANSPORT",
+        "PATH",
         "FLOWER",
         "RTT MS",
         "CALLS/MIN",
@@ -59,9 +60,9 @@ def test_the_table_shows_each_sites_link_and_calls_and_dashes_for_what_it_never_
         "JOBS",
     ]
     assert [row.split() for row in rows] == [
-        ["site-1", "yes", "-", "grpcs", "1.41.0,1.39.0", "12.3", "120", "3", "job-1"],
-        ["site-2", "yes", "-", "https", "-", "-", "0", "0", "-"],
-        ["site-3", "no", "-", "-", "-", "-", "-", "-", "-"],
+        ["site-1", "yes", "-", "grpcs", "direct", "1.41.0,1.39.0", "12.3", "120", "3", "job-1"],
+        ["site-2", "yes", "-", "https", "via:edge-a", "-", "-", "0", "0", "-"],
+        ["site-3", "no", "-", "-", "direct", "-", "-", "-", "-", "-"],
     ]
     # Numbers are right-aligned under their headers.
     column = header.index("CALLS/MIN") + len("CALLS/MIN")
@@ -89,3 +90,4 @@ def test_json_carries_the_status_and_leaves_out_what_was_never_reported(
         "flower_versions": [],
     }
     assert "status" not in three
+    assert (one["via"], two["via"]) == ("", "edge-a")  # "": it dials the relay directly
