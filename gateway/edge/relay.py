@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 _MARGIN = 2.0
 """Seconds of a call's deadline the edge leaves to the site to receive its answer
-and retry on its own."""
+and retry on its own (half of what is left, when less than twice this is)."""
 _UPSTREAM_POLICY = RetryPolicy(deadline=60.0)
 """The edge's retries upstream: each call's own deadline bounds them (control calls
 such as a 20 s task poll wait longer than a Fleet call's 20 s policy allows)."""
@@ -149,13 +149,13 @@ class EdgeRelay:
         return await asyncio.shield(call)
 
     async def _forward(self, envelope: Envelope) -> Reply:
-        remaining = (envelope.deadline_unix_ms - now_ms()) / 1000 - _MARGIN
+        remaining = (envelope.deadline_unix_ms - now_ms()) / 1000
         if remaining <= 0:
             return resend_reply(
                 envelope.message_id, f"edge relay {self.name}: the call's deadline has passed"
             )
         try:
-            reply = await self.sender.send(envelope, budget=remaining)
+            reply = await self.sender.send(envelope, budget=max(remaining - _MARGIN, remaining / 2))
         except GatewayError as exc:
             log.info(
                 "edge could not reach the relay",

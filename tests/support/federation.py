@@ -78,6 +78,16 @@ async def until_state(
     raise AssertionError(f"job {job_id} did not reach {states} within {timeout:g} s: {info}")
 
 
+@dataclass(frozen=True)
+class EdgeSpec:
+    """An edge relay of a test federation: the sites behind it, the transport they dial
+    it over, and the relay's transport it dials."""
+
+    sites: tuple[str, ...]
+    transport: str = "tcps"
+    upstream: str = "grpcs"
+
+
 @dataclass
 class RunningFederation:
     root: Path
@@ -90,6 +100,7 @@ class RunningFederation:
     relay_url: str = ""
     relay: subprocess.Popen[bytes] | None = None
     sites: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    edges: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     flower_bins: dict[str, list[Path]] = field(default_factory=dict)
     """Per process ("relay" or a site): its ``--flower-bin`` directories, the default first
     (none: the Flower beside this Python)."""
@@ -103,14 +114,18 @@ class RunningFederation:
         admins: dict[str, AdminRole] | None = None,
         transports: list[str] | None = None,
         site_transports: dict[str, str] | None = None,
+        edges: dict[str, EdgeSpec] | None = None,
     ) -> RunningFederation:
         """Provision relay, ``sites`` and ``admins`` (default: one project admin).
 
         ``transports``: the relay's schemes (default grpcs), each on a free port;
-        ``site_transports``: the scheme a site dials, if not the first.
+        ``site_transports``: the scheme a site dials, if not the first; ``edges``: edge
+        relays on loopback (each on a free port) and the sites behind them.
         """
         admins = admins or {"admin@test": AdminRole.PROJECT_ADMIN}
         chosen = site_transports or {}
+        edges = edges or {}
+        via = {site: edge for edge, spec in edges.items() for site in spec.sites}
         project = Project.parse(
             {
                 "name": "test-federation",
@@ -120,9 +135,30 @@ class RunningFederation:
                     "transports": {s: free_port() for s in transports or ["grpcs"]},
                 },
                 "sites": [
-                    {"name": s, **({"transport": chosen[s]} if s in chosen else {})} for s in sites
+                    {
+                        "name": s,
+                        **({"transport": chosen[s]} if s in chosen else {}),
+                        **({"via": via[s]} if s in via else {}),
+                    }
+                    for s in sites
                 ],
                 "admins": [{"name": n, "role": r.value} for n, r in admins.items()],
+                **(
+                    {
+                        "edges": [
+                            {
+                                "name": name,
+                                "hosts": ["localhost", "127.0.0.1"],
+                                "listen_host": "127.0.0.1",
+                                "transports": {spec.transport: free_port()},
+                                "upstream": spec.upstream,
+                            }
+                            for name, spec in edges.items()
+                        ]
+                    }
+                    if edges
+                    else {}
+                ),
             }
         )
         workspace, _ = ProvisioningWorkspace.create_or_open(root / "provisioning", project)
@@ -236,6 +272,22 @@ class RunningFederation:
             ["-v", "site", "start", "--kit", str(self.kit(name)), *where, *flower, *(extra or [])],
         )
 
+    def start_edge(self, name: str, *, timeout: float = 60.0) -> None:
+        """Start edge relay ``name`` from its kit (its addresses, its relay's), and wait
+        until it listens."""
+        out = self.root / f"{name}.out"
+        out.unlink(missing_ok=True)
+        self.edges[name] = self._spawn(name, ["-v", "edge", "start", "--kit", str(self.kit(name))])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = out.read_text() if out.exists() else ""
+            if "edge listening on" in text:
+                return
+            if self.edges[name].poll() is not None:
+                raise RuntimeError(f"edge relay {name} exited: {text}")
+            time.sleep(0.1)
+        raise RuntimeError(f"edge relay {name} did not start")
+
     def run_cli(
         self, *argv: str, kit: str | None = None, from_kit: bool = False, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
@@ -300,6 +352,8 @@ class RunningFederation:
 
     def close(self) -> None:
         for process in self.sites.values():
+            self.stop(process)
+        for process in self.edges.values():
             self.stop(process)
         self.stop(self.relay)
         # Flower's helpers run in sessions of their own: sweep what touches our dirs.
