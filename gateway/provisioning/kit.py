@@ -57,10 +57,7 @@ NODE_PUBLIC_KEY_FILE = "flower-node.pub"
 _START = {
     Role.RELAY: 'exec ${FLGATE:-flgate} relay start --kit "$KIT" "$@"\n',
     Role.SITE: 'exec ${FLGATE:-flgate} site start --kit "$KIT" "$@"\n',
-    Role.EDGE: (
-        "# `flgate edge start` arrives with issue 20's edge relay; this flgate may not have it.\n"
-        'exec ${FLGATE:-flgate} edge start --kit "$KIT" "$@"\n'
-    ),
+    Role.EDGE: 'exec ${FLGATE:-flgate} edge start --kit "$KIT" "$@"\n',
     Role.ADMIN: (
         "if [ $# -eq 0 ]; then exec ${FLGATE:-flgate} job --help; fi\n"
         'action="$1"; shift\n'
@@ -83,8 +80,7 @@ _A_KIT = {
 }
 _EDGE_NOTE = (
     "# An edge relay's kit: sites behind it dial its listen addresses, it dials the\n"
-    "# relay's url. The process (`flgate edge start --kit DIR`) arrives with issue 20's\n"
-    "# edge relay; today this kit is provisioned but nothing runs it yet.\n"
+    "# relay's url and carries their signed envelopes (`flgate edge start --kit DIR`).\n"
 )
 
 

@@ -101,7 +101,7 @@ class EdgeSpec:
     """An edge relay: sites in a closed network dial it; it dials the central relay.
 
     Its certificate (OU ``edge``) names ``hosts`` as a server certificate does; the
-    process that serves it arrives with issue 20's edge relay.
+    process that serves it is ``flgate edge start`` (:mod:`gateway.edge`).
     """
 
     name: str

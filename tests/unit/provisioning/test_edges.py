@@ -3,7 +3,7 @@ behind it, the relay's map of edges, ``add-site --via``; and a new workspace in 
 existing empty directory.
 
 Real certificates from the project's own CA, real kits on disk; the edge relay process
-itself arrives with issue 20 and is not exercised here.
+itself is exercised in tests/unit/edge/ and tests/e2e/test_edges.py.
 """
 
 from __future__ import annotations
@@ -223,10 +223,9 @@ def test_the_edge_kit_holds_what_an_edge_relay_needs(workspace: ProvisioningWork
     assert set(signed.files) == {"rootCA.pem", "cert.pem", "key.pem", "config.yaml", "start.sh"}
     start = (path / "start.sh").read_text()
     assert start.endswith('exec ${FLGATE:-flgate} edge start --kit "$KIT" "$@"\n')
-    assert "arrives with issue 20" in start
     assert (path / "start.sh").stat().st_mode & stat.S_IXUSR
     config = (path / "config.yaml").read_text()
-    assert "`flgate edge start --kit DIR`) arrives with issue 20's" in config
+    assert "carries their signed envelopes (`flgate edge start --kit DIR`)" in config
 
 
 def test_a_tampered_edge_kit_is_refused_like_any_other(workspace: ProvisioningWorkspace) -> None:
