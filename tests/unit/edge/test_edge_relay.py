@@ -15,20 +15,22 @@ import pytest
 
 from gateway.core.config import TLSConfig
 from gateway.core.envelope import make_envelope, now_ms
-from gateway.core.exceptions import TransportError
+from gateway.core.exceptions import ConnectError, TransportError
 from gateway.core.signing import CertificateChecker, Signer
 from gateway.core.site_signing import CarriedEnvelopes
 from gateway.edge import EdgeRelay
-from gateway.proto.envelope_pb2 import DIALECT_HTTP, Envelope
+from gateway.proto.envelope_pb2 import DIALECT_HTTP, Envelope, Reply
 from gateway.provisioning.kit import Kit, load_kit
 from gateway.provisioning.project import Project
 from gateway.provisioning.workspace import ProvisioningWorkspace
 from gateway.relay.server import Relay
+from gateway.reliable import ReliableSender, RetryPolicy
 from gateway.site.signing_client import SigningClient
 from gateway.transport import TransportClient, connect
 from tests.support.relay import CountingUpstream
 
 LOCAL = ["localhost", "127.0.0.1"]
+FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, deadline=8.0)
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +171,37 @@ async def test_a_relay_out_of_reach_makes_the_site_resend(
         await edge.aclose()
     assert time.monotonic() - started < 4.0  # answered inside the call's deadline
     assert edge.sender.retries >= 1
+
+
+class LosesFirstReply(TransportClient):
+    """The edge's upstream connection, which drops the relay's first answer: the envelope
+    reached the relay (and ran), its reply never reached the edge."""
+
+    def __init__(self, client: TransportClient) -> None:
+        self._client = client
+        self.lost = 0
+
+    async def send(self, envelope: Envelope, *, timeout: float) -> Reply:
+        reply = await self._client.send(envelope, timeout=timeout)
+        if not self.lost:
+            self.lost += 1
+            raise ConnectError("connection lost before the reply came")
+        return reply
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+async def test_a_lost_answer_is_resent_by_the_site_and_runs_once(
+    path: Path3, kits: dict[str, Kit]
+) -> None:
+    """The edge resends the same signed bytes, the relay refuses them as a replay (the
+    first copy ran), the edge says "resend", the site's sender signs again under the same
+    id, and the relay's dedup answers it: one execution, and the SuperNode gets 200."""
+    upstream = LosesFirstReply(path.edge.sender._client)
+    path.edge.sender = ReliableSender(upstream, policy=FAST)
+    site = ReliableSender(site_client(path.edge, kits["site-a1"].tls), policy=FAST)
+    reply = await site.send(call("site-a1"))
+    assert (reply.http_status, upstream.lost, path.upstream.calls) == (200, 1, 1), reply.detail
+    assert path.relay.dispatcher.stats.refused["job-1"] == 1  # the edge's resent copy
+    assert (site.retries, path.edge.sender.retries) == (1, 1)
