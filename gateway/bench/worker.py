@@ -40,7 +40,7 @@ from google.protobuf.message import DecodeError
 from ..control.jobs.series_keeper import SeriesKeeper
 from ..control.jobs.store import JobStore
 from ..control.site_tracking import SiteTracking
-from ..core import fleet, logs
+from ..core import eventloop, fleet, logs
 from ..core.config import TLSConfig
 from ..core.exceptions import AuthError, GatewayError, ProtocolError, UnknownMethodError
 from ..core.failures import reply_for_error
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(0)  # warnings, with their key=value details, into the worker's log
     serve = {"relay": _relay, "site": _site, "stub": _stub}[args.role]
     if args.profile is None:
-        asyncio.run(serve(args))
+        eventloop.run(serve(args))
         return 0
     import cProfile
 
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         stack.callback(profiler.dump_stats, str(args.profile))
         profiler.enable()
-        asyncio.run(serve(args))
+        eventloop.run(serve(args))
         profiler.disable()
     return 0
 

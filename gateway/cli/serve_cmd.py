@@ -258,7 +258,7 @@ async def _serve_metrics(name: str, endpoint: MetricsEndpoint) -> None:
 def _until_stopped(name: str, service: Coroutine[Any, Any, None]) -> int:
     """Serve until SIGTERM or Ctrl-C; a stop is the normal end, exit code 0."""
     with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
-        run(service)
+        run(service, fast_loop=True)
     print(f"{name} stopped", file=sys.stderr)
     return EXIT_OK
 

@@ -2,23 +2,28 @@
 
 ``loop.create_server(ssl=...)`` begins a TLS handshake for every connection it
 accepts, allocating its TLS state at once, and says nothing about a handshake that
-fails or never ends. Here a connection is accepted as plain TCP; its protocol pauses
-reading in ``connection_made``, before the event loop reads a byte (the ClientHello
-waits in the kernel), and asks the pure core :class:`~.handshakes.PendingHandshakes`
-with the source address. A refused connection is aborted unread; an admitted one is
-upgraded by ``loop.start_tls``, in a task the listener keeps (closing the listener
-cancels it). ``start_tls`` never calls the new protocol's ``connection_made``: once
-the handshake succeeded, the server's protocol is told here, and is given what TLS
-may already have delivered (a request sent along with the client's last handshake
-message). A handshake that times out or fails is aborted and counted. The core's
-log lines are written here, at WARNING.
+fails or never ends. Here the listener accepts the TCP connections itself
+(``loop.sock_accept``) and asks the pure core :class:`~.handshakes.PendingHandshakes`
+with the source address before the event loop has read a byte of it (the ClientHello
+waits in the kernel). A refused connection is closed unread; an admitted socket goes
+to ``loop.connect_accepted_socket(ssl=...)`` in a task the listener keeps (closing
+the listener cancels it), which makes the server's protocol only once the handshake
+succeeded and gives it what came along with the client's last handshake message. A
+handshake that times out or fails is counted. The core's log lines are written here,
+at WARNING.
+
+Not ``loop.start_tls`` on an accepted transport: on uvloop a transport starts reading
+when its ``connection_made`` returns, so a ClientHello could reach the accepting
+protocol instead of TLS, and the handshake would stall.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 
@@ -45,61 +50,45 @@ def _failure(exc: BaseException, elapsed: float, timeout: float) -> str:
     return f"closed during the handshake ({type(exc).__name__})"
 
 
-class _Handover(asyncio.Protocol):
-    """The protocol of a connection during its handshake, for the server's protocol.
-
-    ``start_tls`` wakes its caller when the handshake is done, and delivers in the
-    same step any application data that came with it: to this protocol, which keeps
-    it for the server's protocol until that one is told of its connection.
-    """
-
-    def __init__(self) -> None:
-        self._protocol: asyncio.Protocol | None = None
-        self._data: list[bytes] = []
-        self._eof = False
-
-    def data_received(self, data: bytes) -> None:
-        if self._protocol is not None:
-            self._protocol.data_received(data)
-        else:
-            self._data.append(data)
-
-    def eof_received(self) -> bool | None:
-        if self._protocol is not None:
-            return self._protocol.eof_received()
-        self._eof = True
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._protocol is not None:
-            self._protocol.connection_lost(exc)
-
-    def hand_over(self, transport: asyncio.Transport, protocol: asyncio.Protocol) -> None:
-        """Make ``protocol`` the connection's protocol, as if it had been from the start."""
-        transport.set_protocol(protocol)
-        self._protocol = protocol
-        protocol.connection_made(transport)
-        data, self._data = self._data, []
-        for chunk in data:
-            protocol.data_received(chunk)
-        if self._eof:
-            protocol.eof_received()
+_BACKLOG = 100
+"""The kernel's queue of connections not yet accepted (``loop.create_server``'s default)."""
+_BIND_ATTEMPTS = 5
+"""Tries to find one free port for every address of the host when asked for port 0."""
 
 
-class _Accepting(asyncio.Protocol):
-    """A new TCP connection's protocol until its TLS handshake begins."""
-
-    def __init__(self, listener: TLSListener) -> None:
-        self._listener = listener
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.pause_reading()  # before the loop reads a byte: it is start_tls's
-        self._listener.accepted(transport)
+def _bind(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on every address of ``host`` ("" or "0.0.0.0": all of them),
+    as ``loop.create_server`` binds them, but on one port even when ``port`` is 0:
+    the first address picks it and the others take the same.
+    Raises ``OSError`` when an address cannot be bound."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    addresses = list(dict.fromkeys((family, address) for family, _, _, _, address in infos))
+    for attempt in range(_BIND_ATTEMPTS):
+        sockets: list[socket.socket] = []
+        chosen = port
+        try:
+            for family, address in addresses:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((address[0], chosen, *address[2:]))
+                chosen = sock.getsockname()[1]
+                sock.listen(_BACKLOG)
+                sock.setblocking(False)
+            return sockets
+        except OSError as exc:
+            for sock in sockets:
+                sock.close()
+            # Port 0's pick was free on the first address only: pick again.
+            if port != 0 or exc.errno != errno.EADDRINUSE or attempt == _BIND_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class TLSListener:
-    """Accepts TCP connections, admits their TLS handshakes, hands over the good ones."""
+    """Accepts TCP connections, admits their TLS handshakes, serves the good ones."""
 
     def __init__(
         self,
@@ -115,7 +104,8 @@ class TLSListener:
         self._context = context
         self._handshakes = handshakes
         self._timeout = handshake_timeout
-        self._server: asyncio.Server | None = None
+        self._sockets: list[socket.socket] = []
+        self._accepting: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._log_check: asyncio.TimerHandle | None = None
         self._collect: asyncio.TimerHandle | None = None
@@ -125,61 +115,64 @@ class TLSListener:
         """Listen on ``host``:``port`` (0: a free one); return the bound port.
         Raises ``OSError`` when the address cannot be bound."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Accepting(self), host, port, reuse_address=True
-        )
+        self._sockets = _bind(host, port)
+        self._accepting = [loop.create_task(self._accept(sock)) for sock in self._sockets]
         self._schedule_log_check()
-        bound: int = self._server.sockets[0].getsockname()[1]
+        bound: int = self._sockets[0].getsockname()[1]
         return bound
 
-    def accepted(self, transport: asyncio.Transport) -> None:
-        """A TCP connection arrived (reading paused): begin its handshake or abort it."""
+    async def _accept(self, listening: socket.socket) -> None:
+        """Accept connections until the listener closes; one that fails to be accepted
+        (a reset before ``accept``, too many open files) does not stop the next."""
         loop = asyncio.get_running_loop()
-        source = source_of(transport.get_extra_info("peername"))
+        while not self._closing:
+            try:
+                sock, address = await loop.sock_accept(listening)
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("cannot accept a connection", extra={"error": str(exc)})
+                    await asyncio.sleep(0.1)  # as asyncio's own server: wait for descriptors
+                continue
+            self.accepted(sock, address)
+
+    def accepted(self, sock: socket.socket, address: object) -> None:
+        """A TCP connection arrived, nothing read yet: begin its handshake or close it."""
+        loop = asyncio.get_running_loop()
+        source = source_of(address)
         if self._closing or not self._handshakes.admit(source, loop.time()):
-            transport.abort()
+            sock.close()
             self._write_log()
             return
-        task = loop.create_task(self._handshake(transport, source))
+        task = loop.create_task(self._handshake(sock, source))
         self._tasks.add(task)
-        task.add_done_callback(lambda task: self._ended(task, transport, source))
+        task.add_done_callback(lambda task: self._ended(task, sock, source))
 
-    async def _handshake(self, transport: asyncio.Transport, source: str) -> None:
+    async def _handshake(self, sock: socket.socket, source: str) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        handover = _Handover()
+        sock.setblocking(False)
         try:
-            tls = await loop.start_tls(
-                transport,
-                handover,
-                self._context,
-                server_side=True,
+            await loop.connect_accepted_socket(
+                self._protocol_factory,
+                sock,
+                ssl=self._context,
                 ssl_handshake_timeout=self._timeout,
             )
         except OSError as exc:  # ssl.SSLError is an OSError
-            transport.abort()
+            sock.close()
             now = loop.time()
             self._handshakes.failed(source, _failure(exc, now - started, self._timeout), now)
             self._collect_soon()
-            return
         except Exception:  # one connection's failure must never reach the listener
-            transport.abort()
+            sock.close()
             log.exception("TLS handshake failed unexpectedly", extra={"source": source})
-            return
-        if tls is None or tls.is_closing():
-            return  # the peer closed right after its handshake
-        try:
-            handover.hand_over(tls, self._protocol_factory())
-        except Exception:
-            tls.abort()
-            log.exception("a TLS connection could not be served", extra={"source": source})
 
-    def _ended(self, task: asyncio.Task[None], transport: asyncio.Transport, source: str) -> None:
+    def _ended(self, task: asyncio.Task[None], sock: socket.socket, source: str) -> None:
         """Every admitted handshake ends here, exactly once, even if its task was
         cancelled before it began."""
         self._tasks.discard(task)
         if task.cancelled():
-            transport.abort()
+            sock.close()
         self._handshakes.done(source)
         self._write_log()
 
@@ -213,8 +206,10 @@ class TLSListener:
         """Stop listening and cancel the handshakes in progress (established
         connections are the server's to close)."""
         self._closing = True
-        if self._server is not None:
-            self._server.close()
+        for task in self._accepting:
+            task.cancel()
+        for sock in self._sockets:
+            sock.close()
         for timer in (self._log_check, self._collect):
             if timer is not None:
                 timer.cancel()
@@ -223,10 +218,8 @@ class TLSListener:
             task.cancel()
 
     async def wait_closed(self) -> None:
-        """Wait until the cancelled handshakes ended and the server closed; call
+        """Wait until the cancelled handshakes and the accepting tasks ended; call
         :meth:`close` first, and close the established connections before this."""
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        await asyncio.gather(*self._tasks, *self._accepting, return_exceptions=True)
+        self._accepting, self._sockets = [], []
         self._write_log()
