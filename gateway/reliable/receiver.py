@@ -6,6 +6,12 @@ meanwhile, and turns refusals into gateway replies that keep Flower retrying:
 503 when it did not execute the request, 504 when the request may have reached
 the SuperLink but its reply is unknown (it is then never executed again).
 
+The pending records of the calls that arrive in one turn of the event loop are
+committed together at its end (:meth:`DedupStore.hold`, group commit), and each
+call executes only once its record is durable; completed records join the batch
+of the turn they finish in, and the reply does not wait for it (a crash before
+that commit leaves the id pending: its retry is refused, never run twice).
+
 The execution runs in a task of its own, not in the caller's: when a site's
 attempt times out, its transport cancels the handler, but the call to the
 SuperLink carries on and its reply is kept for the retry (which joins it or
@@ -16,6 +22,7 @@ force a refusal.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -105,6 +112,10 @@ class ReliableReceiver:
         self._last_expiry = float("-inf")
         self._results: dict[str, asyncio.Future[Reply]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._store = store
+        self._batch: asyncio.Future[DedupStoreError | None] | None = None
+        """The writes of this turn of the loop, committed at its end; what the
+        commit raised, or ``None`` once they are durable."""
         self._closed = False
         self.untracked = 0
         """Calls without a message id, executed with no dedup at all."""
@@ -133,8 +144,9 @@ class ReliableReceiver:
             return await execute()
         key = dedup_key(scope, message_id) if scope else message_id
         now = self._clock()
-        self._maybe_expire(now)
         try:
+            batch = self._held()
+            self._maybe_expire(now)
             decision = self.protocol.begin(key, now, note)
         except DedupStoreError as exc:
             log.error("dedup store failed", extra={"message_id": message_id, "error": str(exc)})
@@ -165,7 +177,7 @@ class ReliableReceiver:
             future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
             self._results[key] = future
             call = _Call(key, message_id, note)
-            task = asyncio.create_task(self._execute(call, execute, future))
+            task = asyncio.create_task(self._execute(call, execute, future, batch))
             self._tasks.add(task)
             task.add_done_callback(lambda t: self._executed(t, call, future))
         else:
@@ -175,10 +187,47 @@ class ReliableReceiver:
         # shield: a caller that goes away must not cancel the shared result.
         return await asyncio.shield(future)
 
+    def _held(self) -> asyncio.Future[DedupStoreError | None]:
+        """The batch the store's writes go to now; its commit is scheduled at the end
+        of this turn of the loop. Raises :class:`DedupStoreError` if no batch opens."""
+        if self._batch is None:
+            self._store.hold()
+            self._batch = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(self._commit)
+        return self._batch
+
+    def _commit(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch is None:
+            return
+        try:
+            self._store.commit()
+        except DedupStoreError as exc:
+            log.error("dedup store failed to commit", extra={"error": str(exc)})
+            batch.set_result(exc)
+        else:
+            batch.set_result(None)
+
     async def _execute(
-        self, call: _Call, execute: Execution, future: asyncio.Future[Reply]
+        self,
+        call: _Call,
+        execute: Execution,
+        future: asyncio.Future[Reply],
+        batch: asyncio.Future[DedupStoreError | None],
     ) -> None:
         key, message_id = call.key, call.message_id
+        failed = await asyncio.shield(batch)  # its pending record durable before it runs
+        if failed is not None:
+            with contextlib.suppress(DedupStoreError):  # not run: a retry may run it
+                self.protocol.abandon(key, self._clock())
+            del self._results[key]
+            future.set_result(
+                reply_for_error(
+                    message_id,
+                    NotDeliveredError(f"relay: dedup store unavailable, not executed: {failed}"),
+                )
+            )
+            return
         try:
             reply = await execute()
         except Exception as exc:
@@ -187,6 +236,7 @@ class ReliableReceiver:
             return
         now = self._clock()
         try:
+            self._held()
             if self._keep_reply(reply):
                 self.protocol.complete(key, reply.SerializeToString(), now)
             else:
@@ -257,3 +307,4 @@ class ReliableReceiver:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._commit()  # what this turn wrote, before the store closes

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -403,6 +404,71 @@ async def test_sqlite_cache_serves_a_retry_after_restart(tmp_path: Path) -> None
     with SqliteDedupStore(path) as store:
         again = await receiver(store).handle("m", superlink("m"))
     assert again == first and superlink.calls == 1
+
+
+async def test_calls_of_one_turn_share_a_commit_and_run_only_once_their_record_is_durable(
+    tmp_path: Path,
+) -> None:
+    """Group commit: each execution starts after its pending record is committed (another
+    connection sees it), and the pending records of concurrent calls share commits."""
+    path = tmp_path / "dedup.db"
+    commits = 0
+
+    class CountingStore(SqliteDedupStore):
+        def commit(self) -> None:
+            nonlocal commits
+            commits += 1
+            super().commit()
+
+    seen: dict[str, object] = {}
+
+    def execution(message_id: str) -> Callable[[], Awaitable[Reply]]:
+        async def execute() -> Reply:
+            with sqlite3.connect(path) as other:  # another reader sees only what is committed
+                row = other.execute(
+                    "SELECT state FROM dedup WHERE message_id = ?", (message_id,)
+                ).fetchone()
+            seen[message_id] = row[0] if row else None
+            return upstream_reply(message_id, http_status=200, grpc_code=0, body=b"ok")
+
+        return execute
+
+    ids = [f"m{i}" for i in range(50)]
+    with CountingStore(path) as store:
+        relay = receiver(store)
+        replies = await asyncio.gather(*(relay.handle(i, execution(i)) for i in ids))
+        await relay.aclose()
+    assert [r.body for r in replies] == [b"ok"] * len(ids)
+    assert seen == {i: "pending" for i in ids}
+    assert 1 <= commits <= 4, f"{commits} commits for {len(ids)} calls of one turn"
+    with SqliteDedupStore(path) as reopened:
+        records = {i: reopened.get(i) for i in ids}
+    assert {i: r.state.value if r else None for i, r in records.items()} == dict.fromkeys(
+        ids, "completed"
+    )
+
+
+async def test_a_failed_commit_runs_nothing_and_a_retry_runs_afresh(tmp_path: Path) -> None:
+    """The pending record never became durable: the call is answered 503 (not run)."""
+    failures = 1
+
+    class FlakyStore(SqliteDedupStore):
+        def commit(self) -> None:
+            nonlocal failures
+            if failures and self._db.in_transaction:
+                failures -= 1
+                self._db.rollback()
+                raise DedupStoreError("disk I/O error")
+            super().commit()
+
+    superlink = SuperLink()
+    with FlakyStore(tmp_path / "dedup.db") as store:
+        relay = receiver(store)
+        first = await relay.handle("m", superlink("m"))
+        assert (first.origin, first.http_status, superlink.calls) == (ORIGIN_GATEWAY, 503, 0)
+        assert "disk I/O error" in first.detail
+        again = await relay.handle("m", superlink("m"))
+    assert (again.http_status, again.body, superlink.calls) == (200, b"call 1", 1)
 
 
 async def test_an_execution_that_raises_is_answered_and_never_rerun(
