@@ -27,6 +27,7 @@ import grpc.aio
 from yarl import URL
 
 from ..core import fleet
+from ..core.config import READ_BUFFER_BYTES
 from ..core.envelope import header_pairs, upstream_reply
 from ..core.exceptions import MaybeDeliveredError, NotDeliveredError
 from ..core.failures import reply_for_error
@@ -82,7 +83,9 @@ class HttpUpstream(Upstream):
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ssl=self._ssl), auto_decompress=False
+                connector=aiohttp.TCPConnector(limit=0, ssl=self._ssl),
+                auto_decompress=False,
+                read_bufsize=READ_BUFFER_BYTES,
             )
         return self._session
 

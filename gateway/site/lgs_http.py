@@ -10,7 +10,7 @@ import ssl
 from aiohttp import web
 
 from ..core import fleet
-from ..core.config import Limits, LoopbackTLS
+from ..core.config import READ_BUFFER_BYTES, Limits, LoopbackTLS
 from ..core.envelope import header_pairs
 from ..proto.envelope_pb2 import DIALECT_HTTP, Reply
 from .lgs import REFUSAL_DETAIL, Forward, LocalGatewayServer
@@ -52,7 +52,7 @@ class HttpLGS(LocalGatewayServer):
         max_size = limits.max_frame_bytes or 2**62
         self._app = web.Application(client_max_size=max_size)
         self._app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(self._app, access_log=None)
+        self._runner = web.AppRunner(self._app, access_log=None, read_bufsize=READ_BUFFER_BYTES)
         self._site: web.SockSite | None = None
         self._port = 0
 

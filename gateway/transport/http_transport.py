@@ -27,7 +27,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from google.protobuf.message import DecodeError
 
-from ..core.config import Limits, TLSConfig
+from ..core.config import READ_BUFFER_BYTES, Limits, TLSConfig
 from ..core.exceptions import (
     AuthError,
     ConnectError,
@@ -124,7 +124,10 @@ class HttpTransportClient(interface.TransportClient):
                 keepalive_timeout=self._keepalive_timeout,
             )
             self._session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+                connector=connector,
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent",),
+                read_bufsize=READ_BUFFER_BYTES,
             )
         return self._session
 
@@ -219,6 +222,7 @@ class HttpTransportServer(interface.TransportServer):
             handler_cancellation=True,  # as grpcs: a call whose site hung up is cancelled
             keepalive_timeout=_SERVER_KEEPALIVE_TIMEOUT,
             shutdown_timeout=_SHUTDOWN_TIMEOUT,
+            read_bufsize=READ_BUFFER_BYTES,
         )
         self._port = 0
 

@@ -26,7 +26,7 @@ from typing import cast
 
 from google.protobuf.message import DecodeError
 
-from ..core.config import Limits, TLSConfig
+from ..core.config import STREAM_READ_LIMIT, Limits, TLSConfig
 from ..core.exceptions import (
     AuthError,
     ConnectError,
@@ -79,7 +79,6 @@ ASK_ABOVE = 1024 * 1024
 """A request with a larger payload is announced first (ask) and sent once admitted
 (go): refused unasked, the relay would still have to read it to the end."""
 _READ_CHUNK = 256 * 1024
-_STREAM_LIMIT = 64 * 1024  # asyncio.start_server's: the reader pauses the socket at twice this
 # After an error frame, input is read and dropped until the peer is quiet for
 # _LINGER_QUIET seconds (at most _LINGER): closing with unread input would
 # reset the connection and could destroy the error frame before the peer reads it.
@@ -405,6 +404,7 @@ class TcpTransportClient(interface.TransportClient):
                     self._url.port,
                     ssl=self._ssl,
                     ssl_handshake_timeout=self._connect_timeout,
+                    limit=STREAM_READ_LIMIT,
                 ),
                 self._connect_timeout,
             )
@@ -706,7 +706,7 @@ class TcpTransportServer(interface.TransportServer):
         """What ``asyncio.start_server`` makes for each connection: ``_accept`` runs
         once the connection is made, with a reader and a writer."""
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=_STREAM_LIMIT, loop=loop)
+        reader = asyncio.StreamReader(limit=STREAM_READ_LIMIT, loop=loop)
         return asyncio.StreamReaderProtocol(reader, self._accept, loop=loop)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
