@@ -15,13 +15,55 @@ import json
 import os
 import re
 import signal
-from collections.abc import Callable, Mapping
+import subprocess
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 from ..core.exceptions import ProcessError
 from .install import FlowerInstall
 
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")  # Flower colours its log even when piped
+
+
+@contextlib.asynccontextmanager
+async def _started(
+    argv: list[str], env: Mapping[str, str]
+) -> AsyncIterator[tuple[subprocess.Popen[bytes], asyncio.StreamReader]]:
+    """``argv`` running in a session of its own, its stdout and stderr as one stream;
+    killed with its process group on the way out if it has not exited by then.
+
+    Started by the standard library's fork-exec, not ``asyncio.create_subprocess_exec``:
+    on uvloop (the relay's loop) that one runs Python's at-fork hooks in the child, and
+    grpcio's, with the relay's channels open, abort it ("flwr run exited -6").
+    """
+    process = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=dict(env),
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    loop = asyncio.get_running_loop()
+    output = asyncio.StreamReader(loop=loop)
+    try:
+        pipe, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(output, loop=loop), process.stdout
+        )
+    except BaseException:
+        process.kill()
+        process.stdout.close()
+        await asyncio.to_thread(process.wait)
+        raise
+    try:
+        yield process, output
+    finally:
+        if process.poll() is None:  # timed out, or the job was cancelled meanwhile
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # and whatever it started
+            await asyncio.to_thread(process.wait)
+        pipe.close()
 
 
 def write_flwr_home(
@@ -92,28 +134,14 @@ async def flwr_run(
     argv = [str(install.program("flwr")), "run", str(app_dir), connection, "--stream"]
     if run_config:
         argv += ["--run-config", " ".join(f"{k}={_toml_value(v)}" for k, v in run_config.items())]
-    env = install.env(flwr_home)
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        stdin=asyncio.subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
     lines: list[str] = []
-    assert process.stdout is not None
-    try:
-        async for raw in process.stdout:
+    async with _started(argv, install.env(flwr_home)) as (process, output):
+        async for raw in output:
             line = ANSI_RE.sub("", raw.decode(errors="replace").rstrip("\n"))
             lines.append(line)
             if on_line is not None:
                 on_line(line)
-        code = await process.wait()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        code = await asyncio.to_thread(process.wait)
     return code, "\n".join(lines)
 
 
@@ -183,22 +211,11 @@ async def _flwr_output(install: FlowerInstall, flwr_home: Path, args: list[str])
     A command that does not finish within ``FLWR_COMMAND_TIMEOUT`` is killed and
     its output is a line saying so, which no caller parses as an answer.
     """
-    process = await asyncio.create_subprocess_exec(
-        str(install.program("flwr")),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        stdin=asyncio.subprocess.DEVNULL,
-        env=install.env(flwr_home),
-        start_new_session=True,
-    )
-    try:
-        out, _ = await asyncio.wait_for(process.communicate(), FLWR_COMMAND_TIMEOUT)
-    except asyncio.TimeoutError:
-        return f"flwr {args[0]}: no answer within {FLWR_COMMAND_TIMEOUT:.0f} s"
-    finally:
-        if process.returncode is None:  # timed out, or the job was cancelled meanwhile
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)  # and whatever it started
-            await process.wait()
+    argv = [str(install.program("flwr")), *args]
+    async with _started(argv, install.env(flwr_home)) as (process, output):
+        try:
+            out = await asyncio.wait_for(output.read(), FLWR_COMMAND_TIMEOUT)
+        except asyncio.TimeoutError:
+            return f"flwr {args[0]}: no answer within {FLWR_COMMAND_TIMEOUT:.0f} s"
+        await asyncio.to_thread(process.wait)
     return out.decode(errors="replace")
