@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import signal
+import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,6 +59,15 @@ def run(coro: Coroutine[Any, Any, T], *, fast_loop: bool = False) -> T:
     if fast_loop:
         return eventloop.run(main())
     return asyncio.run(main())
+
+
+def serve_until_stopped(name: str, service: Coroutine[Any, Any, None]) -> int:
+    """Serve ``service`` (a relay, site or edge) on the fast loop until SIGTERM or
+    Ctrl-C; a stop is the normal end: "NAME stopped", exit code 0."""
+    with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
+        run(service, fast_loop=True)
+    print(f"{name} stopped", file=sys.stderr)
+    return EXIT_OK
 
 
 def stop_signals() -> asyncio.Event:

@@ -7,8 +7,6 @@ then the listeners and the upstream connection close) and the exit code is 0.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import os
 import sys
 
@@ -16,7 +14,6 @@ from ..core.exceptions import ConfigError
 from ..core.identity import Role, peer_from_pem
 from ..edge import EdgeRelay
 from .common import (
-    EXIT_OK,
     add_budget_options,
     add_limit_options,
     add_log_options,
@@ -25,7 +22,7 @@ from .common import (
     kit_from,
     limits_from,
     relay_from,
-    run,
+    serve_until_stopped,
     stop_signals,
     tls_from,
 )
@@ -114,7 +111,4 @@ async def _serve_edge(args: argparse.Namespace) -> None:
 
 
 def _edge_start(args: argparse.Namespace) -> int:
-    with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
-        run(_serve_edge(args))
-    print("edge stopped", file=sys.stderr)
-    return EXIT_OK
+    return serve_until_stopped("edge", _serve_edge(args))

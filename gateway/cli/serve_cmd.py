@@ -15,9 +15,7 @@ import functools
 import os
 import resource
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
 
 from ..control import telemetry
 from ..control.relay_app import RelayApp
@@ -31,7 +29,6 @@ from ..provisioning.kit import Kit
 from ..tracking.mlflow_client import redacted, require_mlflow
 from ..tracking.mlflow_export import DEFAULT_EXPERIMENT, MLflowSettings
 from .common import (
-    EXIT_OK,
     add_budget_options,
     add_limit_options,
     add_log_options,
@@ -42,7 +39,7 @@ from .common import (
     limits_from,
     metrics_listen_from,
     relay_from,
-    run,
+    serve_until_stopped,
     stop_signals,
     tls_from,
 )
@@ -255,16 +252,8 @@ async def _serve_metrics(name: str, endpoint: MetricsEndpoint) -> None:
     print(f"{name} metrics on {endpoint.url}", flush=True)
 
 
-def _until_stopped(name: str, service: Coroutine[Any, Any, None]) -> int:
-    """Serve until SIGTERM or Ctrl-C; a stop is the normal end, exit code 0."""
-    with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
-        run(service, fast_loop=True)
-    print(f"{name} stopped", file=sys.stderr)
-    return EXIT_OK
-
-
 def _relay_start(args: argparse.Namespace) -> int:
-    return _until_stopped("relay", _serve_relay(args))
+    return serve_until_stopped("relay", _serve_relay(args))
 
 
 async def _serve_site(args: argparse.Namespace) -> None:
@@ -305,4 +294,4 @@ async def _serve_site(args: argparse.Namespace) -> None:
 
 
 def _site_start(args: argparse.Namespace) -> int:
-    return _until_stopped("site", _serve_site(args))
+    return serve_until_stopped("site", _serve_site(args))

@@ -100,9 +100,9 @@ class JobManager:
         self._unpacking = asyncio.Semaphore(UNPACKS_AT_ONCE)
         self.on_event: Callable[[str, str], None] = lambda job_id, text: None
         self.fleet_calls: Callable[[str], int] = lambda job_id: 0
+        """The Fleet calls the relay answered for a job (the relay sets it)."""
         self._tracking_dropped: dict[str, int] = {}
         """Per job, client-side records its sites or writers dropped (logged once a job)."""
-        """The Fleet calls the relay answered for a job (the relay sets it)."""
         self.edge_of: dict[str, str] = {}
         """The edge relay each site behind one is provisioned behind (the relay sets it)."""
         self._sites = SiteTasks(
