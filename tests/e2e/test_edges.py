@@ -275,3 +275,29 @@ async def test_job_sites_shows_the_path_of_each_site(
         "site-b2": "via:edge-b",
         "site-d": "direct",
     }, table
+
+
+async def test_a_relay_started_from_its_kit_serves_the_sites_behind_its_edges(
+    federation: RunningFederation,
+) -> None:
+    """``flgate relay start --kit``: the relay kit's edges map reaches the dispatcher, so
+    a site behind an edge comes online through it (its signed task polls accepted), and
+    the relay refuses none of its calls."""
+    federation.start_relay(from_kit=True)
+    try:
+        federation.start_edge("edge-a")
+        federation.start_site("site-a1", from_kit=True)
+        admin = federation.admin()
+        try:
+            await wait_online(admin, 1, timeout=120)
+            online = {s.name for s in await admin.list_sites() if s.online}
+        finally:
+            await admin.aclose()
+        assert online == {"site-a1"}, _tails(federation)
+        relay_log = (federation.root / "relay.out").read_text()
+        assert "refused" not in relay_log, relay_log[-3000:]
+    finally:
+        for process in (federation.sites.pop("site-a1"), federation.edges.pop("edge-a")):
+            await asyncio.to_thread(federation.stop, process)
+        await asyncio.to_thread(federation.stop, federation.relay)
+        federation.relay = None
