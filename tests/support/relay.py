@@ -9,7 +9,7 @@ from gateway.control.jobs.manager import JobManager
 from gateway.core import fleet
 from gateway.core.envelope import make_envelope, now_ms, upstream_reply
 from gateway.flower.install import FlowerInstall, FlowerInstalls
-from gateway.proto.envelope_pb2 import DIALECT_HTTP, Dialect, Envelope, Reply
+from gateway.proto.envelope_pb2 import DIALECT_HTTP, KIND_FLEET, Dialect, Envelope, Kind, Reply
 from gateway.relay.lgc import Upstream
 
 
@@ -75,15 +75,26 @@ class CountingUpstream(Upstream):
         pass
 
 
-def fleet_call(method: str, message_id: str, *, job: str = "job", site: str = "site-1") -> Envelope:
-    """A site's Fleet call ``method`` as the relay receives it, due in 10 s."""
-    return make_envelope(
+def fleet_call(
+    method: str,
+    message_id: str | None = None,
+    *,
+    job: str = "job",
+    site: str = "site-1",
+    kind: Kind = KIND_FLEET,
+    body: bytes = b"",
+) -> Envelope:
+    """A site's call ``method`` (a Fleet call unless ``kind`` says otherwise) as the relay
+    receives it, due in 10 s (``message_id`` None: a fresh one)."""
+    envelope = make_envelope(
         job_id=job,
         site=site,
         method=method,
         dialect=DIALECT_HTTP,
         headers=[],
-        body=b"",
+        body=body,
         deadline_unix_ms=now_ms() + 10_000,
         message_id=message_id,
     )
+    envelope.kind = kind
+    return envelope

@@ -16,11 +16,9 @@ import pytest
 
 from gateway.control.relay_api import ControlService
 from gateway.core import fleet
-from gateway.core.envelope import make_envelope, now_ms
 from gateway.core.site_signing import REFUSAL_HEADER, sign_envelope
 from gateway.proto.control_pb2 import PollTasksRequest
 from gateway.proto.envelope_pb2 import (
-    DIALECT_HTTP,
     KIND_ADMIN,
     KIND_AGENT,
     KIND_FLEET,
@@ -31,7 +29,7 @@ from gateway.proto.envelope_pb2 import (
 )
 from gateway.relay.dispatcher import Dispatcher
 from tests.support.edge_pki import EdgePKI
-from tests.support.relay import CountingUpstream, offline_job_manager
+from tests.support.relay import CountingUpstream, fleet_call, offline_job_manager
 
 
 @pytest.fixture(scope="module")
@@ -61,18 +59,7 @@ def call(
     kind: Kind = KIND_FLEET,
     body: bytes = b"",
 ) -> Envelope:
-    envelope = make_envelope(
-        job_id=job,
-        site=site,
-        method=method,
-        dialect=DIALECT_HTTP,
-        headers=[],
-        body=body,
-        deadline_unix_ms=now_ms() + 10_000,
-        message_id=message_id,
-    )
-    envelope.kind = kind
-    return envelope
+    return fleet_call(method, message_id, job=job, site=site, kind=kind, body=body)
 
 
 def signed(pki: EdgePKI, site: str, envelope: Envelope | None = None) -> Envelope:

@@ -14,34 +14,16 @@ import pytest
 
 from gateway.control.relay_api import ControlService
 from gateway.core import fleet
-from gateway.core.envelope import make_envelope, now_ms
 from gateway.core.identity import Peer, Role
 from gateway.proto.control_pb2 import JobRef, PollTasksRequest
 from gateway.proto.envelope_pb2 import (
-    DIALECT_HTTP,
     KIND_ADMIN,
     KIND_AGENT,
-    KIND_FLEET,
     ORIGIN_GATEWAY,
     Envelope,
-    Kind,
 )
 from gateway.relay.dispatcher import Dispatcher
-from tests.support.relay import CountingUpstream, offline_job_manager
-
-
-def _envelope(kind: Kind, method: str, body: bytes, *, job: str, site: str) -> Envelope:
-    envelope = make_envelope(
-        job_id=job,
-        site=site,
-        method=method,
-        dialect=DIALECT_HTTP,
-        headers=[],
-        body=body,
-        deadline_unix_ms=now_ms() + 10_000,
-    )
-    envelope.kind = kind
-    return envelope
+from tests.support.relay import CountingUpstream, fleet_call, offline_job_manager
 
 
 @pytest.fixture
@@ -62,29 +44,32 @@ async def dispatcher(tmp_path: Path) -> AsyncIterator[tuple[Dispatcher, Counting
     [
         (
             Peer("site-1", Role.EDGE),
-            _envelope(KIND_FLEET, "PullMessages", b"", job="job-1", site="site-1"),
+            fleet_call("PullMessages", job="job-1"),
             "edge:site-1 is not a site certificate; only sites call the Fleet API",
         ),
         (
             Peer("site-1", Role.EDGE),
-            _envelope(
-                KIND_AGENT,
+            fleet_call(
                 "PollTasks",
-                PollTasksRequest(wait_ms=0).SerializeToString(),
                 job="",
-                site="site-1",
+                kind=KIND_AGENT,
+                body=PollTasksRequest(wait_ms=0).SerializeToString(),
             ),
             "edge:site-1 may not call 'PollTasks': it needs a site certificate",
         ),
         (
             Peer("admin", Role.EDGE),
-            _envelope(KIND_ADMIN, "ListJobs", b"", job="", site=""),
+            fleet_call("ListJobs", job="", site="", kind=KIND_ADMIN),
             "edge:admin may not call 'ListJobs': it needs a admin certificate",
         ),
         (
             Peer("admin", Role.EDGE),
-            _envelope(
-                KIND_ADMIN, "AbortJob", JobRef(job_id="job-1").SerializeToString(), job="", site=""
+            fleet_call(
+                "AbortJob",
+                job="",
+                site="",
+                kind=KIND_ADMIN,
+                body=JobRef(job_id="job-1").SerializeToString(),
             ),
             "edge:admin may not call 'AbortJob': it needs a admin certificate",
         ),
@@ -111,15 +96,9 @@ async def test_the_same_calls_from_a_site_certificate_pass_the_role_check(
     """The refusals above are the role's: the same envelopes from a site get through."""
     relay, upstream = dispatcher
     site = Peer("site-1", Role.SITE)
-    reply = await relay.handle(
-        site, _envelope(KIND_FLEET, "PullMessages", b"", job="job-1", site="site-1")
-    )
+    reply = await relay.handle(site, fleet_call("PullMessages", job="job-1"))
     assert reply.http_status == 200 and upstream.calls == 1
-    poll = _envelope(
-        KIND_AGENT,
-        "PollTasks",
-        PollTasksRequest(wait_ms=0).SerializeToString(),
-        job="",
-        site="site-1",
+    poll = fleet_call(
+        "PollTasks", job="", kind=KIND_AGENT, body=PollTasksRequest(wait_ms=0).SerializeToString()
     )
     assert (await relay.handle(site, poll)).http_status == 200
