@@ -14,6 +14,14 @@ loads both to measure what recording costs the relay. The first transport's
 metrics-on pair also takes client-side tracking records for the bench's job, as a
 real relay and site agent do (see :mod:`.worker`): the flood step measures what a
 ClientApp flooding its tracking writer costs the Fleet calls.
+
+The first transport has one more path, via an edge relay (:mod:`gateway.edge`):
+a site that signs its envelopes, as a site behind an edge does, dials an edge
+relay process over that transport, which carries them over that transport to the
+first transport's metrics-on relay; that relay knows the edge's site as a relay
+kit's ``edges`` map says. The edge has a certificate of its own (``Role.EDGE``)
+from the same throw-away CA. The latency and objects steps compare it with the
+direct-to-relay path of the same transport: what the extra hop adds.
 """
 
 from __future__ import annotations
@@ -41,6 +49,9 @@ from .fleet_client import Endpoint
 JOB_ID = "bench"
 STUB_JOB_ID = "bench-stub"
 SITE = "bench-site"
+EDGE = "bench-edge"
+EDGE_SITE = "bench-edge-site"
+"""The edge relay of the edge path, and the one site behind it."""
 METRICS_OFF = "metrics off"
 REDIS_SCHEMES = ("redis", "rediss")
 _READY_TIMEOUT = 60.0
@@ -77,6 +88,24 @@ class GatewayPath:
     def name(self) -> str:
         """The scheme, or ``grpcs, metrics off`` for the pair without metrics."""
         return self.scheme if self.relay_metrics is not None else variant(self.scheme)
+
+
+@dataclass(frozen=True)
+class EdgePath:
+    """The first transport's path via an edge relay: site -> edge -> that transport's relay."""
+
+    scheme: str
+    endpoint: Endpoint
+    """The LGS of the bench's job on the site behind the edge."""
+    edge: ManagedProcess
+    site: ManagedProcess
+    relay: ManagedProcess
+    """The relay it reaches (the one of the direct path it is compared with)."""
+
+
+def via_edge(scheme: str) -> str:
+    """The name of the edge path over ``scheme`` (its endpoint's key)."""
+    return f"{scheme} via edge"
 
 
 def variant(scheme: str) -> str:
@@ -127,6 +156,8 @@ class _PKI:
     relay: TLSConfig
     site: TLSConfig
     redis: TLSConfig
+    edge: TLSConfig
+    edge_site: TLSConfig
 
 
 def _make_pki(directory: Path) -> _PKI:
@@ -136,6 +167,8 @@ def _make_pki(directory: Path) -> _PKI:
         relay=write_participant(directory / "relay", ca, "relay", Role.RELAY, hosts=hosts),
         site=write_participant(directory / SITE, ca, SITE, Role.SITE),
         redis=write_participant(directory / "redis", ca, "redis", Role.RELAY, hosts=hosts),
+        edge=write_participant(directory / EDGE, ca, EDGE, Role.EDGE, hosts=hosts),
+        edge_site=write_participant(directory / EDGE_SITE, ca, EDGE_SITE, Role.SITE),
     )
 
 
@@ -175,6 +208,8 @@ class Paths:
     """The constant-answer Fleet endpoint, called directly."""
     metrics_off: GatewayPath | None = None
     """The first transport once more, with metrics off."""
+    edge: EdgePath | None = None
+    """The first transport via an edge relay."""
 
 
 @contextlib.asynccontextmanager
@@ -186,8 +221,8 @@ async def gateway_paths(
     notify: Callable[[str], None],
     profile_dir: Path | None = None,
 ) -> AsyncIterator[Paths]:
-    """Start a relay and a site-gateway process per transport, and the metrics-off
-    pair of the first; stop them all at the end.
+    """Start a relay and a site-gateway process per transport, the metrics-off
+    pair of the first and its edge path; stop them all at the end.
 
     Each relay routes two jobs, the bench's SuperLink (``bench``) and the
     constant-answer stub (``bench-stub``); each site opens an LGS for both.
@@ -209,11 +244,15 @@ async def gateway_paths(
         def directory_of(scheme: str, metrics: bool) -> Path:
             return workdir / (scheme if metrics else f"{scheme}-metrics-off")
 
+        edge_directory = workdir / f"{transports[0]}-via-edge"
         redis_urls: dict[Path, str] = {}
-        for scheme, metrics in pairs:
+        for scheme, directory in [
+            *((s, directory_of(s, metrics)) for s, metrics in pairs),
+            (transports[0], edge_directory),
+        ]:
             if scheme in REDIS_SCHEMES:
-                # A Redis of its own for each pair: both pairs' sites have one name.
-                directory = directory_of(scheme, metrics)
+                # A Redis of its own for each pair (both pairs' sites have one name)
+                # and for the edge's listener.
                 server = await asyncio.to_thread(
                     start_redis,
                     directory / "redis",
@@ -227,6 +266,8 @@ async def gateway_paths(
             suffix = directory.name
             on = ["--metrics"] if metrics else []
             tracking = metrics and scheme == transports[0]
+            # The edge path reaches the first transport's metrics-on relay.
+            edges = ["--edge", f"{EDGE}={EDGE_SITE}"] if tracking else []
             listen = redis_urls.get(directory, f"{scheme}://127.0.0.1:0")
             relay = _worker(
                 f"relay-{suffix}",
@@ -234,7 +275,7 @@ async def gateway_paths(
                     "relay", *_tls_args(pki.relay), "--listen", listen,
                     "--workspace", str(directory / "relay"), "--site", SITE,
                     "--route", f"{JOB_ID}={superlink_fleet}",
-                    "--route", f"{STUB_JOB_ID}={stub_address}", *on,
+                    "--route", f"{STUB_JOB_ID}={stub_address}", *on, *edges,
                     *(["--tracking", JOB_ID] if tracking else []),
                     "--ready", str(directory / "relay.ready"), *profile(f"relay-{suffix}"),
                 ],
@@ -260,6 +301,7 @@ async def gateway_paths(
             assert isinstance(lgs, dict)
             name = scheme if metrics else variant(scheme)
             notify(f"gateway over {name}: relay pid {relay.pid}, site pid {site.pid}")
+            relay_urls[directory] = relay_url
             return GatewayPath(
                 scheme,
                 Endpoint(name, str(lgs[JOB_ID])),
@@ -276,11 +318,45 @@ async def gateway_paths(
                 ),
             )
 
+        async def start_edge(relay: GatewayPath) -> EdgePath:
+            scheme, directory = relay.scheme, edge_directory
+            edge = _worker(
+                "edge",
+                [
+                    "edge", *_tls_args(pki.edge), "--name", EDGE, "--sites", EDGE_SITE,
+                    "--listen", redis_urls.get(directory, f"{scheme}://127.0.0.1:0"),
+                    "--upstream", relay_urls[directory_of(scheme, True)],
+                    "--ready", str(directory / "edge.ready"), *profile("edge"),
+                ],
+                directory,
+            )  # fmt: skip
+            started.append(edge)
+            ready = await _wait_ready(edge, directory / "edge.ready")
+            site = _worker(
+                "site-via-edge",
+                [
+                    "site", *_tls_args(pki.edge_site), "--sign", "--name", EDGE_SITE,
+                    "--relay", redis_urls.get(directory, f"{scheme}://localhost:{ready['port']}"),
+                    "--job", JOB_ID, "--metrics",
+                    "--ready", str(directory / "site.ready"), *profile("site-via-edge"),
+                ],
+                directory,
+            )  # fmt: skip
+            started.append(site)
+            lgs = (await _wait_ready(site, directory / "site.ready"))["lgs"]
+            assert isinstance(lgs, dict)
+            name = via_edge(scheme)
+            notify(f"gateway over {name}: edge pid {edge.pid}, site pid {site.pid}")
+            return EdgePath(scheme, Endpoint(name, str(lgs[JOB_ID])), edge, site, relay.relay)
+
+        relay_urls: dict[Path, str] = {}
         started_paths = await asyncio.gather(*(start(*pair) for pair in pairs))
+        gateways = [p for p in started_paths if p.relay_metrics is not None]
         yield Paths(
-            gateways=[p for p in started_paths if p.relay_metrics is not None],
+            gateways=gateways,
             stub=Endpoint("direct", stub_address),
             metrics_off=next((p for p in started_paths if p.relay_metrics is None), None),
+            edge=await start_edge(gateways[0]),
         )
     finally:
         # Sites first, then relays, then Redis: nobody retries against a vanished peer.

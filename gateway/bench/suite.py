@@ -2,7 +2,8 @@
 
 Latency, capacity, objects and memory share one SuperLink, the bench's Flower
 run, and one relay and one site-gateway process per transport (the first
-transport's twice, metrics on and off, compared in the capacity step). The
+transport's twice, metrics on and off, compared in the capacity step; and once more via an edge
+relay, compared with it in the latency and objects steps). The
 whole runs come last with processes of their own, once those are stopped: one
 after another in the full bench, all at once with ``--quick``. Each step hands what
 it measured to :mod:`.targets`, which adds the step's rows and their goals; the
@@ -47,11 +48,13 @@ from .flower_app import CHUNK_BYTES, Control, write_app
 from .latency import measure_latency
 from .memory import stream_model
 from .objects import Exchange, exchange
-from .paths import STUB_JOB_ID, GatewayPath, Paths, gateway_paths
+from .paths import STUB_JOB_ID, EdgePath, GatewayPath, Paths, gateway_paths
 from .report import BenchReport
 from .stats import MB, median, ms
 from .targets import (
     capacity_rows,
+    edge_latency_rows,
+    edge_object_rows,
     flood_rows,
     in_brief_order,
     latency_rows,
@@ -292,14 +295,32 @@ class _Bench:
             for p in paths
         }
 
+    def edge_details(self, edge: EdgePath | None) -> None:
+        """What the edge path is, for the JSON (its figures are in the rows)."""
+        if edge is None:
+            return
+        self.report.details["edge"] = {
+            "scheme": edge.scheme,
+            "path": edge.endpoint.name,
+            "hops": f"site -{edge.scheme}-> edge -{edge.scheme}-> relay",
+            "pids": {"edge": edge.edge.pid, "site": edge.site.pid, "relay": edge.relay.pid},
+        }
+
     # --- step 1 ---------------------------------------------------------------
     async def latency(
-        self, client: FleetClient, direct: Endpoint, paths: Sequence[GatewayPath]
+        self,
+        client: FleetClient,
+        direct: Endpoint,
+        paths: Sequence[GatewayPath],
+        edge: EdgePath | None = None,
     ) -> None:
+        """Each path in rotation; the edge path's with them, so the hop it adds is
+        measured against the same SuperLink in the same state."""
         plan = self.plan
+        via = [] if edge is None else [edge.endpoint]
         self.notify(
             f"latency: small Fleet calls, {plan.latency_rounds} rounds over "
-            f"direct + {len(paths)} gateway paths"
+            f"direct + {len(paths)} gateway paths" + "".join(f" + {e.name}" for e in via)
         )
         node = SyntheticNode()
         await client.join(direct, node)
@@ -307,7 +328,7 @@ class _Bench:
             samples = await measure_latency(
                 client,
                 node,
-                [direct, *(p.endpoint for p in paths)],
+                [direct, *(p.endpoint for p in paths), *via],
                 rounds=plan.latency_rounds,
                 warmup=plan.latency_warmup,
                 notify=self.notify,
@@ -315,6 +336,17 @@ class _Bench:
         finally:
             await client.leave(direct, node)
         latency_rows(self.report, samples, [p.scheme for p in paths])
+        if edge is not None:
+            p50 = {
+                name: ms(median(samples.samples[name]["SendNodeHeartbeat"]))
+                for name in (edge.scheme, edge.endpoint.name)
+            }
+            self.notify(
+                f"latency via an edge relay over {edge.scheme}: heartbeat p50 "
+                f"{p50[edge.scheme]:.2f} ms straight to the relay, "
+                f"{p50[edge.endpoint.name]:.2f} ms via the edge"
+            )
+            edge_latency_rows(self.report, samples, scheme=edge.scheme, via=edge.endpoint.name)
         self.report.details["latency"] = {
             "rounds": plan.latency_rounds,
             "warmup_rounds": plan.latency_warmup,
@@ -458,9 +490,12 @@ class _Bench:
         direct: Endpoint,
         paths: Sequence[GatewayPath],
         control: Control,
+        edge: EdgePath | None = None,
     ) -> None:
         plan = self.plan
         endpoints = [direct, *(p.endpoint for p in paths)]
+        if edge is not None:
+            endpoints.append(edge.endpoint)
         plan_size = plan.object_repeats * len(OBJECT_CONCURRENCY) * len(endpoints)
         self.notify(
             f"objects: {plan_size} exchanges of {plan.object_chunks} x 5 MiB, "
@@ -503,6 +538,14 @@ class _Bench:
             concurrencies=OBJECT_CONCURRENCY,
             schemes=[p.scheme for p in paths],
         )
+        if edge is not None:
+            edge_object_rows(
+                self.report,
+                exchanges,
+                concurrencies=OBJECT_CONCURRENCY,
+                scheme=edge.scheme,
+                via=edge.endpoint.name,
+            )
         self.report.details["objects"] = {
             "chunk_bytes": CHUNK_BYTES,
             "chunks_per_message": self.plan.object_chunks,
@@ -605,8 +648,9 @@ async def _steps(
             # Submitted first: the run starts while latency and capacity are measured
             # (its ServerApp sends nothing until the objects step names a node).
             async with _bench_run(install, addresses.control, workdir) as control:
+                bench.edge_details(paths.edge)
                 bench.rss_snapshot("start", paths.gateways)
-                await bench.latency(client, direct, paths.gateways)
+                await bench.latency(client, direct, paths.gateways, paths.edge)
                 await bench.flood(client, direct, paths.gateways, workdir)
                 bench.rss_snapshot("latency", paths.gateways)
                 await bench.capacity(client, direct, paths)
@@ -616,7 +660,7 @@ async def _steps(
                 # hide what one model streaming two calls at a time needs.
                 await bench.memory(client, paths.gateways)
                 bench.rss_snapshot("memory", paths.gateways)
-                await bench.objects(client, direct, paths.gateways, control)
+                await bench.objects(client, direct, paths.gateways, control, paths.edge)
                 bench.rss_snapshot("objects", paths.gateways)
     finally:
         await asyncio.to_thread(superlink.stop)

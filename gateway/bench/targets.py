@@ -77,6 +77,31 @@ def latency_rows(report: BenchReport, samples: LatencySamples, schemes: Sequence
                 row.figures[scheme] = Figure(direct_value, gateway_value)
 
 
+def _edge_note(scheme: str) -> str:
+    return f"direct = straight to the relay, {scheme} only"
+
+
+def edge_latency_rows(
+    report: BenchReport, samples: LatencySamples, *, scheme: str, via: str
+) -> None:
+    """p50 of a heartbeat and an empty pull over ``scheme`` straight to its relay (the
+    "direct" column) and via an edge relay (path ``via``): the added column is the hop's."""
+    for method, short in (("SendNodeHeartbeat", "heartbeat"), ("PullMessages", "empty-pull")):
+        row = report.row(
+            f"latency.edge.{short}.p50",
+            LATENCY,
+            f"{method}{' (empty)' if short == 'empty-pull' else ''} p50, via an edge relay",
+            "ms",
+            show_added=True,
+            note=_edge_note(scheme),
+            schemes=(scheme,),
+        )
+        row.figures[scheme] = Figure(
+            ms(percentile(samples.samples[scheme][method], 50)),
+            ms(percentile(samples.samples[via][method], 50)),
+        )
+
+
 def stored_bound(limits: TrackingLimits, seconds: float) -> float:
     """The most records a site lets one job send in ``seconds``: its burst, then its rate."""
     return limits.burst + limits.rate * seconds
@@ -221,6 +246,38 @@ def object_rows(
             for scheme in schemes:
                 gateway_value = median([rate(e) for e in of if e.path == scheme])
                 row.figures[scheme] = Figure(direct_value, gateway_value)
+
+
+def edge_object_rows(
+    report: BenchReport,
+    exchanges: Sequence[Exchange],
+    *,
+    concurrencies: Sequence[int],
+    scheme: str,
+    via: str,
+) -> None:
+    """The median MB/s of each direction and concurrency over ``scheme`` straight to its
+    relay (the "direct" column) and via an edge relay (path ``via``): the ratio is the hop's."""
+    for direction in ("pull", "push"):
+        method = "PullObject" if direction == "pull" else "PushObject"
+        for concurrency in concurrencies:
+            row = report.row(
+                f"objects.edge.{direction}.c{concurrency}",
+                OBJECTS,
+                f"{method} 5 MiB, {concurrency} at a time, via an edge relay",
+                "MB/s",
+                note=_edge_note(scheme),
+                schemes=(scheme,),
+            )
+            of = [e for e in exchanges if e.concurrency == concurrency]
+
+            def rate(e: Exchange, d: str = direction) -> float:
+                return e.pull_mb_s if d == "pull" else e.push_mb_s
+
+            row.figures[scheme] = Figure(
+                median([rate(e) for e in of if e.path == scheme]),
+                median([rate(e) for e in of if e.path == via]),
+            )
 
 
 def memory_rows(

@@ -2,7 +2,8 @@
 
 ``python -m gateway.bench.worker relay ...`` runs a relay as ``flgate relay
 start`` builds it (SQLite dedup store in its workspace) with the bench's job
-routes; ``... site ...`` runs a site gateway with one LGS per job; ``... stub``
+routes; ``... site ...`` runs a site gateway with one LGS per job; ``... edge ...``
+runs an edge relay as ``flgate edge start`` builds it; ``... stub``
 answers every Fleet call at once with an empty success (the relay-only ceiling
 of the capacity step: the same path, with the SuperLink's own cost taken out).
 Each writes a JSON ready file once it serves and runs until SIGTERM.
@@ -14,6 +15,11 @@ and stored in a job store in its workspace and in TensorBoard files, through
 agent's tracking receiver and shipping (:class:`~gateway.control.site_tracking.SiteTracking`)
 for its first job and puts the writer's environment in its ready file
 (``tracking_env``). The bench's flood step (:mod:`.flood`) needs both.
+
+With ``--edge EDGE=SITE`` a relay carries the envelopes that ``SITE`` signs and the
+edge relay ``EDGE`` brings (as a relay kit's ``edges`` map says), and lets ``SITE``
+into every job; with ``--sign`` a site signs every envelope, as a site behind an edge
+relay does. The edge path of the bench (see :mod:`.paths`) needs both.
 
 With ``--metrics`` a relay or site serves its Prometheus metrics on a free
 loopback port (``metrics_port`` in the ready file) and records them, as
@@ -45,6 +51,9 @@ from ..core.config import TLSConfig
 from ..core.exceptions import AuthError, GatewayError, ProtocolError, UnknownMethodError
 from ..core.failures import reply_for_error
 from ..core.identity import Peer, Role
+from ..core.signing import CertificateChecker
+from ..core.site_signing import CarriedEnvelopes
+from ..edge import EdgeRelay
 from ..observability.endpoint import MetricsEndpoint, MetricsListen
 from ..proto.bench_fleet_pb2 import PullObjectResponse, PushObjectResponse
 from ..proto.control_pb2 import PushTrackingRequest, PushTrackingResponse
@@ -144,6 +153,15 @@ def _tracking(relay: Relay, args: argparse.Namespace) -> Iterator[None]:
         store.close()
 
 
+def _edges(args: argparse.Namespace) -> dict[str, list[str]]:
+    """``--edge EDGE=SITE`` options as a relay kit's ``edges`` map."""
+    edges: dict[str, list[str]] = {}
+    for entry in args.edge:
+        edge, _, site = entry.partition("=")
+        edges.setdefault(edge, []).append(site)
+    return edges
+
+
 async def _relay(args: argparse.Namespace) -> None:
     args.workspace.mkdir(parents=True, exist_ok=True)
     relay = Relay(
@@ -151,6 +169,12 @@ async def _relay(args: argparse.Namespace) -> None:
         tls=_tls(args),
         dedup_store=SqliteDedupStore(args.workspace / "dedup.db"),
     )
+    edges = _edges(args)
+    if edges:
+        # As RelayApp sets it up from the relay kit's edges map.
+        relay.dispatcher.carried = CarriedEnvelopes(
+            CertificateChecker(args.ca.read_bytes()), edges=edges
+        )
     with _tracking(relay, args):
         await _serve_relay(relay, args)
 
@@ -159,11 +183,10 @@ async def _serve_relay(relay: Relay, args: argparse.Namespace) -> None:
     async with _metrics(args.metrics) as ready:
         await relay.start()
         try:
+            sites = frozenset([args.site, *(s for ss in _edges(args).values() for s in ss)])
             for route in args.route:
                 job, _, superlink = route.partition("=")
-                relay.add_job(
-                    job, sites=frozenset([args.site]), dialect=DIALECT_HTTP, superlink=superlink
-                )
+                relay.add_job(job, sites=sites, dialect=DIALECT_HTTP, superlink=superlink)
             _write_ready(args.ready, {"port": relay.port, **ready})
             await _until_terminated()
         finally:
@@ -172,7 +195,7 @@ async def _serve_relay(relay: Relay, args: argparse.Namespace) -> None:
 
 async def _site(args: argparse.Namespace) -> None:
     async with _metrics(args.metrics) as ready:
-        gateway = SiteGateway(name=args.name, relay_url=args.relay, tls=_tls(args))
+        gateway = SiteGateway(name=args.name, relay_url=args.relay, tls=_tls(args), sign=args.sign)
         tracking: SiteTracking | None = None
         try:
             addresses = {}
@@ -189,6 +212,23 @@ async def _site(args: argparse.Namespace) -> None:
             if tracking is not None:
                 await tracking.aclose()
             await gateway.aclose()
+
+
+async def _edge(args: argparse.Namespace) -> None:
+    """An edge relay between the sites of ``--sites`` and the relay at ``--upstream``."""
+    edge = EdgeRelay(
+        name=args.name,
+        listen_urls=[args.listen],
+        upstream_url=args.upstream,
+        tls=_tls(args),
+        sites=args.sites.split(","),
+    )
+    await edge.start()
+    try:
+        _write_ready(args.ready, {"port": edge.ports[0]})
+        await _until_terminated()
+    finally:
+        await edge.aclose()
 
 
 def _stub_answers() -> dict[str, bytes]:
@@ -229,7 +269,7 @@ async def _stub(args: argparse.Namespace) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gateway.bench.worker")
     sub = parser.add_subparsers(dest="role", required=True)
-    for role in ("relay", "site", "stub"):
+    for role in ("relay", "site", "edge", "stub"):
         p = sub.add_parser(role)
         p.add_argument("--ready", type=Path, required=True)
         p.add_argument("--profile", type=Path, help="write cProfile stats here at exit")
@@ -248,6 +288,13 @@ def _parser() -> argparse.ArgumentParser:
     relay.add_argument("--site", required=True, help="the one site allowed on every route")
     relay.add_argument("--route", action="append", required=True, metavar="JOB=HOST:PORT")
     relay.add_argument("--tracking", metavar="JOB", help="keep JOB's client-side records")
+    relay.add_argument(
+        "--edge",
+        action="append",
+        default=[],
+        metavar="EDGE=SITE",
+        help="carry SITE's signed envelopes from edge relay EDGE (SITE joins every job)",
+    )
     site = sub.choices["site"]
     site.add_argument("--relay", required=True)
     site.add_argument("--name", required=True)
@@ -257,13 +304,21 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="receive the first job's client-side records and ship them to the relay",
     )
+    site.add_argument(
+        "--sign", action="store_true", help="sign every envelope (a site behind an edge relay)"
+    )
+    edge = sub.choices["edge"]
+    edge.add_argument("--listen", required=True, help="where its sites dial")
+    edge.add_argument("--upstream", required=True, help="the relay's URL")
+    edge.add_argument("--name", required=True, help="the edge relay's (its certificate's)")
+    edge.add_argument("--sites", required=True, help="comma-separated sites it carries")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logs.configure(0)  # warnings, with their key=value details, into the worker's log
-    serve = {"relay": _relay, "site": _site, "stub": _stub}[args.role]
+    serve = {"relay": _relay, "site": _site, "edge": _edge, "stub": _stub}[args.role]
     if args.profile is None:
         eventloop.run(serve(args))
         return 0

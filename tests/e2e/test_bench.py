@@ -64,11 +64,21 @@ def test_quick_bench_measures_every_figure_for_every_transport(tmp_path: Path) -
         "capacity.p99",
         "memory.relay_peak_rss",
         "memory.site_peak_rss",
+        "latency.edge.heartbeat.p50",
+        "latency.edge.empty-pull.p50",
+        "objects.edge.pull.c1",
+        "objects.edge.pull.c8",
+        "objects.edge.push.c1",
+        "objects.edge.push.c8",
     } <= keys
     for row in payload["rows"]:
-        # The tracking flood, and with --quick the whole runs, are measured over the first
-        # transport only; the quick table marks the others' whole runs "full bench only".
-        first_only = row["key"].startswith("latency.flood.") or row["key"] == "run.seconds"
+        # The tracking flood, the path via an edge relay, and with --quick the whole runs, are
+        # measured over the first transport only; the quick table marks the others' whole runs
+        # "full bench only".
+        first_only = (
+            row["key"].startswith(("latency.flood.", "latency.edge.", "objects.edge."))
+            or row["key"] == "run.seconds"
+        )
         measured = transports[:1] if first_only else transports
         assert row["transports"] == measured, row["key"]
         assert set(row["results"]) == set(measured), row["key"]
@@ -97,8 +107,22 @@ def test_quick_bench_measures_every_figure_for_every_transport(tmp_path: Path) -
     expected = sum(len(row["transports"]) + len(row["not_measured"]) for row in payload["rows"])
     assert len(per_transport) == expected
     assert sum("full bench only" in line for line in table) == len(transports) - 1
+    # The edge path: the hop's added latency and its throughput ratio beside each figure.
+    edge_rows = [row for row in payload["rows"] if ".edge." in row["key"]]
+    for row in edge_rows:
+        values = row["results"][transports[0]]
+        if row["key"].startswith("latency."):
+            assert values["added"] is not None, row["key"]
+    assert payload["details"]["edge"]["scheme"] == transports[0]
+    # Each edge row's line ends with its ratio (objects) or its added ms (latency).
+    edge_lines = [line.split() for line in table if "via an edge relay" in line]
+    assert len(edge_lines) == len(edge_rows)
+    for cells in edge_lines:
+        last = cells[-1]
+        assert last.endswith("x") or last[0] in "+-", cells
     # Progress: one line per step on stderr.
-    for step in ("latency:", "tracking flood", "capacity:", "objects:", "memory:", "whole runs:"):
+    steps = ("latency:", "tracking flood", "via an edge relay", "capacity:", "objects:")
+    for step in (*steps, "memory:", "whole runs:"):
         assert step in done.stderr, step
     assert seconds < 840
     print(f"quick bench: {seconds:.0f} s (goal: 180 s on 2 cores)")

@@ -22,6 +22,7 @@ import pytest
 from gateway.bench.capacity import RELAY_CALLS, Capacity, MetricsCost, counted_calls
 from gateway.bench.flower_app import CHUNK_BYTES, Control, write_app
 from gateway.bench.latency import LatencySamples
+from gateway.bench.objects import Exchange
 from gateway.bench.paths import default_schemes, is_secure
 from gateway.bench.report import (
     BenchReport,
@@ -39,6 +40,8 @@ from gateway.bench.targets import (
     RELAY_CPU,
     SITE_CPU,
     capacity_rows,
+    edge_latency_rows,
+    edge_object_rows,
     in_brief_order,
     latency_rows,
     memory_rows,
@@ -306,6 +309,42 @@ def test_each_step_adds_its_rows_with_their_targets_in_the_brief_order() -> None
     assert report.rows[4].label == "relay peak RSS, 50 MB model in flight"
     assert report.rows[4].figures == {"tcps": Figure(None, 120.0)}
     assert report.rows[5].note == "peak since start: /proc clear_refs refused"
+
+
+def test_the_edge_rows_put_the_edge_path_beside_straight_to_the_relay_of_its_transport() -> None:
+    report = BenchReport(quick=True, flower_version="1.41.0", transports=["grpcs", "tcps"])
+    samples = LatencySamples()
+    for path, seconds in (("direct", 0.002), ("grpcs", 0.003), ("grpcs via edge", 0.004)):
+        for method in ("SendNodeHeartbeat", "PullMessages"):
+            samples.add(path, method, seconds)
+    edge_latency_rows(report, samples, scheme="grpcs", via="grpcs via edge")
+    exchanges = [
+        Exchange(path, concurrency, 1, 100_000_000, seconds, 50_000_000, seconds, 0)
+        for path, seconds in (("direct", 0.5), ("grpcs", 1.0), ("grpcs via edge", 2.0))
+        for concurrency in (1, 8)
+    ]
+    edge_object_rows(report, exchanges, concurrencies=(1, 8), scheme="grpcs", via="grpcs via edge")
+    assert [row.key for row in report.rows] == [
+        "latency.edge.heartbeat.p50",
+        "latency.edge.empty-pull.p50",
+        "objects.edge.pull.c1",
+        "objects.edge.pull.c8",
+        "objects.edge.push.c1",
+        "objects.edge.push.c8",
+    ]
+    assert report.rows[0].figures == {"grpcs": Figure(3.0, 4.0)}
+    assert report.rows[2].figures == {"grpcs": Figure(100.0, 50.0)}
+    assert report.rows[4].figures == {"grpcs": Figure(50.0, 25.0)}
+    assert all(row.schemes == ("grpcs",) for row in report.rows)
+    assert report.missing() == []
+    lines = table_rows(report)
+    assert len(lines) == 6  # one line each: tcps has no edge path
+    assert (
+        lines[0][1]
+        == "SendNodeHeartbeat p50, via an edge relay (direct = straight to the relay, grpcs only)"
+    )
+    assert lines[0][3:8] == ("grpcs", "3.00", "4.00", "1.33x", "+1.00")
+    assert lines[2][3:8] == ("grpcs", "100", "50.0", "0.50x", "")
 
 
 def test_missing_figures_are_reported_and_json_is_complete() -> None:
