@@ -66,6 +66,24 @@ def signature_matches(key: ec.EllipticCurvePublicKey, signature: bytes, payload:
     return True
 
 
+MAX_CERT_BYTES = 16 * 1024
+"""The largest certificate a signed entry or envelope may carry."""
+MAX_SIGNATURE_BYTES = 256
+"""The largest signature a signed entry or envelope may carry (ECDSA P-256 DER: ~72)."""
+
+
+def staleness(ts_ms: int, *, now: float, max_skew: float, signer: str) -> str | None:
+    """Why a signed timestamp (ms since the epoch) is not fresh at ``now``, or ``None``
+    when it is within ``max_skew`` seconds of it; ``signer`` names whose clock to check."""
+    skew = now - ts_ms / 1000
+    if abs(skew) <= max_skew:
+        return None
+    return (
+        f"its timestamp is {skew:+.1f} s from the relay's clock "
+        f"(at most {max_skew:g} s allowed; check the {signer}'s clock)"
+    )
+
+
 @dataclass(frozen=True)
 class _Known:
     peer: Peer

@@ -38,7 +38,14 @@ from collections.abc import Iterable, Mapping
 from ..proto.envelope_pb2 import Envelope, Header, Reply, SiteSignature
 from .exceptions import AuthError, ReplayError
 from .identity import Peer, Role
-from .signing import CertificateChecker, Signer, signature_matches
+from .signing import (
+    MAX_CERT_BYTES,
+    MAX_SIGNATURE_BYTES,
+    CertificateChecker,
+    Signer,
+    signature_matches,
+    staleness,
+)
 
 REFUSAL_HEADER = "flgate-refusal"
 """A reply header naming a refusal that the edge relay or the site acts on."""
@@ -52,8 +59,6 @@ same message id, signed afresh (the relay's dedup answers it if it ran)."""
 _TAG = b"flgate-site-envelope-v1"
 DEFAULT_MAX_SKEW = 60.0
 """Seconds a signed envelope's timestamp may differ from the relay's clock (as on Redis)."""
-_MAX_CERT_BYTES = 16 * 1024
-_MAX_SIGNATURE_BYTES = 256
 _ROUTING_FIELDS = ("job_id", "site", "message_id", "method", "kind")
 
 
@@ -157,13 +162,10 @@ class CarriedEnvelopes:
                 "behind it, and this one is not signed"
             )
         signed = outer.signed
-        skew = now - signed.ts_ms / 1000
-        if abs(skew) > self._max_skew:
-            raise AuthError(
-                f"stale site signature: its timestamp is {skew:+.1f} s from the relay's clock "
-                f"(at most {self._max_skew:g} s allowed; check the site's clock)"
-            )
-        if len(signed.cert) > _MAX_CERT_BYTES or len(signed.signature) > _MAX_SIGNATURE_BYTES:
+        stale = staleness(signed.ts_ms, now=now, max_skew=self._max_skew, signer="site")
+        if stale is not None:
+            raise AuthError(f"stale site signature: {stale}")
+        if len(signed.cert) > MAX_CERT_BYTES or len(signed.signature) > MAX_SIGNATURE_BYTES:
             raise AuthError("the site signature's certificate or signature is oversized")
         try:
             site, key = self._checker.check(signed.cert, now=now)

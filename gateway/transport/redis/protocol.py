@@ -46,7 +46,14 @@ from dataclasses import dataclass, replace
 
 from ...core.exceptions import AuthError, ProtocolError
 from ...core.identity import Peer, Role
-from ...core.signing import CertificateChecker, Signer, signature_matches
+from ...core.signing import (
+    MAX_CERT_BYTES,
+    MAX_SIGNATURE_BYTES,
+    CertificateChecker,
+    Signer,
+    signature_matches,
+    staleness,
+)
 from ...proto.envelope_pb2 import Envelope, Reply
 
 VERSION = b"1"
@@ -58,8 +65,6 @@ _REQUEST_TAG = b"flgate-redis-request-v1"
 _REPLY_TAG = b"flgate-redis-reply-v1"
 _HEX32 = re.compile(rb"[0-9a-f]{32}")
 _HEX64 = re.compile(rb"[0-9a-f]{64}")
-_MAX_CERT_BYTES = 16 * 1024
-_MAX_SIGNATURE_BYTES = 256
 _MAX_STREAM_NAME = 1024
 
 
@@ -317,12 +322,12 @@ def parse_request(
             raise ValueError("fields 'reply' and 'rid' do not name a reply stream")
         entry = RequestEntry(
             envelope=_field(fields, b"env"),
-            cert=_field(fields, b"cert", limit=_MAX_CERT_BYTES),
+            cert=_field(fields, b"cert", limit=MAX_CERT_BYTES),
             ts_ms=int(ts),
             nonce=_token(fields, b"nonce"),
             rid=address.rid,
             reply_stream=address.stream,
-            signature=_field(fields, b"sig", limit=_MAX_SIGNATURE_BYTES),
+            signature=_field(fields, b"sig", limit=MAX_SIGNATURE_BYTES),
         )
         return entry, address
     except ValueError as exc:
@@ -358,12 +363,9 @@ class RequestVerifier:
         def refuse(reason: str, refusal: Refusal = Refusal.AUTH) -> EntryError:
             return EntryError(reason, refusal=refusal, address=address)
 
-        skew = now - entry.ts_ms / 1000
-        if abs(skew) > self._max_skew:
-            raise refuse(
-                f"stale entry: its timestamp is {skew:+.1f} s from the relay's clock "
-                f"(at most {self._max_skew:g} s allowed; check the sender's clock)"
-            )
+        stale = staleness(entry.ts_ms, now=now, max_skew=self._max_skew, signer="sender")
+        if stale is not None:
+            raise refuse(f"stale entry: {stale}")
         try:
             peer, key = self._checker.check(entry.cert, now=now)
         except AuthError as exc:
@@ -397,8 +399,8 @@ def parse_reply(fields: Mapping[bytes, bytes], *, max_reply: int | None) -> Repl
             rid=_token(fields, b"rid"),
             request=_hex64(fields, b"req"),
             refusal=Refusal(refusal_text) if refusal_text else None,
-            cert=_field(fields, b"cert", limit=_MAX_CERT_BYTES),
-            signature=_field(fields, b"sig", limit=_MAX_SIGNATURE_BYTES),
+            cert=_field(fields, b"cert", limit=MAX_CERT_BYTES),
+            signature=_field(fields, b"sig", limit=MAX_SIGNATURE_BYTES),
         )
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"malformed reply entry: {exc}") from None
