@@ -337,16 +337,14 @@ class _Bench:
             await client.leave(direct, node)
         latency_rows(self.report, samples, [p.scheme for p in paths])
         if edge is not None:
-            p50 = {
-                name: ms(median(samples.samples[name]["SendNodeHeartbeat"]))
-                for name in (edge.scheme, edge.endpoint.name)
-            }
+            heartbeat = edge_latency_rows(
+                self.report, samples, scheme=edge.scheme, via=edge.endpoint.name
+            )[0].figures[edge.scheme]
             self.notify(
                 f"latency via an edge relay over {edge.scheme}: heartbeat p50 "
-                f"{p50[edge.scheme]:.2f} ms straight to the relay, "
-                f"{p50[edge.endpoint.name]:.2f} ms via the edge"
+                f"{heartbeat.direct:.2f} ms straight to the relay, "
+                f"{heartbeat.gateway:.2f} ms via the edge"
             )
-            edge_latency_rows(self.report, samples, scheme=edge.scheme, via=edge.endpoint.name)
         self.report.details["latency"] = {
             "rounds": plan.latency_rounds,
             "warmup_rounds": plan.latency_warmup,

@@ -18,7 +18,7 @@ from .capacity import Capacity, MetricsCost, cpu_per_call
 from .flood import Flood
 from .latency import LatencySamples
 from .objects import Exchange
-from .report import BenchReport, Figure, Target
+from .report import BenchReport, Figure, Row, Target
 from .stats import MB, ms, percentile
 from .wholerun import RunKnobs, WholeRun
 
@@ -59,6 +59,11 @@ FLOOD_SLOWDOWN = Target("ratio_max", 1.10, "<= 1.10x no flood")
 """A ClientApp flooding its tracking writer may slow its job's small calls by 10 % at most."""
 
 
+def _latency_ms(samples: LatencySamples, path: str, method: str, p: float) -> float:
+    """The ``p``-th percentile of ``method``'s latency over ``path``, in ms."""
+    return ms(percentile(samples.samples[path][method], p))
+
+
 def latency_rows(report: BenchReport, samples: LatencySamples, schemes: Sequence[str]) -> None:
     """p50 and p99 of a heartbeat and an empty pull, direct and over each transport."""
     for method, short in (("SendNodeHeartbeat", "heartbeat"), ("PullMessages", "empty-pull")):
@@ -71,10 +76,9 @@ def latency_rows(report: BenchReport, samples: LatencySamples, schemes: Sequence
                 show_added=True,
                 target=LATENCY_P50 if p == 50 else None,
             )
-            direct_value = ms(percentile(samples.samples["direct"][method], p))
+            direct_value = _latency_ms(samples, "direct", method, p)
             for scheme in schemes:
-                gateway_value = ms(percentile(samples.samples[scheme][method], p))
-                row.figures[scheme] = Figure(direct_value, gateway_value)
+                row.figures[scheme] = Figure(direct_value, _latency_ms(samples, scheme, method, p))
 
 
 def _edge_note(scheme: str) -> str:
@@ -83,9 +87,11 @@ def _edge_note(scheme: str) -> str:
 
 def edge_latency_rows(
     report: BenchReport, samples: LatencySamples, *, scheme: str, via: str
-) -> None:
+) -> list[Row]:
     """p50 of a heartbeat and an empty pull over ``scheme`` straight to its relay (the
-    "direct" column) and via an edge relay (path ``via``): the added column is the hop's."""
+    "direct" column) and via an edge relay (path ``via``): the added column is the hop's.
+    Returns the rows (heartbeat first)."""
+    rows = []
     for method, short in (("SendNodeHeartbeat", "heartbeat"), ("PullMessages", "empty-pull")):
         row = report.row(
             f"latency.edge.{short}.p50",
@@ -97,9 +103,10 @@ def edge_latency_rows(
             schemes=(scheme,),
         )
         row.figures[scheme] = Figure(
-            ms(percentile(samples.samples[scheme][method], 50)),
-            ms(percentile(samples.samples[via][method], 50)),
+            _latency_ms(samples, scheme, method, 50), _latency_ms(samples, via, method, 50)
         )
+        rows.append(row)
+    return rows
 
 
 def stored_bound(limits: TrackingLimits, seconds: float) -> float:
@@ -218,6 +225,20 @@ def metrics_cost_row(
             row.figures[scheme] = Figure(None, cpu_per_call([stub[scheme]], "relay") * 1e6)
 
 
+def _median_rate(
+    exchanges: Sequence[Exchange], direction: str, concurrency: int, path: str
+) -> float:
+    """The median MB/s of ``direction`` ("pull" or "push") over the exchanges of ``path``
+    that ran ``concurrency`` calls at a time."""
+    return median(
+        [
+            e.pull_mb_s if direction == "pull" else e.push_mb_s
+            for e in exchanges
+            if e.concurrency == concurrency and e.path == path
+        ]
+    )
+
+
 def object_rows(
     report: BenchReport,
     exchanges: Sequence[Exchange],
@@ -238,13 +259,9 @@ def object_rows(
                 targets={s: REDIS_OBJECT_RATE for s in schemes if s in REDIS_SCHEMES},
             )
 
-            def rate(e: Exchange, d: str = direction) -> float:
-                return e.pull_mb_s if d == "pull" else e.push_mb_s
-
-            of = [e for e in exchanges if e.concurrency == concurrency]
-            direct_value = median([rate(e) for e in of if e.path == "direct"])
+            direct_value = _median_rate(exchanges, direction, concurrency, "direct")
             for scheme in schemes:
-                gateway_value = median([rate(e) for e in of if e.path == scheme])
+                gateway_value = _median_rate(exchanges, direction, concurrency, scheme)
                 row.figures[scheme] = Figure(direct_value, gateway_value)
 
 
@@ -269,14 +286,9 @@ def edge_object_rows(
                 note=_edge_note(scheme),
                 schemes=(scheme,),
             )
-            of = [e for e in exchanges if e.concurrency == concurrency]
-
-            def rate(e: Exchange, d: str = direction) -> float:
-                return e.pull_mb_s if d == "pull" else e.push_mb_s
-
             row.figures[scheme] = Figure(
-                median([rate(e) for e in of if e.path == scheme]),
-                median([rate(e) for e in of if e.path == via]),
+                _median_rate(exchanges, direction, concurrency, scheme),
+                _median_rate(exchanges, direction, concurrency, via),
             )
 
 

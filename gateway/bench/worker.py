@@ -175,15 +175,16 @@ async def _relay(args: argparse.Namespace) -> None:
         relay.dispatcher.carried = CarriedEnvelopes(
             CertificateChecker(args.ca.read_bytes()), edges=edges
         )
+    sites = frozenset([args.site, *(s for behind in edges.values() for s in behind)])
     with _tracking(relay, args):
-        await _serve_relay(relay, args)
+        await _serve_relay(relay, args, sites)
 
 
-async def _serve_relay(relay: Relay, args: argparse.Namespace) -> None:
+async def _serve_relay(relay: Relay, args: argparse.Namespace, sites: frozenset[str]) -> None:
+    """Serve every route to ``sites`` (the bench's site and those behind its edges)."""
     async with _metrics(args.metrics) as ready:
         await relay.start()
         try:
-            sites = frozenset([args.site, *(s for ss in _edges(args).values() for s in ss)])
             for route in args.route:
                 job, _, superlink = route.partition("=")
                 relay.add_job(job, sites=sites, dialect=DIALECT_HTTP, superlink=superlink)
