@@ -66,6 +66,17 @@ class Path3:
     edge: EdgeRelay
 
 
+def edge_a(kits: dict[str, Kit], *, upstream_port: int) -> EdgeRelay:
+    """edge-a from its kit, listening on tcps, its relay on grpcs at ``upstream_port``."""
+    return EdgeRelay(
+        name="edge-a",
+        listen_urls=["tcps://127.0.0.1:0"],
+        upstream_url=f"grpcs://localhost:{upstream_port}",
+        tls=kits["edge-a"].tls,
+        sites=kits["edge-a"].sites,
+    )
+
+
 @pytest.fixture
 async def path(kits: dict[str, Kit]) -> AsyncIterator[Path3]:
     relay_kit = kits["relay"]
@@ -76,13 +87,7 @@ async def path(kits: dict[str, Kit]) -> AsyncIterator[Path3]:
     upstream = CountingUpstream()
     relay.dispatcher.add_job("job-1", frozenset({"site-a1", "site-b1", "site-d"}), upstream)
     await relay.start()
-    edge = EdgeRelay(
-        name="edge-a",
-        listen_urls=["tcps://127.0.0.1:0"],
-        upstream_url=f"grpcs://localhost:{relay.port}",
-        tls=kits["edge-a"].tls,
-        sites=kits["edge-a"].sites,
-    )
+    edge = edge_a(kits, upstream_port=relay.port)
     await edge.start()
     yield Path3(relay, upstream, edge)
     await edge.aclose()
@@ -153,13 +158,7 @@ async def test_a_relay_out_of_reach_makes_the_site_resend(
 ) -> None:
     """The edge retries upstream within the call's deadline, then says "resend": a
     transport failure to the site, whose sender retries under the same id."""
-    edge = EdgeRelay(
-        name="edge-a",
-        listen_urls=["tcps://127.0.0.1:0"],
-        upstream_url=f"grpcs://localhost:{unused_tcp_port}",
-        tls=kits["edge-a"].tls,
-        sites=kits["edge-a"].sites,
-    )
+    edge = edge_a(kits, upstream_port=unused_tcp_port)
     await edge.start()
     client = site_client(edge, kits["site-a1"].tls)
     started = time.monotonic()
