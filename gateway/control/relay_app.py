@@ -105,16 +105,15 @@ class RelayApp:
         )
         if revocations is not None:
             self.relay.refuse_revoked(revocations.refusal)
-        self.manager.edge_of = {
-            site: edge for edge, sites in (edges or {}).items() for site in sites
-        }
-        self.relay.dispatcher.carried = CarriedEnvelopes(
+        carried = CarriedEnvelopes(
             CertificateChecker(
                 tls.ca_cert.read_bytes(),
                 revoked=revocations.refusal if revocations is not None else None,
             ),
             edges=edges or {},
         )
+        self.relay.dispatcher.carried = carried
+        self.manager.edge_of = carried.edge_of
         self._started = False
 
     @property

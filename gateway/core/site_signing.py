@@ -147,7 +147,8 @@ class CarriedEnvelopes:
         """``edges``: each edge relay's name and the sites provisioned behind it."""
         self._checker = checker
         self._behind = {edge: frozenset(sites) for edge, sites in edges.items()}
-        self._edge_of = {site: edge for edge, sites in self._behind.items() for site in sites}
+        self.edge_of = {site: edge for edge, sites in self._behind.items() for site in sites}
+        """The edge relay each site behind one is provisioned behind."""
         self._max_skew = max_skew
         self.nonces = NonceWindow(2 * max_skew + 1)
 
@@ -208,7 +209,7 @@ class CarriedEnvelopes:
                 )
             return
         if site.name not in self._behind.get(carrier.name, frozenset()):
-            edge = self._edge_of.get(site.name)
+            edge = self.edge_of.get(site.name)
             where = f"behind edge relay {edge!r}" if edge else "to dial the relay directly"
             raise AuthError(
                 f"{site} is not provisioned behind edge relay {carrier.name!r} (it is "
