@@ -29,6 +29,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
+from .config import TLSConfig
 from .exceptions import AuthError, ConfigError
 from .identity import Peer, peer_from_certificate
 
@@ -51,6 +52,11 @@ class Signer:
         self._key = key
         self.cert_pem = cert_pem
         self.peer = peer_from_certificate(cert)
+
+    @classmethod
+    def of(cls, tls: TLSConfig) -> Signer:
+        """The signer of the participant whose certificate and key ``tls`` names."""
+        return cls(cert_pem=tls.cert.read_bytes(), key_pem=tls.key.read_bytes())
 
     def sign(self, payload: bytes) -> bytes:
         """A DER ECDSA (SHA-256) signature of ``payload``."""

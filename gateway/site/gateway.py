@@ -35,8 +35,7 @@ class SiteGateway:
         self._limits = limits
         self._client: TransportClient = connect(relay_url, tls=tls, limits=limits)
         if sign:
-            signer = Signer(cert_pem=tls.cert.read_bytes(), key_pem=tls.key.read_bytes())
-            self._client = SigningClient(self._client, signer)
+            self._client = SigningClient(self._client, Signer.of(tls))
         self._jobs: dict[str, tuple[LocalGatewayServer, JobForwarder]] = {}
         self.call_window = CallWindow()
         """The Fleet calls of all this site's jobs over the last minute (for the agent's poll)."""

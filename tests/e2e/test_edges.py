@@ -190,7 +190,7 @@ def _retries(fed: RunningFederation) -> int:
 
 def _signer(fed: RunningFederation, name: str) -> Signer:
     tls = load_kit(fed.kit(name)).tls
-    return Signer(cert_pem=tls.cert.read_bytes(), key_pem=tls.key.read_bytes())
+    return Signer.of(tls)
 
 
 def _poll(site: str) -> Envelope:

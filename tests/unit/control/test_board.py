@@ -38,7 +38,7 @@ def status(relay: str) -> SiteStatus:
 
 def signer(pki: RedisPKI) -> Signer:
     relay = pki.federation.relay
-    return Signer(cert_pem=relay.cert.read_bytes(), key_pem=relay.key.read_bytes())
+    return Signer.of(relay)
 
 
 def checker(pki: RedisPKI) -> CertificateChecker:
@@ -69,7 +69,7 @@ def test_a_relay_signed_share_is_accepted(redis_pki: RedisPKI) -> None:
 
 def test_a_share_signed_by_a_site_is_refused(redis_pki: RedisPKI) -> None:
     site = redis_pki.federation.sites["site-1"]
-    sealed = seal(share(), Signer(cert_pem=site.cert.read_bytes(), key_pem=site.key.read_bytes()))
+    sealed = seal(share(), Signer.of(site))
     with pytest.raises(AuthError, match="not a relay"):
         unseal(sealed, checker(redis_pki), now=time.time())
 
@@ -88,7 +88,7 @@ def test_a_share_from_another_federation_is_refused(
     other = write_participant(
         tmp_path / "other", CertificateAuthority.create("other"), "relay", Role.RELAY
     )
-    foreign = Signer(cert_pem=other.cert.read_bytes(), key_pem=other.key.read_bytes())
+    foreign = Signer.of(other)
     with pytest.raises(AuthError):
         unseal(seal(share(), foreign), checker(redis_pki), now=time.time())
 

@@ -98,9 +98,7 @@ def site_client(edge: EdgeRelay, tls: TLSConfig, *, sign: bool = True) -> Transp
     client = connect(f"tcps://localhost:{edge.ports[0]}", tls=tls)
     if not sign:
         return client
-    return SigningClient(
-        client, Signer(cert_pem=tls.cert.read_bytes(), key_pem=tls.key.read_bytes())
-    )
+    return SigningClient(client, Signer.of(tls))
 
 
 def call(site: str, *, message_id: str = "m1", due_in: float = 10.0) -> Envelope:

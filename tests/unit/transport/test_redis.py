@@ -160,7 +160,7 @@ async def either(
 
 
 def signer_of(tls: TLSConfig) -> Signer:
-    return Signer(cert_pem=tls.cert.read_bytes(), key_pem=tls.key.read_bytes())
+    return Signer.of(tls)
 
 
 def signed(
