@@ -212,6 +212,11 @@ def forwardable_http_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[s
     ]
 
 
+def forwardable_http_pairs(headers: Iterable[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """:func:`forwardable_http_headers` of headers already lower-cased, values already bytes."""
+    return [(name, value) for name, value in headers if name not in _HTTP_NOT_FORWARDED]
+
+
 def forwardable_grpc_metadata(
     metadata: Iterable[tuple[str, str | bytes]],
 ) -> list[tuple[str, bytes]]:

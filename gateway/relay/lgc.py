@@ -15,25 +15,25 @@ with the CA of its certificate, and the upstream verifies the SuperLink by it.
 from __future__ import annotations
 
 import abc
-import asyncio
 import json
 import logging
 import ssl
+import time
 from pathlib import Path
 
-import aiohttp
 import grpc
 import grpc.aio
-from yarl import URL
 
 from ..core import fleet
-from ..core.config import READ_BUFFER_BYTES
 from ..core.envelope import header_pairs, upstream_reply
-from ..core.exceptions import MaybeDeliveredError, NotDeliveredError
+from ..core.exceptions import MaybeDeliveredError, NotDeliveredError, ProtocolError
 from ..core.failures import reply_for_error
 from ..proto.envelope_pb2 import DIALECT_GRPC, DIALECT_HTTP, Envelope, Reply
+from .http1_client import Http1Client
 
 log = logging.getLogger(__name__)
+
+_PROTOBUF = fleet.PROTOBUF_MEDIA_TYPE.encode()
 
 
 class Upstream(abc.ABC):
@@ -65,82 +65,58 @@ class HttpUpstream(Upstream):
     def __init__(
         self, address: str, *, max_body_bytes: int | None = None, ca_file: Path | None = None
     ) -> None:
-        self._base = f"{'https' if ca_file else 'http'}://{address}"
-        self._max_body = max_body_bytes
-        self._ssl: ssl.SSLContext | bool = (
-            ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
+        host, _, port = address.rpartition(":")
+        self._client = Http1Client(
+            host.strip("[]"),
+            int(port),
+            ssl_context=ssl.create_default_context(cafile=str(ca_file)) if ca_file else None,
         )
-        self._session: aiohttp.ClientSession | None = None
-        self._urls: dict[str, URL] = {}
-        """Parsed once per Fleet method (the dispatcher lets only those through)."""
-
-    def _url(self, method: str) -> URL:
-        url = self._urls.get(method)
-        if url is None:
-            url = self._urls[method] = URL(self._base + fleet.http_path_for(method), encoded=True)
-        return url
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ssl=self._ssl),
-                auto_decompress=False,
-                read_bufsize=READ_BUFFER_BYTES,
-            )
-        return self._session
 
     async def call(self, envelope: Envelope, *, timeout: float) -> Reply:
         headers = header_pairs(envelope.headers)
         if envelope.dialect == DIALECT_GRPC:
             headers = fleet.grpc_headers_to_http(headers)
-        request_headers = [(n, v.decode("latin-1")) for n, v in headers if n != "content-type"]
-        request_headers.append(("content-type", fleet.PROTOBUF_MEDIA_TYPE))
+        headers = [(n, v) for n, v in headers if n != "content-type"]
+        headers.append(("content-type", _PROTOBUF))
+        deadline = time.monotonic() + timeout
         try:
-            async with self._client().post(
-                self._url(envelope.method),
-                data=envelope.body,
-                headers=request_headers,
-                timeout=aiohttp.ClientTimeout(total=timeout),
-            ) as response:
-                body = await response.read()
-                status = response.status
-                reply_headers = fleet.forwardable_http_headers(response.headers.items())
-        except asyncio.TimeoutError:
-            # The timeout may have fired after the request went out.
-            return reply_for_error(
-                envelope.message_id,
-                MaybeDeliveredError(
-                    f"the job's SuperLink did not answer {envelope.method} in time"
-                ),
+            response = await self._client.post(
+                fleet.http_path_for(envelope.method), headers, envelope.body, timeout=timeout
             )
-        except aiohttp.ClientConnectorError as exc:
+        except NotDeliveredError as exc:
             # Not connected (refused, TLS refused): the SuperLink never saw the call,
             # running it again is safe.
             return reply_for_error(
                 envelope.message_id, NotDeliveredError(f"cannot reach the job's SuperLink: {exc}")
             )
-        except aiohttp.ClientError as exc:
+        except MaybeDeliveredError as exc:
             # The call may have reached the SuperLink: an unknown outcome, never re-run.
-            return reply_for_error(
-                envelope.message_id,
-                MaybeDeliveredError(f"the job's SuperLink dropped {envelope.method}: {exc}"),
+            why = (
+                f"did not answer {envelope.method} in time"
+                if time.monotonic() >= deadline
+                else f"dropped {envelope.method}: {exc}"
             )
-        detail = "" if status == 200 else _error_detail(body)
+            return reply_for_error(
+                envelope.message_id, MaybeDeliveredError(f"the job's SuperLink {why}")
+            )
+        except ProtocolError as exc:
+            return reply_for_error(envelope.message_id, exc)
+        status = response.status
+        detail = "" if status == 200 else _error_detail(response.body)
+        reply_headers = fleet.forwardable_http_pairs(response.headers)
         if envelope.dialect == DIALECT_GRPC:
             reply_headers = fleet.http_headers_to_grpc(reply_headers)
         return upstream_reply(
             envelope.message_id,
             http_status=status,
             grpc_code=fleet.grpc_code_for_http(status),
-            body=body,
+            body=response.body,
             detail=detail,
             headers=reply_headers,
         )
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self._client.close()
 
 
 def _grpc_metadata(headers: list[tuple[str, bytes]]) -> list[tuple[str, str | bytes]]:

@@ -1,0 +1,185 @@
+"""The LGC's HTTP/1.1 client against real sockets: reuse, framing, and what each failure means."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from aiohttp import web
+
+from gateway.core.exceptions import MaybeDeliveredError, NotDeliveredError, ProtocolError
+from gateway.relay import http1_client
+from gateway.relay.http1_client import Http1Client, request_head
+
+
+def test_the_head_has_its_own_host_and_length_and_drops_the_callers() -> None:
+    head = request_head(
+        "POST",
+        "/v1/fleet/pull-messages",
+        "127.0.0.1:9",
+        [("host", b"evil"), ("content-length", b"1"), ("flwr-timestamp", b"123")],
+        7,
+    )
+    assert head == (
+        b"POST /v1/fleet/pull-messages HTTP/1.1\r\nhost: 127.0.0.1:9\r\n"
+        b"flwr-timestamp: 123\r\ncontent-length: 7\r\n\r\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("x", b"a\r\nPOST /v1/control/start-run HTTP/1.1"),
+        ("x", b"a\nb"),
+        ("x", b"\0"),
+        ("a b", b""),
+    ],
+)
+def test_a_header_that_could_smuggle_a_request_is_refused(name: str, value: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        request_head("POST", "/", "h:1", [(name, value)], 0)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@contextlib.asynccontextmanager
+async def _serve(handler: Handler) -> AsyncIterator[tuple[int, list[object]]]:
+    peers: list[object] = []
+
+    async def counted(request: web.Request) -> web.StreamResponse:
+        peers.append(request.transport.get_extra_info("peername") if request.transport else None)
+        return await handler(request)
+
+    app = web.Application(client_max_size=16 * 2**20)
+    app.router.add_post("/{tail:.*}", counted)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield port, peers
+    finally:
+        await runner.cleanup()
+
+
+async def _echo(request: web.Request) -> web.Response:
+    body = await request.read()
+    return web.Response(body=body, headers={"x-seen": request.headers.get("flwr-timestamp", "")})
+
+
+async def test_calls_reuse_one_connection_and_carry_bodies_and_headers_both_ways() -> None:
+    async with _serve(_echo) as (port, peers):
+        client = Http1Client("127.0.0.1", port, ssl_context=None)
+        big = bytes(range(256)) * (6 * 4096)  # 6 MiB
+        for body in (b"", b"x", big, b"y" * 1000):
+            response = await client.post(
+                "/v1/fleet/a", [("flwr-timestamp", b"42")], body, timeout=5
+            )
+            assert response.status == 200
+            assert response.body == body
+            assert ("x-seen", b"42") in response.headers
+        assert len(peers) == 4 and len(set(peers)) == 1
+        client.close()
+
+
+async def test_calls_in_flight_at_once_each_get_their_own_answer() -> None:
+    async def slow_echo(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.05)
+        return await _echo(request)
+
+    async with _serve(slow_echo) as (port, peers):
+        client = Http1Client("127.0.0.1", port, ssl_context=None)
+        bodies = [str(i).encode() for i in range(20)]
+        answers = await asyncio.gather(*(client.post("/", [], body, timeout=5) for body in bodies))
+        assert [a.body for a in answers] == bodies
+        assert len(set(peers)) == 20  # one connection per call in flight
+        client.close()
+
+
+async def test_a_connection_the_server_closes_is_not_reused() -> None:
+    async def closing(request: web.Request) -> web.Response:
+        await request.read()
+        response = web.Response(body=b"ok")
+        response.force_close()
+        return response
+
+    async with _serve(closing) as (port, peers):
+        client = Http1Client("127.0.0.1", port, ssl_context=None)
+        for _ in range(3):
+            assert (await client.post("/", [], b"", timeout=5)).body == b"ok"
+        assert len(set(peers)) == 3
+        client.close()
+
+
+async def test_an_idle_connection_is_not_kept_past_its_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(http1_client, "IDLE_SECONDS", 0.05)
+    async with _serve(_echo) as (port, peers):
+        client = Http1Client("127.0.0.1", port, ssl_context=None)
+        await client.post("/", [], b"", timeout=5)
+        await asyncio.sleep(0.1)
+        await client.post("/", [], b"", timeout=5)
+        assert len(set(peers)) == 2
+        client.close()
+
+
+async def test_nobody_listening_is_not_delivered() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = Http1Client("127.0.0.1", port, ssl_context=None)
+    with pytest.raises(NotDeliveredError, match="cannot connect"):
+        await client.post("/", [], b"", timeout=5)
+
+
+async def _raw_server(answer: bytes | None) -> tuple[asyncio.Server, int]:
+    """A server that reads a request's head and writes ``answer`` (None: nothing), then closes."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        if answer is None:
+            await asyncio.sleep(10)
+        else:
+            writer.write(answer)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        (b"", "closed before the answer"),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", "closed before the answer"),
+        (b"NOT HTTP AT ALL\r\n\r\n", "malformed answer"),
+    ],
+)
+async def test_a_dropped_or_malformed_answer_may_have_been_delivered(
+    answer: bytes, why: str
+) -> None:
+    server, port = await _raw_server(answer)
+    async with server:
+        client = Http1Client("127.0.0.1", port, ssl_context=None)
+        with pytest.raises(MaybeDeliveredError, match=why):
+            await client.post("/", [], b"x", timeout=5)
+        client.close()
+
+
+async def test_no_answer_in_time_may_have_been_delivered_and_drops_the_connection() -> None:
+    server, port = await _raw_server(None)
+    async with server:
+        client = Http1Client("127.0.0.1", port, ssl_context=None)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(MaybeDeliveredError, match="in time"):
+            await client.post("/", [], b"x", timeout=0.2)
+        assert 0.2 <= loop.time() - started < 2
+        assert not client._idle
