@@ -22,6 +22,7 @@ import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import httptools
 
@@ -88,8 +89,7 @@ class _Connection(asyncio.Protocol):
         return self._transport is not None and not self._transport.is_closing()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
@@ -125,7 +125,8 @@ class _Connection(asyncio.Protocol):
             answer.set_exception(MaybeDeliveredError(why))
 
     def send(self, head: bytes, body: bytes) -> asyncio.Future[Response]:
-        assert self._transport is not None and self._answer is None
+        if self._transport is None or self._answer is not None:
+            raise RuntimeError("one request at a time on a connection that is open")
         self.reusable = False
         self._answer = asyncio.get_running_loop().create_future()
         self._transport.writelines((head, body))

@@ -138,20 +138,30 @@ async def test_nobody_listening_is_not_delivered() -> None:
         await client.post("/", [], b"", timeout=5)
 
 
-async def _raw_server(answer: bytes | None) -> tuple[asyncio.Server, int]:
-    """A server that reads a request's head and writes ``answer`` (None: nothing), then closes."""
+@contextlib.asynccontextmanager
+async def _raw_server(answer: bytes | None) -> AsyncIterator[int]:
+    """A server that reads a request's head and writes ``answer`` (None: nothing, until the
+    client hangs up), then closes; on exit it has closed every connection."""
+    handled: list[asyncio.Event] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        done = asyncio.Event()
+        handled.append(done)
         await reader.readuntil(b"\r\n\r\n")
         if answer is None:
-            await asyncio.sleep(10)
+            await reader.read()  # until the client closes
         else:
             writer.write(answer)
             await writer.drain()
         writer.close()
+        await writer.wait_closed()
+        done.set()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
+    async with server:
+        yield server.sockets[0].getsockname()[1]
+        for done in handled:
+            await asyncio.wait_for(done.wait(), 5)
 
 
 @pytest.mark.parametrize(
@@ -165,8 +175,7 @@ async def _raw_server(answer: bytes | None) -> tuple[asyncio.Server, int]:
 async def test_a_dropped_or_malformed_answer_may_have_been_delivered(
     answer: bytes, why: str
 ) -> None:
-    server, port = await _raw_server(answer)
-    async with server:
+    async with _raw_server(answer) as port:
         client = Http1Client("127.0.0.1", port, ssl_context=None)
         with pytest.raises(MaybeDeliveredError, match=why):
             await client.post("/", [], b"x", timeout=5)
@@ -174,8 +183,7 @@ async def test_a_dropped_or_malformed_answer_may_have_been_delivered(
 
 
 async def test_no_answer_in_time_may_have_been_delivered_and_drops_the_connection() -> None:
-    server, port = await _raw_server(None)
-    async with server:
+    async with _raw_server(None) as port:
         client = Http1Client("127.0.0.1", port, ssl_context=None)
         loop = asyncio.get_running_loop()
         started = loop.time()

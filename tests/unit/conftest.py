@@ -1,4 +1,4 @@
-"""The transports' listeners and connections run on both event loops the relay and the
+"""The real listeners and connections (transports, the LGS, the LGC's client) run on both event loops the relay and the
 sites may run on (:mod:`gateway.core.eventloop`): asyncio's and uvloop, whose transports
 are other classes with other timing (a uvloop transport reads as soon as its
 ``connection_made`` returns)."""
@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 
 import pytest
 
-BOTH_LOOPS = ("test_handshakes", "test_transports")
+BOTH_LOOPS = ("test_handshakes", "test_transports", "test_http1_client", "test_lgs_http")
 """The modules whose tests run on each loop: the real listeners and clients."""
 
 
