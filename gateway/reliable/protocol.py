@@ -327,9 +327,8 @@ class ReceiverProtocol:
         if message_id in self._in_flight:
             self.joined += 1
             return Join()
-        record = self._store.get(message_id)
+        record = self._store.claim(message_id, now, note)
         if record is None:
-            self._store.mark_pending(message_id, now, note)
             self._in_flight[message_id] = (now, note)
             self.executed += 1
             return Execute()

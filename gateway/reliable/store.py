@@ -76,6 +76,14 @@ class DedupStore(abc.ABC):
     def mark_pending(self, message_id: str, now: float, note: str = "") -> None:
         """Record that ``message_id`` started executing (replaces any record)."""
 
+    def claim(self, message_id: str, now: float, note: str = "") -> Record | None:
+        """Mark ``message_id`` pending if it is unknown (and return ``None``); else its
+        record, unchanged. One statement where the store has one (most ids are new)."""
+        record = self.get(message_id)
+        if record is None:
+            self.mark_pending(message_id, now, note)
+        return record
+
     @abc.abstractmethod
     def pending(self) -> list[Record]:
         """Every pending record, oldest first (read once, at a restart)."""
@@ -241,12 +249,14 @@ class SqliteDedupStore(DedupStore):
 
     def get(self, message_id: str) -> Record | None:
         row = self._run(
-            "SELECT state, at, reply FROM dedup WHERE message_id = ?", (message_id,)
+            "SELECT state, at, reply, note FROM dedup WHERE message_id = ?", (message_id,)
         ).fetchone()
         if row is None:
             return None
-        state, at, reply = row
-        return Record(message_id, State(state), float(at), None if reply is None else bytes(reply))
+        state, at, reply, note = row
+        return Record(
+            message_id, State(state), float(at), None if reply is None else bytes(reply), note
+        )
 
     def mark_pending(self, message_id: str, now: float, note: str = "") -> None:
         self._run(
@@ -254,6 +264,14 @@ class SqliteDedupStore(DedupStore):
             "VALUES (?, 'pending', ?, NULL, ?)",
             (message_id, now, note),
         )
+
+    def claim(self, message_id: str, now: float, note: str = "") -> Record | None:
+        inserted = self._run(
+            "INSERT OR IGNORE INTO dedup (message_id, state, at, reply, note) "
+            "VALUES (?, 'pending', ?, NULL, ?)",
+            (message_id, now, note),
+        ).rowcount
+        return None if inserted else self.get(message_id)
 
     def pending(self) -> list[Record]:
         rows = self._run(

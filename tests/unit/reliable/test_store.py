@@ -47,6 +47,17 @@ def test_pending_then_completed(store: DedupStore) -> None:
     assert len(store) == 1
 
 
+def test_claim_marks_a_new_id_pending_and_leaves_a_known_one_as_it_is(store: DedupStore) -> None:
+    assert store.claim("a", 1.0, "PullMessages") is None
+    pending = Record("a", State.PENDING, 1.0, None, note="PullMessages")
+    assert store.get("a") == pending
+    assert store.claim("a", 2.0, "again") == pending
+    store.mark_completed("a", b"r", 3.0)
+    assert store.claim("a", 4.0) == Record("a", State.COMPLETED, 3.0, b"r")
+    assert store.get("a") == Record("a", State.COMPLETED, 3.0, b"r")
+    assert len(store) == 1
+
+
 def test_completed_without_a_kept_reply(store: DedupStore) -> None:
     store.mark_completed("a", None, 1.0)
     assert store.get("a") == Record("a", State.COMPLETED, 1.0, None)
