@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +32,27 @@ def test_a_jobs_points_are_tensorboard_scalars_with_the_round_as_step(tmp_path: 
         "evaluate/acc": {1: 0.25},
     }
     exporter.add("job-1", [Point("late", 3, 1.0)])  # after the end: nowhere, and no error
+
+
+def test_the_tensorboard_exporter_leaves_pytorch_out_of_the_relay(tmp_path: Path) -> None:
+    """tensorboardX imports torch when it can (236 MB in the relay); the exporter hides it."""
+    pytest.importorskip("torch")  # installed with the dev extra; the point is to keep it out
+    script = f"""
+import sys
+from pathlib import Path
+from gateway.tracking.exporters import JobRun, TensorBoardExporter
+from gateway.tracking.series import Point
+exporter = TensorBoardExporter()
+exporter.start(JobRun("job-1", "q", Path({str(tmp_path)!r}) / "job-1", ("s1",)))
+exporter.add("job-1", [Point("loss", 1, 0.5)])
+exporter.end("job-1", "finished")
+print(sys.modules.get("torch", "absent"))
+"""
+    shown = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert shown.stdout.strip() == "absent", shown.stdout
+    assert read_scalars(tmp_path / "job-1" / TENSORBOARD_DIR) == {"loss": {1: 0.5}}
 
 
 class _Broken:
