@@ -29,7 +29,7 @@ from ..core.envelope import header_pairs, upstream_reply
 from ..core.exceptions import MaybeDeliveredError, NotDeliveredError, ProtocolError
 from ..core.failures import reply_for_error
 from ..proto.envelope_pb2 import DIALECT_GRPC, DIALECT_HTTP, Envelope, Reply
-from .http1_client import Http1Client
+from ..transport.http1_client import Http1Client
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import ssl
 import time
 
-import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from google.protobuf.message import DecodeError
@@ -33,6 +33,8 @@ from ..core.exceptions import (
     ConnectError,
     DeadlineError,
     FrameTooLargeError,
+    MaybeDeliveredError,
+    NotDeliveredError,
     RelayBusyError,
     TransportError,
 )
@@ -51,12 +53,14 @@ from .common import (
     peer_from_ssl_object,
     server_ssl_context,
 )
+from .http1_client import Http1Client
 from .tls_listener import TLSListener
 
 log = logging.getLogger(__name__)
 
 PATH = "/flgate/v1/call"
 CONTENT_TYPE = "application/protobuf"
+_HEADERS = (("content-type", CONTENT_TYPE.encode()),)
 
 DEFAULT_MAX_CONNECTIONS = 100
 """Connections a client keeps at most; more concurrent calls wait for one."""
@@ -94,7 +98,7 @@ def _too_large(what: str, size: int, limit: int) -> str:
 
 
 class HttpTransportClient(interface.TransportClient):
-    """A site's connection pool to the relay's ``https://`` port."""
+    """A site's connection pool to the relay's ``https://`` port (see :mod:`.http1_client`)."""
 
     def __init__(
         self,
@@ -107,29 +111,16 @@ class HttpTransportClient(interface.TransportClient):
     ) -> None:
         assert tls is not None  # https only; enforced by registry.connect
         self._where = f"relay at {url.hostport}"
-        self._endpoint = f"https://{url.hostport}{PATH}"
-        self._ssl = client_ssl_context(tls)
         self._limit = frame_limit(limits)
-        self._max_connections = max_connections
-        self._keepalive_timeout = keepalive_timeout
-        self._session: aiohttp.ClientSession | None = None
+        self._http = Http1Client(
+            url.host,
+            url.port,
+            ssl_context=client_ssl_context(tls),
+            max_connections=max_connections,
+            idle_seconds=keepalive_timeout,
+            max_body_bytes=self._limit,
+        )
         self._closed = False
-
-    def _open_session(self) -> aiohttp.ClientSession:
-        # Created on the first send: a session belongs to the running event loop.
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                ssl=self._ssl,
-                limit=self._max_connections,
-                keepalive_timeout=self._keepalive_timeout,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent",),
-                read_bufsize=READ_BUFFER_BYTES,
-            )
-        return self._session
 
     async def send(self, envelope: Envelope, *, timeout: float) -> Reply:
         if self._closed:
@@ -138,26 +129,29 @@ class HttpTransportClient(interface.TransportClient):
         if self._limit is not None and len(data) > self._limit:
             metrics.oversized("http")
             raise FrameTooLargeError(_too_large("envelope", len(data), self._limit))
-        session = self._open_session()
+        deadline = time.monotonic() + timeout
         try:
-            async with session.post(
-                self._endpoint,
-                data=_body(data),
-                headers={"content-type": CONTENT_TYPE},
-                timeout=aiohttp.ClientTimeout(total=timeout),
-            ) as response:
-                status = response.status
-                size = response.content_length
-                if status == 200 and self._limit is not None and (size or 0) > self._limit:
-                    metrics.oversized("http")
-                    raise FrameTooLargeError(
-                        _too_large("reply", size or 0, self._limit) + " (of this site)"
-                    )
-                body = await response.read()
-        except asyncio.TimeoutError as exc:
-            raise DeadlineError(f"no reply from the {self._where} within {timeout:g} s") from exc
-        except aiohttp.ClientError as exc:
-            raise self._translate(exc) from exc
+            response = await self._http.post(PATH, _HEADERS, data, timeout=timeout)
+        except FrameTooLargeError as exc:
+            metrics.oversized("http")
+            raise FrameTooLargeError(f"the {self._where} sent {exc} (of this site)") from exc
+        except NotDeliveredError as exc:
+            raise self._translate(
+                exc, ConnectError(f"connection to the {self._where} failed: {exc}")
+            ) from exc
+        except MaybeDeliveredError as exc:
+            if time.monotonic() >= deadline:
+                raise DeadlineError(
+                    f"no reply from the {self._where} within {timeout:g} s"
+                ) from exc
+            lost = isinstance(exc.__cause__, OSError)  # not a malformed answer
+            failure = (
+                ConnectError(f"the connection to the {self._where} was lost: {exc}")
+                if lost
+                else TransportError(f"the call to the {self._where} failed: {exc}")
+            )
+            raise self._translate(exc, failure) from exc
+        status, body = response.status, response.body
         if status == 200:
             try:
                 return Reply.FromString(body)
@@ -172,20 +166,18 @@ class HttpTransportClient(interface.TransportClient):
             raise RelayBusyError(f"the {self._where} did not admit the call: {reason}")
         raise TransportError(f"the {self._where} failed the call (HTTP {status}): {reason}")
 
-    def _translate(self, exc: aiohttp.ClientError) -> Exception:
-        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-            return AuthError(f"the certificate of the {self._where} failed verification: {exc}")
-        if certificate_refused(exc) or certificate_refused(getattr(exc, "os_error", exc)):
-            return AuthError(f"the {self._where} refused this participant's certificate: {exc}")
-        if isinstance(exc, aiohttp.ClientConnectionError):
-            return ConnectError(f"connection to the {self._where} failed: {exc}")
-        return TransportError(f"the call to the {self._where} failed: {exc}")
+    def _translate(self, exc: Exception, otherwise: Exception) -> Exception:
+        """A TLS certificate failure is an :class:`AuthError` (never retried)."""
+        cause = exc.__cause__
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return AuthError(f"the certificate of the {self._where} failed verification: {cause}")
+        if certificate_refused(exc):
+            return AuthError(f"the {self._where} refused this participant's certificate: {cause}")
+        return otherwise
 
     async def aclose(self) -> None:
         self._closed = True
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self._http.close()
 
 
 class HttpTransportServer(interface.TransportServer):

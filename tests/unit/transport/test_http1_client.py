@@ -10,9 +10,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from aiohttp import web
 
-from gateway.core.exceptions import MaybeDeliveredError, NotDeliveredError, ProtocolError
-from gateway.relay import http1_client
-from gateway.relay.http1_client import Http1Client, request_head
+from gateway.core.exceptions import (
+    FrameTooLargeError,
+    MaybeDeliveredError,
+    NotDeliveredError,
+    ProtocolError,
+)
+from gateway.transport.http1_client import Http1Client, request_head
 
 
 def test_the_head_has_its_own_host_and_length_and_drops_the_callers() -> None:
@@ -116,12 +120,9 @@ async def test_a_connection_the_server_closes_is_not_reused() -> None:
         client.close()
 
 
-async def test_an_idle_connection_is_not_kept_past_its_time(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(http1_client, "IDLE_SECONDS", 0.05)
+async def test_an_idle_connection_is_not_kept_past_its_time() -> None:
     async with _serve(_echo) as (port, peers):
-        client = Http1Client("127.0.0.1", port, ssl_context=None)
+        client = Http1Client("127.0.0.1", port, ssl_context=None, idle_seconds=0.05)
         await client.post("/", [], b"", timeout=5)
         await asyncio.sleep(0.1)
         await client.post("/", [], b"", timeout=5)
@@ -191,3 +192,61 @@ async def test_no_answer_in_time_may_have_been_delivered_and_drops_the_connectio
             await client.post("/", [], b"x", timeout=0.2)
         assert 0.2 <= loop.time() - started < 2
         assert not client._idle
+
+
+async def test_calls_over_the_connection_cap_wait_for_a_free_connection() -> None:
+    in_flight = most = 0
+
+    async def slow_echo(request: web.Request) -> web.Response:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.02)
+        in_flight -= 1
+        return await _echo(request)
+
+    async with _serve(slow_echo) as (port, peers):
+        client = Http1Client("127.0.0.1", port, ssl_context=None, max_connections=3)
+        bodies = [str(i).encode() for i in range(12)]
+        answers = await asyncio.gather(*(client.post("/", [], b, timeout=5) for b in bodies))
+        assert [a.body for a in answers] == bodies
+        assert most == 3 and len(set(peers)) == 3
+        client.close()
+
+
+async def test_a_call_that_finds_no_free_connection_in_time_was_not_delivered() -> None:
+    async def stuck(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.5)
+        return web.Response(body=b"late")
+
+    async with _serve(stuck) as (port, _):
+        client = Http1Client("127.0.0.1", port, ssl_context=None, max_connections=1)
+        first = asyncio.create_task(client.post("/", [], b"", timeout=5))
+        await asyncio.sleep(0.05)
+        with pytest.raises(NotDeliveredError, match="came free"):
+            await client.post("/", [], b"", timeout=0.1)
+        assert (await first).body == b"late"
+        client.close()
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_an_answer_over_the_limit_is_refused_unread(chunked: bool) -> None:
+    async def big(request: web.Request) -> web.StreamResponse:
+        if not chunked:
+            return web.Response(body=b"x" * 2000)
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for _ in range(4):
+            await response.write(b"y" * 500)
+        await response.write_eof()
+        return response
+
+    async with _serve(big) as (port, _):
+        client = Http1Client("127.0.0.1", port, ssl_context=None, max_body_bytes=1999)
+        with pytest.raises(FrameTooLargeError, match="exceeds the limit of 1999 bytes"):
+            await client.post("/", [], b"", timeout=5)
+        roomy = Http1Client("127.0.0.1", port, ssl_context=None, max_body_bytes=2000)
+        assert len((await roomy.post("/", [], b"", timeout=5)).body) == 2000
+        client.close()
+        roomy.close()

@@ -1,17 +1,21 @@
-"""HTTP/1.1 to one server (a job's SuperLink): pooled keep-alive connections, parsed by llhttp.
+"""HTTP/1.1 to one server: pooled keep-alive connections, answers parsed by llhttp.
 
-Why not aiohttp's client: under the bench's capacity load its request machinery
-(``ClientRequest``, the payload registry, timeout handles, response objects) was
-about a third of the relay's CPU per call (py-spy, issue 19). The LGC needs none
-of what it offers beyond HTTP/1.1 itself: one known server, no redirects,
-cookies, proxies or decompression. This module writes a request's head, lets
-``httptools`` (llhttp, aiohttp's own parser) read the answer, and keeps idle
-connections for the next call.
+Two clients use it: the relay's LGC (to a job's SuperLink) and a site's
+``https://`` transport (to the relay). Why not aiohttp's client: under the
+bench's capacity load its request machinery (``ClientRequest``, the payload
+registry, timeout handles, response objects) was about a third of the relay's
+CPU per call (py-spy, issue 19). Both talk to one known server and need nothing
+beyond HTTP/1.1 itself: no redirects, cookies, proxies or decompression. This
+module writes a request's head, lets ``httptools`` (llhttp, the parser aiohttp
+uses too) read the answer, and keeps idle connections for the next call.
 
 Its errors say whether the request can have reached the server, which is what
 the reliable layer needs: :class:`NotDeliveredError` when no byte of it was
-written (no connection), :class:`MaybeDeliveredError` once it was (no answer in
-time, connection dropped, malformed answer). A request is never resent here.
+written (no connection; the OS or TLS error is its ``__cause__``),
+:class:`MaybeDeliveredError` once it was (no answer in time, connection dropped,
+malformed answer; a lost connection's ``OSError`` is its ``__cause__``), and
+:class:`FrameTooLargeError` for an answer over the size limit. A request is
+never resent here.
 """
 
 from __future__ import annotations
@@ -27,7 +31,12 @@ from typing import cast
 
 import httptools
 
-from ..core.exceptions import MaybeDeliveredError, NotDeliveredError, ProtocolError
+from ..core.exceptions import (
+    FrameTooLargeError,
+    MaybeDeliveredError,
+    NotDeliveredError,
+    ProtocolError,
+)
 
 IDLE_SECONDS = 2.0
 """How long an idle connection is kept for reuse. Below uvicorn's keep-alive
@@ -76,7 +85,9 @@ def request_head(
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; one request at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_body_bytes: int | None) -> None:
+        self._max_body = max_body_bytes
+        self._size = 0
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
         self._answer: asyncio.Future[Response] | None = None
@@ -94,7 +105,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
-        self._fail(f"the connection closed before the answer{f' ({exc})' if exc else ''}")
+        why = f"the connection closed before the answer{f' ({exc})' if exc else ''}"
+        self._fail(MaybeDeliveredError(why), cause=exc or ConnectionAbortedError(why))
 
     def data_received(self, data: bytes) -> None:
         if self._answer is None:
@@ -103,27 +115,47 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(f"a malformed answer ({exc})")
+            self._fail(MaybeDeliveredError(f"a malformed answer ({exc})"), cause=exc)
             self.close()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.decode("latin-1").lower(), value))
 
+    def on_headers_complete(self) -> None:
+        if self._max_body is None:
+            return
+        for name, value in self._headers:
+            if name == "content-length" and value.isdigit() and int(value) > self._max_body:
+                self._too_large(int(value))
+
     def on_body(self, body: bytes) -> None:
+        self._size += len(body)
+        if self._max_body is not None and self._size > self._max_body:
+            self._too_large(self._size)
+            return
         self._body.append(body)
+
+    def _too_large(self, size: int) -> None:
+        self._fail(
+            FrameTooLargeError(
+                f"an answer of {size} bytes or more exceeds the limit of {self._max_body} bytes"
+            )
+        )
+        self.close()  # the rest of the answer is not read
 
     def on_message_complete(self) -> None:
         answer, self._answer = self._answer, None
         self.reusable = self._parser.should_keep_alive()
         response = Response(self._parser.get_status_code(), self._headers, b"".join(self._body))
-        self._headers, self._body = [], []
+        self._headers, self._body, self._size = [], [], 0
         if answer is not None and not answer.done():
             answer.set_result(response)
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, error: Exception, cause: BaseException | None = None) -> None:
         answer, self._answer = self._answer, None
         if answer is not None and not answer.done():
-            answer.set_exception(MaybeDeliveredError(why))
+            error.__cause__ = cause
+            answer.set_exception(error)
 
     def send(self, head: bytes, body: bytes) -> asyncio.Future[Response]:
         if self._transport is None or self._answer is not None:
@@ -135,7 +167,7 @@ class _Connection(asyncio.Protocol):
 
     def expire(self) -> None:
         """The deadline passed: fail the call and drop the connection (it is out of step)."""
-        self._fail("no answer in time")
+        self._fail(MaybeDeliveredError("no answer in time"))
         self.close()
 
     def close(self) -> None:
@@ -147,28 +179,43 @@ class _Connection(asyncio.Protocol):
 class Http1Client:
     """Requests to one ``host:port``, over TLS with ``ssl_context``, on pooled connections.
 
-    No limit on connections: each call in flight has its own, as the LGC had with
-    aiohttp (``limit=0``); the relay's admission budgets bound the calls.
+    ``max_connections`` caps the connections (calls in flight); more calls wait
+    for one, within their timeout. ``None`` (the LGC's choice, as it had with
+    aiohttp's ``limit=0``): each call in flight has its own, the relay's
+    admission budgets bound them. ``idle_seconds``: how long an idle connection
+    is kept for reuse; ``max_body_bytes``: the largest answer body read.
     """
 
-    def __init__(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        max_connections: int | None = None,
+        idle_seconds: float = IDLE_SECONDS,
+        max_body_bytes: int | None = None,
+    ) -> None:
         self._host, self._port = host, port
         self._authority = f"{host}:{port}"
         self._ssl = ssl_context
+        self._slots = asyncio.Semaphore(max_connections) if max_connections else None
+        self._idle_seconds = idle_seconds
+        self._max_body = max_body_bytes
         self._idle: collections.deque[_Connection] = collections.deque()
 
     async def _connection(self, timeout: float) -> _Connection:
         now = time.monotonic()
         while self._idle:
             connection = self._idle.pop()  # the most recently used one
-            if connection.open and now - connection.idle_since < IDLE_SECONDS:
+            if connection.open and now - connection.idle_since < self._idle_seconds:
                 return connection
             connection.close()
         loop = asyncio.get_running_loop()
         try:
             _, connection = await asyncio.wait_for(
                 loop.create_connection(
-                    _Connection,
+                    lambda: _Connection(self._max_body),
                     self._host,
                     self._port,
                     ssl=self._ssl,
@@ -187,8 +234,22 @@ class Http1Client:
     ) -> Response:
         """POST ``body`` to ``path``; the answer, or an error that says whether it can have run."""
         head = request_head("POST", path, self._authority, headers, len(body))
+        if self._slots is None:
+            return await self._post(head, body, time.monotonic() + timeout)
         deadline = time.monotonic() + timeout
-        connection = await self._connection(timeout)
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout)
+        except asyncio.TimeoutError:
+            raise NotDeliveredError(
+                f"no connection to {self._authority} came free in {timeout:g} s"
+            ) from None
+        try:
+            return await self._post(head, body, deadline)
+        finally:
+            self._slots.release()
+
+    async def _post(self, head: bytes, body: bytes, deadline: float) -> Response:
+        connection = await self._connection(max(0.0, deadline - time.monotonic()))
         answer = connection.send(head, body)
         timer = asyncio.get_running_loop().call_later(
             max(0.0, deadline - time.monotonic()), connection.expire
