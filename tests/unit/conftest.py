@@ -1,7 +1,7 @@
-"""The real listeners and connections (transports, the LGS, the LGC's client) run on both event loops the relay and the
-sites may run on (:mod:`gateway.core.eventloop`): asyncio's and uvloop, whose transports
-are other classes with other timing (a uvloop transport reads as soon as its
-``connection_made`` returns)."""
+"""The real listeners and connections (transports, the LGS, the HTTP/1.1 client) run on
+both event loops the relay and the sites may run on (:mod:`gateway.core.eventloop`):
+asyncio's and uvloop, whose transports are other classes with other timing (a uvloop
+transport reads as soon as its ``connection_made`` returns)."""
 
 from __future__ import annotations
 
