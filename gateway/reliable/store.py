@@ -301,8 +301,8 @@ class SqliteDedupStore(DedupStore):
             self._run("BEGIN", ())
 
     def commit(self) -> None:
-        if not self._db.in_transaction:
-            return
+        if self._closed or not self._db.in_transaction:
+            return  # closing committed what was held
         try:
             self._run("COMMIT", ())
         except DedupStoreError:

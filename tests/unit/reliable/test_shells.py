@@ -44,6 +44,7 @@ from gateway.reliable import (
     RetryPolicy,
     SqliteDedupStore,
 )
+from gateway.reliable.receiver import COMPLETION_COMMIT_DELAY
 from gateway.transport import TransportClient
 from tests.support.pki import FederationKits
 from tests.support.relay import fleet_call
@@ -446,6 +447,30 @@ async def test_calls_of_one_turn_share_a_commit_and_run_only_once_their_record_i
     assert {i: r.state.value if r else None for i, r in records.items()} == dict.fromkeys(
         ids, "completed"
     )
+
+
+async def test_a_reply_goes_out_before_its_completed_record_is_committed(
+    tmp_path: Path,
+) -> None:
+    """The completed record waits (at most COMPLETION_COMMIT_DELAY) for a commit; a retry
+    meanwhile is answered from it all the same, and then it is durable."""
+    path = tmp_path / "dedup.db"
+
+    def state_seen_by_another_connection() -> str | None:
+        with sqlite3.connect(path) as other:
+            row = other.execute("SELECT state FROM dedup WHERE message_id = 'm'").fetchone()
+        return row[0] if row else None
+
+    superlink = SuperLink()
+    with SqliteDedupStore(path) as store:
+        relay = receiver(store)
+        first = await relay.handle("m", superlink("m"))
+        assert state_seen_by_another_connection() == "pending"
+        assert await relay.handle("m", superlink("m")) == first  # from the open transaction
+        await asyncio.sleep(COMPLETION_COMMIT_DELAY * 4)
+        assert state_seen_by_another_connection() == "completed"
+        await relay.aclose()
+    assert superlink.calls == 1
 
 
 async def test_a_failed_commit_runs_nothing_and_a_retry_runs_afresh(tmp_path: Path) -> None:
