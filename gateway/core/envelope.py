@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Iterable
@@ -15,9 +16,26 @@ from . import fleet
 _RETRYABLE_HTTP = frozenset({503, 504})
 
 
-def new_message_id() -> str:
-    """128 random bits in hex, as ``uuid4().hex`` but without building a UUID on every call."""
-    return os.urandom(16).hex()
+class _MessageIds:
+    """64 random bits per process, then a 64-bit counter: 32 hex digits, unique without a
+    ``getrandom`` system call per id (3% of a site's CPU per call). Ids are scoped by the
+    verified sender at the relay, so nothing rests on their being unpredictable."""
+
+    def __init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._next = itertools.count()
+
+    def new(self) -> str:
+        return f"{self._prefix}{next(self._next):016x}"
+
+
+_ids = _MessageIds()
+if hasattr(os, "register_at_fork"):  # POSIX: a forked child must not repeat the parent's ids
+    os.register_at_fork(after_in_child=_ids.reseed)
+new_message_id = _ids.new
 
 
 def now_ms() -> int:
