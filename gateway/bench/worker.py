@@ -51,7 +51,7 @@ from ..core.config import TLSConfig
 from ..core.exceptions import AuthError, GatewayError, ProtocolError, UnknownMethodError
 from ..core.failures import reply_for_error
 from ..core.identity import Peer, Role
-from ..core.memory import return_large_blocks_at_once
+from ..core.memory import collecting_garbage_less_often, return_large_blocks_at_once
 from ..core.signing import CertificateChecker
 from ..core.site_signing import CarriedEnvelopes
 from ..edge import EdgeRelay
@@ -323,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(0)  # warnings, with their key=value details, into the worker's log
     serve = {"relay": _relay, "site": _site, "edge": _edge, "stub": _stub}[args.role]
     if args.profile is None:
-        eventloop.run(serve(args))
+        # as `flgate relay|site|edge start` (serve_until_stopped)
+        with collecting_garbage_less_often():
+            eventloop.run(serve(args))
         return 0
     import cProfile
 

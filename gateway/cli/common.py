@@ -27,6 +27,7 @@ from ..core.config import Budgets, Limits, MiB, TLSConfig
 from ..core.exceptions import ConfigError
 from ..core.identity import Role
 from ..core.logs import LOG_FORMATS
+from ..core.memory import collecting_garbage_less_often
 from ..observability.endpoint import MetricsListen, parse_listen
 from ..provisioning.kit import Kit, load_kit
 
@@ -64,7 +65,10 @@ def run(coro: Coroutine[Any, Any, T], *, fast_loop: bool = False) -> T:
 def serve_until_stopped(name: str, service: Coroutine[Any, Any, None]) -> int:
     """Serve ``service`` (a relay, site or edge) on the fast loop until SIGTERM or
     Ctrl-C; a stop is the normal end: "NAME stopped", exit code 0."""
-    with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
+    with (
+        contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt),
+        collecting_garbage_less_often(),
+    ):
         run(service, fast_loop=True)
     print(f"{name} stopped", file=sys.stderr)
     return EXIT_OK
