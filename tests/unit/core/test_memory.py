@@ -1,5 +1,5 @@
-"""A server's memory settings: glibc's, which return large freed blocks at once, and the
-garbage collector's."""
+"""A server's memory settings: glibc's heaps and giving free memory back, and the garbage
+collector's."""
 
 from __future__ import annotations
 
@@ -11,13 +11,15 @@ import pytest
 from gateway.core.memory import (
     GC_THRESHOLDS,
     collecting_garbage_less_often,
-    return_large_blocks_at_once,
+    give_free_memory_back,
+    share_heaps_between_threads,
 )
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc setting")
-def test_the_mmap_threshold_is_fixed_on_glibc() -> None:
-    assert return_large_blocks_at_once() is True
+def test_heaps_are_shared_and_free_memory_is_given_back_on_glibc() -> None:
+    assert share_heaps_between_threads() is True
+    assert give_free_memory_back() is True
 
 
 def test_a_server_collects_garbage_less_often_and_never_visits_what_start_up_loaded() -> None:
