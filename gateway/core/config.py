@@ -8,10 +8,10 @@ from pathlib import Path
 MiB = 1024 * 1024
 
 READ_BUFFER_BYTES = 4 * MiB
-"""How much of a body the local HTTP hops (LGS, LGC, the https transport) buffer
-before they pause their socket. aiohttp's 64 KiB default pauses and wakes the reader
-every 128 KiB, 40 times for one of Flower's 5 MiB objects; this is a ceiling, not an
-allocation (an A/B of PushObject through https: 154 -> 198 MB/s)."""
+"""How much of a body the relay's https listener (aiohttp) buffers before it pauses its
+socket. aiohttp's 64 KiB default pauses and wakes the reader every 128 KiB, 40 times
+for one of Flower's 5 MiB objects; this is a ceiling, not an allocation (an A/B of
+PushObject through https: 154 -> 198 MB/s)."""
 STREAM_READ_LIMIT = 1 * MiB
 """The tcps transport's stream readers: they pause the socket at twice this (asyncio's
 64 KiB default: every 128 KiB). Frames larger than the memory budget admits are not
