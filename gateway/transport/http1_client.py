@@ -197,7 +197,7 @@ class Http1Client:
         max_body_bytes: int | None = None,
     ) -> None:
         self._host, self._port = host, port
-        self._authority = f"{host}:{port}"
+        self._authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._ssl = ssl_context
         self._slots = asyncio.Semaphore(max_connections) if max_connections else None
         self._idle_seconds = idle_seconds
