@@ -51,7 +51,7 @@ from ..core.config import TLSConfig
 from ..core.exceptions import AuthError, GatewayError, ProtocolError, UnknownMethodError
 from ..core.failures import reply_for_error
 from ..core.identity import Peer, Role
-from ..core.memory import collecting_garbage_less_often, share_heaps_between_threads
+from ..core.memory import collecting_garbage_less_often
 from ..core.signing import CertificateChecker
 from ..core.site_signing import CarriedEnvelopes
 from ..edge import EdgeRelay
@@ -164,7 +164,6 @@ def _edges(args: argparse.Namespace) -> dict[str, list[str]]:
 
 
 async def _relay(args: argparse.Namespace) -> None:
-    share_heaps_between_threads()  # as `flgate relay start` does (serve_cmd)
     args.workspace.mkdir(parents=True, exist_ok=True)
     relay = Relay(
         listen_urls=[args.listen],

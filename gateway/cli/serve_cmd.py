@@ -22,7 +22,6 @@ from ..control.relay_app import RelayApp
 from ..control.site_agent import SiteAgent
 from ..core.exceptions import ConfigError
 from ..core.identity import Role
-from ..core.memory import share_heaps_between_threads
 from ..flower.install import FlowerInstalls
 from ..observability.endpoint import RELAY_DEFAULT, SITE_DEFAULT, MetricsEndpoint, Readiness
 from ..provisioning.kit import Kit
@@ -202,7 +201,6 @@ def _allow_many_open_files() -> None:
 
 
 async def _serve_relay(args: argparse.Namespace) -> None:
-    share_heaps_between_threads()  # a burst of peers must not leave the RSS high for good
     _allow_many_open_files()
     stop = stop_signals()
     mlflow = mlflow_from(args)

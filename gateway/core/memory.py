@@ -1,20 +1,19 @@
-"""A long-running process's memory settings: glibc's heaps, freed memory given back
-after a burst (glibc only; elsewhere nothing), and a garbage collector that runs less often.
+"""A long-running process's memory settings: freed memory given back after a burst (glibc
+only; elsewhere nothing), and a garbage collector that runs less often.
 
 The allocator: glibc raises its mmap threshold each time a large block is freed (up to
 32 MiB), so after a few large envelopes even a TLS connection's 256 KiB buffers come
 from the heap, and a burst of connections leaves the heap fragmented and the RSS high
-(900 stuck handshakes: +151 MiB). Fixing the threshold at 128 KiB kept such blocks in
-mappings of their own, but then every copy of a 5 MiB object is a fresh mapping,
-faulted in page by page and unmapped: it halved the relay's object throughput
-(interleaved A/B, 5 MiB PullObject: tcps 193 -> 104 MB/s, grpcs 240 -> 137). So the
-threshold stays glibc's, and after a burst of failed handshakes the relay gives the
-free pages inside its heaps back (:func:`give_free_memory_back`, ``malloc_trim``,
-which releases whole free pages anywhere in a heap, not only at its top). And glibc
-gives each thread that allocates (gRPC's) a heap of its own, which keeps what was
-freed in it: two heaps in all let a second burst reuse what the first left (1000
-stuck grpcs handshakes: +21 MiB more after each burst with one heap per thread, none
-after the first with two).
+(900 stuck handshakes: +151 MiB); gRPC's threads each get a heap of their own, which
+keeps what was freed in it (+21 MiB after each burst of 1000 stuck grpcs handshakes).
+Fixing the threshold at 128 KiB and the heaps at two answered both, but then every
+copy of a 5 MiB object is a fresh mapping, faulted in page by page and unmapped, and
+gRPC's threads wait on each other's heap locks: the relay's object throughput halved
+(interleaved A/B, 5 MiB PullObject through the stub: tcps 193 -> 104 MB/s, grpcs
+240 -> 137; two heaps alone: grpcs 240 -> 124-152). So glibc keeps its own settings,
+and after a burst of failed handshakes the relay gives the free pages of every heap
+back (:func:`give_free_memory_back`, ``malloc_trim``, which releases whole free pages
+anywhere in a heap, not only at its top).
 """
 
 from __future__ import annotations
@@ -24,14 +23,7 @@ import ctypes
 import ctypes.util
 import functools
 import gc
-import logging
 from collections.abc import Iterator
-
-log = logging.getLogger(__name__)
-
-ARENAS = 2
-"""glibc heaps (arenas) shared by all threads."""
-_M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
 
 
 @functools.cache
@@ -41,19 +33,10 @@ def _libc() -> ctypes.CDLL | None:
         return None
     try:
         libc = ctypes.CDLL(name)
-        libc.mallopt, libc.malloc_trim  # noqa: B018  (glibc has both)
+        libc.malloc_trim  # noqa: B018  (glibc's)
     except (OSError, AttributeError):
         return None
     return libc
-
-
-def share_heaps_between_threads() -> bool:
-    """Two glibc heaps for all of this process's threads (call it before threads start);
-    whether it could (False off glibc)."""
-    libc = _libc()
-    ok = libc is not None and bool(libc.mallopt(_M_ARENA_MAX, ARENAS))
-    log.debug("shared the heaps between threads", extra={"arenas": ARENAS, "done": ok})
-    return ok
 
 
 def give_free_memory_back() -> bool:

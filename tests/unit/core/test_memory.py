@@ -1,5 +1,4 @@
-"""A server's memory settings: glibc's heaps and giving free memory back, and the garbage
-collector's."""
+"""A server's memory settings: free memory given back, and the garbage collector's."""
 
 from __future__ import annotations
 
@@ -12,13 +11,11 @@ from gateway.core.memory import (
     GC_THRESHOLDS,
     collecting_garbage_less_often,
     give_free_memory_back,
-    share_heaps_between_threads,
 )
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc setting")
-def test_heaps_are_shared_and_free_memory_is_given_back_on_glibc() -> None:
-    assert share_heaps_between_threads() is True
+def test_free_memory_is_given_back_on_glibc() -> None:
     assert give_free_memory_back() is True
 
 
