@@ -10,7 +10,8 @@ Fixing the threshold at 128 KiB and the heaps at two answered both, but then eve
 copy of a 5 MiB object is a fresh mapping, faulted in page by page and unmapped, and
 gRPC's threads wait on each other's heap locks: the relay's object throughput halved
 (interleaved A/B, 5 MiB PullObject through the stub: tcps 193 -> 104 MB/s, grpcs
-240 -> 137; two heaps alone: grpcs 240 -> 124-152). So glibc keeps its own settings,
+240 -> 137; two heaps with a threshold above 5 MiB: grpcs 240 -> 124-152; two heaps
+alone, 8 calls at a time: grpcs 99 -> 72). So glibc keeps its own settings,
 and after a burst of failed handshakes the relay gives the free pages of every heap
 back (:func:`give_free_memory_back`, ``malloc_trim``, which releases whole free pages
 anywhere in a heap, not only at its top).
