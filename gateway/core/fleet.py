@@ -203,18 +203,13 @@ _GRPC_BINARY_SUFFIX = "-bin"
 _FLOWER_BINARY_HEADERS = frozenset({"flwr-public-key", "flwr-signature"})
 
 
-def forwardable_http_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, bytes]]:
-    """Headers of an HTTP message worth forwarding, lower-cased, values as bytes."""
+def forwardable_http_headers(headers: Iterable[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """Headers of an HTTP message worth forwarding, names lower-cased, values as they came."""
     return [
-        (name.lower(), value.encode("latin-1"))
+        (lower, value)
         for name, value in headers
-        if name.lower() not in _HTTP_NOT_FORWARDED
+        if (lower := name.lower()) not in _HTTP_NOT_FORWARDED
     ]
-
-
-def forwardable_http_pairs(headers: Iterable[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
-    """:func:`forwardable_http_headers` of headers already lower-cased, values already bytes."""
-    return [(name, value) for name, value in headers if name not in _HTTP_NOT_FORWARDED]
 
 
 def forwardable_grpc_metadata(

@@ -103,7 +103,7 @@ class HttpUpstream(Upstream):
             return reply_for_error(envelope.message_id, exc)
         status = response.status
         detail = "" if status == 200 else _error_detail(response.body)
-        reply_headers = fleet.forwardable_http_pairs(response.headers)
+        reply_headers = fleet.forwardable_http_headers(response.headers)
         if envelope.dialect == DIALECT_GRPC:
             reply_headers = fleet.http_headers_to_grpc(reply_headers)
         return upstream_reply(

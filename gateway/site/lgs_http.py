@@ -189,7 +189,7 @@ class _Connection(asyncio.Protocol):
     def _new_request(self) -> None:
         self._url = b""
         self._head_bytes = 0
-        self._headers: list[tuple[str, str]] = []
+        self._headers: list[tuple[str, bytes]] = []
         self._body: list[bytes] = []
         self._size = 0
         self._method: str | None = None
@@ -262,7 +262,7 @@ class _Connection(asyncio.Protocol):
             self._length = int(value)  # llhttp has checked its digits
         elif lower == b"expect":
             self._expect = value.lower() == b"100-continue"
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        self._headers.append((name.decode("latin-1"), value))
 
     def _count_head(self, size: int) -> None:
         self._head_bytes += size

@@ -89,7 +89,12 @@ def test_statuses_that_steer_a_supernode_survive_both_ways() -> None:
 
 def test_hop_by_hop_headers_are_not_forwarded() -> None:
     headers = fleet.forwardable_http_headers(
-        [("Host", "x"), ("Content-Length", "3"), ("flwr-public-key", "YWJj"), ("Connection", "k")]
+        [
+            ("Host", b"x"),
+            ("Content-Length", b"3"),
+            ("flwr-public-key", b"YWJj"),
+            ("Connection", b"k"),
+        ]
     )
     assert headers == [("flwr-public-key", b"YWJj")]
     metadata = fleet.forwardable_grpc_metadata(
