@@ -19,6 +19,7 @@
     │   └── RelayBusyError     503  UNAVAILABLE        over the relay's budget; not executed
     ├── NotDeliveredError      503  UNAVAILABLE        surely did not reach the SuperLink
     └── MaybeDeliveredError    504  UNAVAILABLE        may have reached it; no answer came
+        └── AnswerTimeoutError 504  UNAVAILABLE        sent, and no answer within the time
 
 :func:`gateway.core.failures.reply_for_error` turns any of them into the gateway's
 reply from these two attributes, so a refusal or failure is answered alike everywhere.
@@ -147,3 +148,7 @@ class MaybeDeliveredError(GatewayError):
 
     http_status = 504
     grpc_code = fleet.UNAVAILABLE
+
+
+class AnswerTimeoutError(MaybeDeliveredError):
+    """A request went out and its answer did not come within the caller's time."""

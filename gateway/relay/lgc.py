@@ -18,7 +18,6 @@ import abc
 import json
 import logging
 import ssl
-import time
 from pathlib import Path
 
 import grpc
@@ -26,7 +25,12 @@ import grpc.aio
 
 from ..core import fleet
 from ..core.envelope import header_pairs, upstream_reply
-from ..core.exceptions import MaybeDeliveredError, NotDeliveredError, ProtocolError
+from ..core.exceptions import (
+    AnswerTimeoutError,
+    MaybeDeliveredError,
+    NotDeliveredError,
+    ProtocolError,
+)
 from ..core.failures import reply_for_error
 from ..proto.envelope_pb2 import DIALECT_GRPC, DIALECT_HTTP, Envelope, Reply
 from ..transport.http1_client import Http1Client
@@ -78,7 +82,6 @@ class HttpUpstream(Upstream):
             headers = fleet.grpc_headers_to_http(headers)
         headers = [(n, v) for n, v in headers if n != "content-type"]
         headers.append(("content-type", _PROTOBUF))
-        deadline = time.monotonic() + timeout
         try:
             response = await self._client.post(
                 fleet.http_path_for(envelope.method), headers, envelope.body, timeout=timeout
@@ -89,15 +92,18 @@ class HttpUpstream(Upstream):
             return reply_for_error(
                 envelope.message_id, NotDeliveredError(f"cannot reach the job's SuperLink: {exc}")
             )
-        except MaybeDeliveredError as exc:
+        except AnswerTimeoutError:
             # The call may have reached the SuperLink: an unknown outcome, never re-run.
-            why = (
-                f"did not answer {envelope.method} in time"
-                if time.monotonic() >= deadline
-                else f"dropped {envelope.method}: {exc}"
-            )
             return reply_for_error(
-                envelope.message_id, MaybeDeliveredError(f"the job's SuperLink {why}")
+                envelope.message_id,
+                MaybeDeliveredError(
+                    f"the job's SuperLink did not answer {envelope.method} in time"
+                ),
+            )
+        except MaybeDeliveredError as exc:
+            return reply_for_error(
+                envelope.message_id,
+                MaybeDeliveredError(f"the job's SuperLink dropped {envelope.method}: {exc}"),
             )
         except ProtocolError as exc:
             return reply_for_error(envelope.message_id, exc)

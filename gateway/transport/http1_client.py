@@ -32,6 +32,7 @@ from typing import cast
 import httptools
 
 from ..core.exceptions import (
+    AnswerTimeoutError,
     FrameTooLargeError,
     MaybeDeliveredError,
     NotDeliveredError,
@@ -167,7 +168,7 @@ class _Connection(asyncio.Protocol):
 
     def expire(self) -> None:
         """The deadline passed: fail the call and drop the connection (it is out of step)."""
-        self._fail(MaybeDeliveredError("no answer in time"))
+        self._fail(AnswerTimeoutError("no answer in time"))
         self.close()
 
     def close(self) -> None:

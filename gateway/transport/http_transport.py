@@ -29,6 +29,7 @@ from google.protobuf.message import DecodeError
 
 from ..core.config import READ_BUFFER_BYTES, Limits, TLSConfig
 from ..core.exceptions import (
+    AnswerTimeoutError,
     AuthError,
     ConnectError,
     DeadlineError,
@@ -129,7 +130,6 @@ class HttpTransportClient(interface.TransportClient):
         if self._limit is not None and len(data) > self._limit:
             metrics.oversized("http")
             raise FrameTooLargeError(_too_large("envelope", len(data), self._limit))
-        deadline = time.monotonic() + timeout
         try:
             response = await self._http.post(PATH, _HEADERS, data, timeout=timeout)
         except FrameTooLargeError as exc:
@@ -139,11 +139,9 @@ class HttpTransportClient(interface.TransportClient):
             raise self._translate(
                 exc, ConnectError(f"connection to the {self._where} failed: {exc}")
             ) from exc
+        except AnswerTimeoutError as exc:
+            raise DeadlineError(f"no reply from the {self._where} within {timeout:g} s") from exc
         except MaybeDeliveredError as exc:
-            if time.monotonic() >= deadline:
-                raise DeadlineError(
-                    f"no reply from the {self._where} within {timeout:g} s"
-                ) from exc
             lost = isinstance(exc.__cause__, OSError)  # not a malformed answer
             failure = (
                 ConnectError(f"the connection to the {self._where} was lost: {exc}")

@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from gateway.core.exceptions import (
+    AnswerTimeoutError,
     FrameTooLargeError,
     MaybeDeliveredError,
     NotDeliveredError,
@@ -188,7 +189,7 @@ async def test_no_answer_in_time_may_have_been_delivered_and_drops_the_connectio
         client = Http1Client("127.0.0.1", port, ssl_context=None)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        with pytest.raises(MaybeDeliveredError, match="in time"):
+        with pytest.raises(AnswerTimeoutError, match="in time"):
             await client.post("/", [], b"x", timeout=0.2)
         assert 0.2 <= loop.time() - started < 2
         assert not client._idle
