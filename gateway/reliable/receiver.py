@@ -222,15 +222,14 @@ class ReliableReceiver:
         if self._completions is not None:
             self._completions.cancel()
             self._completions = None
+        failed: DedupStoreError | None = None
         try:
             self._store.commit()
         except DedupStoreError as exc:
             log.error("dedup store failed to commit", extra={"error": str(exc)})
-            if batch is not None:
-                batch.set_result(exc)
-        else:
-            if batch is not None:
-                batch.set_result(None)
+            failed = exc
+        if batch is not None:
+            batch.set_result(failed)
 
     async def _execute(
         self,
