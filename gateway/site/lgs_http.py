@@ -144,10 +144,7 @@ def reply_response(reply: Reply, *, close: bool, http10: bool = False) -> tuple[
         headers = [(n, v) for n, v in headers if n.lower() != "content-type"]
         headers.append(("content-type", b"application/json"))
     elif not any(name.lower() == "content-type" for name, _ in headers):
-        media = (
-            fleet.PROTOBUF_MEDIA_TYPE if reply.http_status == 200 else "application/octet-stream"
-        )
-        headers.append(("content-type", media.encode()))
+        headers.append(("content-type", _PROTOBUF if reply.http_status == 200 else _OCTETS))
     head = response_head(reply.http_status, headers, len(body), close=close, http10=http10)
     return head, body
 

@@ -235,9 +235,9 @@ class Http1Client:
     ) -> Response:
         """POST ``body`` to ``path``; the answer, or an error that says whether it can have run."""
         head = request_head("POST", path, self._authority, headers, len(body))
-        if self._slots is None:
-            return await self._post(head, body, time.monotonic() + timeout)
         deadline = time.monotonic() + timeout
+        if self._slots is None:
+            return await self._post(head, body, deadline)
         try:
             await asyncio.wait_for(self._slots.acquire(), timeout)
         except asyncio.TimeoutError:
